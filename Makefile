@@ -1,0 +1,40 @@
+# The two commands a new user needs (README): `make demo` and `make test`.
+# Both create .venv on first use, install the pinned stack, then run.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+DATA   ?= data
+VIDEOS ?= 48
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test test-fast dist bench clean
+
+$(STAMP): requirements.txt requirements-nodeps.txt constraints.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements.txt -c constraints.txt
+	# Stale pins in these packages' metadata would downgrade the stack above, so they go in without dependencies.
+	$(PIP) install -q --no-deps -r requirements-nodeps.txt
+	$(PIP) install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cxatlas demo --data $(DATA) --videos $(VIDEOS)
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q tests
+
+dist: $(STAMP)
+	rm -rf dist build
+	$(PIP) wheel --no-deps -q -w dist .
+	cd dist && rm -f cxatlas-pyfiles.zip && cd .. && zip -qr dist/cxatlas-pyfiles.zip cxatlas models udfs jobs -x '*__pycache__*'
+	@ls -l dist
+
+clean:
+	rm -rf $(DATA) dist build *.egg-info

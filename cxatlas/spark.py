@@ -1,0 +1,37 @@
+"""One place that builds the SparkSession from config, for the CLI, spark-submit jobs and tests alike."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from cxatlas.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def build_spark(cfg: Config, app_suffix: str = ""):
+    """Get or create the session described by ``cfg['spark']``.
+
+    Under spark-submit the master and resources come from the command line and win: ``spark.master`` in the
+    config is only applied when nothing set one. Python workers use the driver's interpreter unless
+    ``PYSPARK_PYTHON`` says otherwise, so the local default never picks up a different Python by accident.
+    """
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    section = cfg.section("spark")
+    builder = SparkSession.builder.appName(f"{section.get('app_name', 'cxatlas')}{app_suffix}")
+    existing = SparkConf()
+    master = section.get("master")
+    if master and not existing.contains("spark.master"):
+        builder = builder.master(str(master))
+    for key, value in (section.get("conf") or {}).items():
+        if value is None or existing.contains(key):
+            continue
+        builder = builder.config(key, str(value).lower() if isinstance(value, bool) else str(value))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(str(section.get("log_level", "WARN")))
+    return spark
