@@ -8,11 +8,12 @@ setup(
     python_requires=">=3.11,<3.12",
     # `conf/` is shipped inside the wheel as `cxatlas.conf` so an installed cxatlas (on a cluster's executors or a
     # user's laptop) finds its defaults without a checkout; `models/` and `udfs/` stay top-level as the design asks.
-    packages=["cxatlas", "cxatlas.stats", "cxatlas.taxonomies", "cxatlas.conf", "models", "udfs", "jobs"],
+    packages=["cxatlas", "cxatlas.stats", "cxatlas.taxonomies", "cxatlas.published", "cxatlas.conf", "models", "udfs", "jobs"],
     package_dir={"cxatlas.conf": "conf"},
     package_data={
         "cxatlas.conf": ["*.yaml", "*.csv"],
         "cxatlas.taxonomies": ["*.txt", "*.md"],
+        "cxatlas.published": ["*.csv", "*.md"],
     },
     entry_points={"console_scripts": ["cxatlas=cxatlas.cli:main"]},
     # Versions are pinned in requirements.txt / constraints.txt (the stack known to run together); setup.py only
