@@ -60,9 +60,14 @@ class Config:
         return dict(value)
 
     def set(self, dotted: str, value: Any) -> None:
+        """Set a dotted key. Inside a flat mapping of dotted names (``spark.conf``) the rest is one key, so
+        ``--set spark.conf.spark.sql.shuffle.partitions=64`` does what it says."""
         parts = dotted.split(".")
         node = self.data
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
+            if _is_flat(node) and node is not self.data:
+                node[".".join(parts[i:])] = value
+                return
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"cannot set '{dotted}': '{part}' is not a mapping")
@@ -87,6 +92,11 @@ class Config:
 
     def copy(self) -> "Config":
         return Config(copy.deepcopy(self.data), self.base_dir, self.source, list(self.overrides))
+
+
+def _is_flat(node: Any) -> bool:
+    """A mapping whose keys are themselves dotted names (Spark settings)."""
+    return isinstance(node, dict) and any("." in str(k) for k in node)
 
 
 def join_uri(root: str, *parts: str) -> str:

@@ -331,6 +331,9 @@ class DeltaRsTable(Table):
         data_schema = pa.schema([f for f in schema if f.name not in self.spec.partition_by])
         task = _FileWriterTask(self.path, data_schema, tuple(self.spec.partition_by), uuid.uuid4().hex[:12],
                                self.store.target_file_rows, self.store.fault_fail_task)
+        if self.spec.partition_by:
+            # One task per partition value: few, large files instead of (tasks x partition values) small ones.
+            df = df.repartition(*self.spec.partition_by)
         rows = df.select(*schema.names).mapInArrow(task, _ACTION_SCHEMA).collect()
         return [r.asDict() for r in rows]
 
@@ -446,8 +449,26 @@ class DeltaRsTable(Table):
         return self._dt().history()
 
     def vacuum(self, retention_hours: float | None = None) -> list[str]:
+        """Delete files removed from the table, and orphans of failed jobs, older than the retention.
+
+        delta-rs only deletes tombstoned files; a job that died before its commit leaves files no log entry ever
+        named, so those are found by listing the folder (files of in-flight jobs are younger than the retention).
+        """
         hours = self.store.vacuum_retention_hours if retention_hours is None else retention_hours
-        return self._dt().vacuum(retention_hours=int(hours), dry_run=False, enforce_retention_duration=False)
+        removed = list(self._dt().vacuum(retention_hours=int(hours), dry_run=False,
+                                         enforce_retention_duration=False))
+        fs, base = _filesystem(self.path)
+        from pyarrow import fs as pafs
+
+        active = {urllib.parse.unquote(a["path"]) for a in self._active_files()}
+        cutoff = time.time() - hours * 3600
+        for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+            rel = info.path[len(base):].lstrip("/")
+            if (info.type == pafs.FileType.File and rel.endswith(".parquet") and not rel.startswith("_delta_log")
+                    and rel not in active and info.mtime.timestamp() <= cutoff):
+                fs.delete_file(info.path)
+                removed.append(rel)
+        return removed
 
     def optimize(self) -> dict:
         """Compact small files (delta-rs runs this on the driver; on clusters delta-spark's OPTIMIZE is distributed)."""

@@ -1,0 +1,1 @@
+"""Thin spark-submit entry points; each forwards to the ``cxatlas`` CLI subcommand of the same name."""

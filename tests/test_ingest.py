@@ -1,0 +1,227 @@
+"""Ingest on real Spark and real Delta tables: every bad input lands in quarantine with its reason, counts reconcile,
+re-ingest changes nothing, the latest upload wins, and a job killed mid-write leaves the table as it was."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import deltalake
+import pandas as pd
+import pytest
+
+from cxatlas.ingest import ManifestError, run_ingest
+from cxatlas.schemas import QUARANTINE, UPLOADS
+from tests.conftest import make_config
+
+COLUMNS = ["video_id", "uri", "lat", "lon", "country", "upload_time", "title", "description"]
+PARIS = dict(uri="/v/p.mp4", lat="48.8566", lon="2.3522", country="FR", upload_time="2021-06-01T12:00:00Z",
+             title="Wedding in Paris", description="the bride and groom")
+SAO_PAULO = dict(uri="/v/s.mp4", lat="-23.55", lon="-46.63", country="BR", upload_time="2021-06-02T10:00:00Z",
+                 title="Futebol", description="a match\nover two lines")
+SYDNEY = dict(uri="/v/y.mp4", lat="-33.87", lon="151.21", country="AU", upload_time="2021-06-03T10:00:00Z",
+              title="Fireworks", description="new year")
+
+
+def write_csv(path: Path, rows: list[dict], columns=COLUMNS) -> str:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+def uploads_df(store) -> pd.DataFrame:
+    return store.table(UPLOADS).read().toPandas()
+
+
+def quarantine_df(store) -> pd.DataFrame:
+    return store.table(QUARANTINE).read().toPandas()
+
+
+BAD_ROWS = [
+    (dict(PARIS, video_id=""), "missing_video_id"),
+    (dict(PARIS, video_id="nan", lat="NaN"), "invalid_coordinates"),
+    (dict(PARIS, video_id="text", lat="north"), "invalid_coordinates"),
+    (dict(PARIS, video_id="nolat", lat=""), "missing_coordinates"),
+    (dict(PARIS, video_id="swapped", lat="139.69", lon="35.68", country="JP"), "coordinates_swapped"),
+    (dict(PARIS, video_id="range", lat="95.0", lon="200.0"), "coordinates_out_of_range"),
+    (dict(PARIS, video_id="zz", country="ZZ"), "unknown_country"),
+    (dict(PARIS, video_id="time", upload_time="last tuesday"), "malformed_upload_time"),
+    (dict(PARIS, video_id="notime", upload_time=""), "missing_upload_time"),
+    (dict(PARIS, video_id="elsewhere", country="BR"), "coordinates_outside_country"),
+    (dict(PARIS, video_id="sea", lat="30.0", lon="-40.0"), "coordinates_outside_country"),
+]
+
+
+def test_every_bad_row_is_quarantined_with_its_reason_and_counts_reconcile(spark, store, cfg, tmp_path):
+    good = [dict(PARIS, video_id="p1"), dict(SAO_PAULO, video_id="s1"), dict(SYDNEY, video_id="au1")]
+    manifest = write_csv(tmp_path / "m.csv", good + [row for row, _ in BAD_ROWS])
+    report = run_ingest(spark, cfg, store, manifest)
+
+    assert report.rows_in == len(good) + len(BAD_ROWS)
+    assert report.reconciles and report.new == 3 and report.quarantined == len(BAD_ROWS)
+    up = uploads_df(store).set_index("video_id")
+    assert sorted(up.index) == ["au1", "p1", "s1"]
+    assert up.loc["p1", "region"] == "western_europe" and up.loc["s1", "region"] == "brazil"
+    assert pd.isna(up.loc["au1", "region"])  # a country with no region is kept, region null
+    assert (up.loc["p1", "lat_bin"], up.loc["p1", "lon_bin"]) == (97, 4)
+    assert (up.loc["s1", "lat_bin"], up.loc["s1", "lon_bin"]) == (-48, -94)  # floor, not truncation
+    assert up.loc["s1", "description"] == "a match\nover two lines"
+    q = quarantine_df(store)
+    expected = sorted(reason for _, reason in BAD_ROWS)
+    assert sorted(q["reason"]) == expected
+    # Nothing is lost: every quarantined row keeps its source row.
+    kept = {json.loads(r)["video_id"] for r in q["source_row"]}
+    assert kept == {row["video_id"] or None for row, _ in BAD_ROWS}  # CSV reads an empty field as null
+    assert q.loc[q.video_id == "time", "detail"].item() == "upload_time 'last tuesday' is not an ISO-8601 timestamp"
+    # One commit per table per run.
+    assert store.table(UPLOADS).version() == 1 and store.table(QUARANTINE).version() == 1
+
+    again = run_ingest(spark, cfg, store, manifest)
+    assert again.reconciles and again.unchanged == 3 and again.new == again.updated == 0
+    assert again.uploads_commit.version is None and again.quarantine_commit.version is None
+    assert store.table(UPLOADS).version() == 1 and store.table(QUARANTINE).version() == 1
+    assert len(quarantine_df(store)) == len(BAD_ROWS)
+
+
+def test_latest_upload_wins_within_and_across_manifests(spark, store, cfg, tmp_path):
+    first = [dict(PARIS, video_id="v1", title="first", upload_time="2021-01-01T00:00:00Z"),
+             dict(PARIS, video_id="v1", title="later in same manifest", upload_time="2021-02-01T00:00:00Z"),
+             dict(PARIS, video_id="v2", title="v2", upload_time="2021-01-01T00:00:00Z")]
+    r1 = run_ingest(spark, cfg, store, write_csv(tmp_path / "a.csv", first))
+    assert (r1.new, r1.quarantined, r1.reasons) == (2, 1, {"duplicate": 1})
+    assert uploads_df(store).set_index("video_id").loc["v1", "title"] == "later in same manifest"
+
+    second = [dict(PARIS, video_id="v1", title="re-upload", upload_time="2021-03-01T00:00:00Z"),
+              dict(PARIS, video_id="v2", title="stale", upload_time="2020-01-01T00:00:00Z"),
+              dict(SAO_PAULO, video_id="v3")]
+    r2 = run_ingest(spark, cfg, store, write_csv(tmp_path / "b.csv", second))
+    assert (r2.new, r2.updated, r2.quarantined) == (1, 1, 1) and r2.reconciles
+    up = uploads_df(store).set_index("video_id")
+    assert sorted(up.index) == ["v1", "v2", "v3"]  # no duplicate keys after the upsert
+    assert up.loc["v1", "title"] == "re-upload" and up.loc["v2", "title"] == "v2"
+    q = quarantine_df(store)
+    titles = sorted(json.loads(r)["title"] for r in q["source_row"])
+    assert titles == ["first", "later in same manifest", "stale"]  # replaced and stale rows are kept
+    assert store.table(UPLOADS).version() == 2
+
+
+def test_json_lines_and_parquet_manifests(spark, store, cfg, tmp_path):
+    jsonl = tmp_path / "m.jsonl"
+    rows = [dict(PARIS, video_id="j1", lat=48.8566, lon=2.3522), dict(SAO_PAULO, video_id="j2")]
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json at all\n", encoding="utf-8")
+    report = run_ingest(spark, cfg, store, str(jsonl))
+    assert (report.new, report.reasons) == (2, {"malformed_record": 1}) and report.reconciles
+
+    parquet = tmp_path / "m.parquet"
+    frame = pd.DataFrame([dict(SYDNEY, video_id="q1"), dict(PARIS, video_id="q2")])
+    frame["lat"], frame["lon"] = frame["lat"].astype(float), frame["lon"].astype(float)
+    frame["upload_time"] = pd.to_datetime(frame["upload_time"])
+    frame.to_parquet(parquet)
+    report = run_ingest(spark, cfg, store, str(parquet))
+    assert report.new == 2 and report.reconciles
+    assert sorted(uploads_df(store).video_id) == ["j1", "j2", "q1", "q2"]
+
+
+def test_wrong_columns_are_refused_naming_them(spark, store, cfg, tmp_path):
+    extra = write_csv(tmp_path / "extra.csv", [dict(PARIS, video_id="x", views="3")], COLUMNS + ["views"])
+    with pytest.raises(ManifestError, match="unexpected column.*views"):
+        run_ingest(spark, cfg, store, extra)
+    cols = [c for c in COLUMNS if c != "country"]
+    missing = write_csv(tmp_path / "missing.csv", [{k: v for k, v in dict(PARIS, video_id="x").items()
+                                                    if k != "country"}], cols)
+    with pytest.raises(ManifestError, match="missing required column.*country"):
+        run_ingest(spark, cfg, store, missing)
+    assert not store.table(UPLOADS).exists() or uploads_df(store).empty
+    lenient = make_config(Path(cfg.data_root), "ingest.allow_extra_columns=true", "ingest.partitions=2")
+    assert run_ingest(spark, lenient, store, extra).new == 1
+
+
+def test_empty_manifests(spark, store, cfg, tmp_path):
+    header_only = write_csv(tmp_path / "h.csv", [])
+    zero = tmp_path / "zero.csv"
+    zero.write_bytes(b"")
+    for manifest in (header_only, str(zero)):
+        report = run_ingest(spark, cfg, store, manifest)
+        assert report.rows_in == 0 and report.reconciles
+
+
+def test_non_utf8_and_huge_titles_are_truncated_and_flagged(spark, store, cfg, tmp_path):
+    path = tmp_path / "bytes.csv"
+    header = ",".join(COLUMNS) + "\n"
+    row = 'b1,/v/b.mp4,48.85,2.35,FR,2021-06-01T12:00:00Z,Caf\xff wedding,"desc"\n'.encode("latin-1")
+    huge = f'b2,/v/c.mp4,48.85,2.35,FR,2021-06-01T12:00:00Z,{"x" * 20000},"{"y" * 9000}"\n'.encode()
+    path.write_bytes(header.encode() + row + huge)
+    report = run_ingest(spark, cfg, store, str(path))
+    assert report.new == 2 and report.reconciles
+    up = uploads_df(store).set_index("video_id")
+    assert list(up.loc["b1", "text_flags"]) == ["title_invalid_utf8"]
+    assert sorted(up.loc["b2", "text_flags"]) == ["description_truncated", "title_truncated"]
+    assert len(up.loc["b2", "title"]) == cfg.get("ingest.max_title_chars")
+    assert len(up.loc["b2", "description"]) == cfg.get("ingest.max_description_chars")
+
+
+def test_job_killed_mid_write_leaves_table_unchanged_and_rerun_completes(spark, cfg, tmp_path):
+    from cxatlas.tables import TableStore
+
+    rows = [dict(PARIS, video_id=f"k{i}") for i in range(5)] + [dict(SAO_PAULO, video_id=f"b{i}") for i in range(5)]
+    store = TableStore.from_config(spark, cfg)
+    assert run_ingest(spark, cfg, store, write_csv(tmp_path / "a.csv", rows[:3])).new == 3
+    table_dir = Path(cfg.table_root) / "uploads"
+    files_before = set(table_dir.rglob("*.parquet"))
+
+    faulty_cfg = make_config(Path(cfg.data_root), "tables.fault_fail_task=0")
+    faulty = TableStore.from_config(spark, faulty_cfg)
+    manifest = write_csv(tmp_path / "b.csv", rows)
+    with pytest.raises(Exception, match="fault injected"):
+        run_ingest(spark, faulty_cfg, faulty, manifest)
+    orphans = set(table_dir.rglob("*.parquet")) - files_before
+    assert orphans, "the failed job must have written some data files before it died"
+    assert store.table(UPLOADS).version() == 1  # no commit: readers still see the previous version
+    assert sorted(uploads_df(store).video_id) == ["k0", "k1", "k2"]
+
+    report = run_ingest(spark, cfg, store, manifest)
+    assert (report.new, report.unchanged) == (7, 3) and report.reconciles
+    ids = uploads_df(store).video_id
+    assert len(ids) == 10 and ids.is_unique
+    removed = store.table(UPLOADS).vacuum(retention_hours=0)
+    assert {Path(p).name for p in removed} >= {p.name for p in orphans}
+
+
+def test_delta_rs_table_reads_back_as_a_standard_delta_table(spark, store, cfg, tmp_path):
+    run_ingest(spark, cfg, store, write_csv(tmp_path / "a.csv", [dict(PARIS, video_id="d1"),
+                                                                  dict(SYDNEY, video_id="d2")]))
+    run_ingest(spark, cfg, store, write_csv(tmp_path / "b.csv", [dict(SAO_PAULO, video_id="d3")]))
+    path = Path(cfg.table_root) / "uploads"
+    dt = deltalake.DeltaTable(str(path))  # an independent Delta reader
+    assert dt.metadata().partition_columns == ["region"]
+    assert dt.schema().to_pyarrow().names == UPLOADS.schema.names
+    comments = {f.name: f.metadata.get("comment") for f in dt.schema().fields}
+    assert "ISO 3166-1" in comments["country"]
+    assert [h["operation"] for h in dt.history()] == ["WRITE", "WRITE", "CREATE TABLE"]
+    assert dt.version() == 2
+    assert sorted(dt.to_pandas().video_id) == ["d1", "d2", "d3"]
+    assert sorted(deltalake.DeltaTable(str(path), version=1).to_pandas().video_id) == ["d1", "d2"]
+    regions = dt.to_pyarrow_table().to_pandas().set_index("video_id")["region"]
+    assert regions["d1"] == "western_europe" and pd.isna(regions["d2"])
+    # The log holds protocol-conformant JSON actions, one commit file per version.
+    commits = sorted((path / "_delta_log").glob("*.json"))
+    assert [c.name for c in commits] == [f"{v:020d}.json" for v in range(3)]
+    actions = [json.loads(line) for line in commits[2].read_text().splitlines()]
+    assert {next(iter(a)) for a in actions} == {"commitInfo", "add"}
+    # Time travel through the Spark path too.
+    assert store.table(UPLOADS).read(version=1).count() == 2
+
+
+def test_sql_over_registered_tables(spark, store, cfg, tmp_path, capsys):
+    from cxatlas.cli import main
+
+    run_ingest(spark, cfg, store, write_csv(tmp_path / "a.csv", [dict(PARIS, video_id="s1"),
+                                                                  dict(SAO_PAULO, video_id="s2")]))
+    store.register_views([UPLOADS])
+    rows = spark.sql("SELECT region, count(*) AS n FROM uploads GROUP BY region ORDER BY region").collect()
+    assert [(r.region, r.n) for r in rows] == [("brazil", 1), ("western_europe", 1)]
+    assert main(["--data", cfg.data_root, "sql", "SELECT country, count(*) AS n FROM uploads GROUP BY country"]) == 0
+    out = capsys.readouterr().out
+    assert "|     BR|  1|" in out and "|     FR|  1|" in out
