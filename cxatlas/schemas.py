@@ -20,11 +20,17 @@ CTX_PREFIX = "ctx_"
 
 
 def label_to_column(label: str, prefix: str = EXPR_PREFIX) -> str:
-    """``"Amusement"`` -> ``"expr_amusement"``; any run of non-alphanumerics becomes one underscore."""
-    slug = re.sub(r"[^0-9a-zA-Z]+", "_", label).strip("_").lower()
-    if not slug:
-        raise ValueError(f"label {label!r} has no letters or digits to name a column after")
-    return prefix + slug
+    """Column name for a label: ``prefix`` + lower snake_case (``"Amusement"`` -> ``"expr_amusement"``,
+    ``"Surprise (negative)"`` -> ``expr_surprise_negative``, ``"United States:Joy"`` -> ``expr_united_states_joy``).
+
+    camelCase boundaries become underscores too, so labels from other taxonomies map predictably. The one
+    definition used by tables, models and imports alike.
+    """
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", label)
+    snake = re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
+    if not snake:
+        raise ValueError(f"label {label!r} has no letters or digits to build a column name from")
+    return prefix + snake
 
 
 def _f(name: str, typ: pa.DataType, comment: str, nullable: bool = True) -> pa.Field:

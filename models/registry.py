@@ -7,7 +7,6 @@ average within the window; sequence models (cowen16) read the window as a whole.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from models import brooks288, cowen16, fer7
+from cxatlas.schemas import label_to_column  # noqa: F401 - re-exported: one definition for all layers
 from models.checkpoint import CheckpointError, InputSpec
 
 COLUMN_PREFIX = "expr_"
@@ -46,19 +46,6 @@ REGISTRY: dict[str, ModelSpec] = {
     "brooks288": ModelSpec("brooks288", brooks288.Brooks288, brooks288.LABELS, brooks288.INPUT_SPEC,
                            needs_checkpoint=True, default_version="brooks288-ckpt"),
 }
-
-
-def label_to_column(label: str, prefix: str = COLUMN_PREFIX) -> str:
-    """Column name for a label: ``prefix`` + lower snake_case (``"Surprise (negative)"`` -> ``expr_surprise_negative``,
-    ``"United States:Joy"`` -> ``expr_united_states_joy``, ``"happy"`` -> ``expr_happy``).
-
-    camelCase boundaries become underscores too, so labels from other taxonomies map predictably.
-    """
-    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", label)
-    snake = re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
-    if not snake:
-        raise ValueError(f"label {label!r} has no letters or digits to build a column name from")
-    return prefix + snake
 
 
 def pick_device(preferred: str | torch.device | None = None) -> torch.device:

@@ -1,0 +1,12 @@
+"""Annotate un-annotated uploads with expression and context scores (see ``cxatlas annotate --help``).
+
+    spark-submit --master spark://HOST:7077 jobs/annotate.py --conf conf/cluster.yaml
+
+Thin entry point: all logic lives in :mod:`cxatlas.annotate` and :mod:`udfs.annotate`.
+"""
+import sys
+
+from cxatlas.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["annotate", *sys.argv[1:]]))
