@@ -96,8 +96,8 @@ def validate_models(settings: AnnotateSettings) -> tuple[str, tuple[str, ...], s
 class _Progress:
     """Prints a line whenever more annotate tasks have finished (Spark's status tracker), from a daemon thread."""
 
-    def __init__(self, spark, every_s: float = 2.0):
-        self.tracker, self.every_s = spark.sparkContext.statusTracker(), every_s
+    def __init__(self, spark, n_tasks: int, every_s: float = 2.0):
+        self.tracker, self.every_s, self.n_tasks = spark.sparkContext.statusTracker(), every_s, n_tasks
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.started = time.time()
@@ -108,7 +108,8 @@ class _Progress:
             done = total = 0
             for stage_id in self.tracker.getActiveStageIds():
                 info = self.tracker.getStageInfo(stage_id)
-                if info is not None:
+                # The annotation stage is the one with one task per annotate partition.
+                if info is not None and info.numTasks == self.n_tasks:
                     done, total = done + info.numCompletedTasks, total + info.numTasks
             if total and (done, total) != last:
                 print(f"[annotate] {done}/{total} partitions done, {time.time() - self.started:.0f}s", flush=True)
@@ -156,7 +157,7 @@ def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
     results = (todo.repartition(n_parts, "video_id").mapInPandas(AnnotateBatches(settings), OUTPUT_SCHEMA)
                .join(todo.select("video_id", "uri", "region", "lat_bin", "lon_bin"), "video_id")
                .persist(StorageLevel.MEMORY_AND_DISK))
-    with _Progress(spark):
+    with _Progress(spark, n_parts):
         counts = results.groupBy("status", "reason").agg(
             F.count("*").alias("n"), F.sum(F.when(F.col("n_windows") == 0, 1).otherwise(0)).alias("no_face"),
             F.sum("n_windows").alias("windows"), F.sum("frames_decoded").alias("frames")).collect()
