@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxatlas.config import Config
-from cxatlas.quarantine import to_quarantine_rows, write_quarantine
+from cxatlas.quarantine import describe_reasons, to_quarantine_rows, write_quarantine
 from cxatlas.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
 from cxatlas.tables import CommitResult, TableStore
 from udfs.annotate import ANNOTATED, OUTPUT_SCHEMA, QUARANTINED, AnnotateBatches, AnnotateSettings
@@ -55,11 +55,8 @@ class AnnotateReport:
                  f"{self.no_face}) + quarantined {self.quarantined}  "
                  f"[{'reconciles' if self.reconciles else 'DOES NOT RECONCILE'}]",
                  f"  frames decoded {self.frames_decoded}, face windows scored {self.face_windows}"]
-        if self.reasons:
-            lines.append("  quarantine reasons: " + ", ".join(f"{k}={v}" for k, v in sorted(self.reasons.items())))
-        for name, commit in self.commits.items():
-            lines.append(f"  {name}: " + (f"committed version {commit.version} (+{commit.files_added} files)"
-                                          if commit.version is not None else "unchanged (nothing to commit)"))
+        lines += describe_reasons(self.reasons)
+        lines += [commit.describe() for commit in self.commits.values()]
         return "\n".join(lines)
 
 

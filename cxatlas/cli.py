@@ -78,11 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_extensions(add: Callable) -> None:
-    """Subcommands of later pipeline stages, registered only when their modules are present."""
-    try:
-        from cxatlas import pipeline_cli
-    except ImportError:
-        return
+    """Subcommands of the later pipeline stages (annotate, import, simulate, analyze) live in their own module."""
+    from cxatlas import pipeline_cli
+
     pipeline_cli.register(add)
 
 
@@ -102,13 +100,9 @@ def _spark_and_store(cfg: Config, name: str):
 def all_table_specs():
     from cxatlas.schemas import CORE_TABLES
 
-    specs = list(CORE_TABLES)
-    try:
-        from cxatlas.results import RESULT_TABLES
-        specs += list(RESULT_TABLES)
-    except ImportError:
-        pass
-    return specs
+    from cxatlas.results import RESULT_TABLES
+
+    return [*CORE_TABLES, *RESULT_TABLES]
 
 
 def _spec(name: str):
@@ -201,20 +195,16 @@ def cmd_demo(args, cfg: Config) -> int:
     report = run_ingest(spark, cfg, store, str(info.manifest))
     print(report.summary())
     ok = report.reconciles
-    try:
-        from cxatlas import pipeline_cli
-    except ImportError:
-        pipeline_cli = None
-    if pipeline_cli is not None:
-        ok = pipeline_cli.demo_stages(spark, store, cfg) and ok
+    from cxatlas import pipeline_cli
+
+    ok = pipeline_cli.demo_stages(spark, store, cfg) and ok
     print(f"[demo] tables are under {cfg.table_root} (query them with: cxatlas --data {cfg.data_root} sql \"...\")")
     for query in ("SELECT region, count(*) AS videos FROM uploads GROUP BY region ORDER BY region",
                   "SELECT stage, reason, count(*) AS n FROM quarantine GROUP BY stage, reason ORDER BY stage, reason"):
         print(f"cxatlas sql \"{query}\"")
         run_sql(cfg, query, spark_store=(spark, store))
-    if pipeline_cli is not None:
-        pipeline_cli.demo_queries(cfg, lambda q: (print(f"cxatlas sql \"{q}\""),
-                                                  run_sql(cfg, q, spark_store=(spark, store))))
+    pipeline_cli.demo_queries(cfg, lambda q: (print(f"cxatlas sql \"{q}\""),
+                                              run_sql(cfg, q, spark_store=(spark, store))))
     return 0 if ok else 1
 
 

@@ -23,7 +23,7 @@ from typing import Mapping
 import pandas as pd
 
 from cxatlas.config import Config
-from cxatlas.quarantine import to_quarantine_rows, write_quarantine
+from cxatlas.quarantine import describe_reasons, to_quarantine_rows, write_quarantine
 from cxatlas.regions import load_country_regions
 from cxatlas.schemas import UPLOADS
 from cxatlas.tables import CommitResult, TableStore
@@ -70,15 +70,10 @@ class IngestReport:
             f"  rows in {self.rows_in} = new {self.new} + updated {self.updated} + unchanged {self.unchanged} "
             f"+ quarantined {self.quarantined}  [{'reconciles' if self.reconciles else 'DOES NOT RECONCILE'}]",
         ]
-        if self.reasons:
-            lines.append("  quarantine reasons: " + ", ".join(f"{k}={v}" for k, v in sorted(self.reasons.items())))
+        lines += describe_reasons(self.reasons)
         if self.replaced_rows_quarantined:
             lines.append(f"  older uploads replaced and moved to quarantine: {self.replaced_rows_quarantined}")
-        for name, commit in (("uploads", self.uploads_commit), ("quarantine", self.quarantine_commit)):
-            if commit is not None:
-                lines.append(f"  {name}: " + (f"committed version {commit.version} (+{commit.files_added} files, "
-                                              f"-{commit.files_removed} files)" if commit.version is not None
-                                              else "unchanged (nothing to commit)"))
+        lines += [commit.describe() for commit in (self.uploads_commit, self.quarantine_commit) if commit is not None]
         return "\n".join(lines)
 
 

@@ -16,10 +16,8 @@ def register(add: Callable) -> None:
 
 
 def _register_analysis(add: Callable) -> None:
-    try:
-        from cxatlas import analysis_cli
-    except ImportError:
-        return
+    from cxatlas import analysis_cli
+
     analysis_cli.register(add)
 
 
@@ -40,12 +38,9 @@ def demo_stages(spark, store, cfg: Config) -> bool:
     print("[demo] 3. annotate (real faces, fer7 expressions, MiniLM contexts)", flush=True)
     report = run_annotate(spark, cfg, store)
     print(report.summary())
-    ok = report.reconciles
-    try:
-        from cxatlas import analysis_cli
-    except ImportError:
-        return ok
-    return analysis_cli.demo_stages(spark, store, cfg) and ok
+    from cxatlas import analysis_cli
+
+    return analysis_cli.demo_stages(spark, store, cfg) and report.reconciles
 
 
 DEMO_QUERIES = (
@@ -60,8 +55,6 @@ DEMO_QUERIES = (
 def demo_queries(cfg: Config, run: Callable[[str], None]) -> None:
     for query in DEMO_QUERIES:
         run(query)
-    try:
-        from cxatlas import analysis_cli
-    except ImportError:
-        return
+    from cxatlas import analysis_cli
+
     analysis_cli.demo_queries(cfg, run)

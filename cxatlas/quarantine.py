@@ -35,3 +35,10 @@ def write_quarantine(store: TableStore, rejects) -> CommitResult:
     table = store.table(QUARANTINE).create_if_missing()
     fresh = rejects.dropDuplicates(["row_hash"]).join(table.read().select("row_hash"), "row_hash", "left_anti")
     return table.append(fresh.select(*QUARANTINE.schema.names))
+
+
+def describe_reasons(reasons: dict[str, int]) -> list[str]:
+    """The summary line counting quarantined rows by reason (none when nothing was quarantined)."""
+    if not reasons:
+        return []
+    return ["  quarantine reasons: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))]

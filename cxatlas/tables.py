@@ -58,6 +58,13 @@ class CommitResult:
     files_removed: int = 0
     rows_written: int = 0
 
+    def describe(self) -> str:
+        """One line for a job's summary: what this commit changed in its table."""
+        if self.version is None:
+            return f"  {self.table}: unchanged (nothing to commit)"
+        return (f"  {self.table}: committed version {self.version} (+{self.files_added} files, "
+                f"-{self.files_removed} files, {self.rows_written} rows written)")
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Executor side: write a task's rows into Parquet files, one open writer per partition value.
