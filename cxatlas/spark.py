@@ -17,13 +17,17 @@ def build_spark(cfg: Config, app_suffix: str = ""):
     config is only applied when nothing set one. Python workers use the driver's interpreter unless
     ``PYSPARK_PYTHON`` says otherwise, so the local default never picks up a different Python by accident.
     """
-    from pyspark import SparkConf
+    from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     section = cfg.section("spark")
     builder = SparkSession.builder.appName(f"{section.get('app_name', 'cxatlas')}{app_suffix}")
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):
+        # Under spark-submit the JVM already holds the command line's settings; start the gateway first so
+        # SparkConf() below sees them and the config file never overrides what the user typed.
+        SparkContext._ensure_initialized()
     existing = SparkConf()
     master = section.get("master")
     if master and not existing.contains("spark.master"):
