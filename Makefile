@@ -36,5 +36,10 @@ dist: $(STAMP)
 	cd dist && rm -f cxatlas-pyfiles.zip && cd .. && zip -qr dist/cxatlas-pyfiles.zip cxatlas models udfs jobs -x '*__pycache__*'
 	@ls -l dist
 
+# Speed and memory budgets of issues #3 and #4, printed as measured ratios (see bench/README.md). Not part of `test`.
+bench: $(STAMP)
+	$(PY) -m bench.bench_annotate
+	$(PY) -m bench.bench_analyze
+
 clean:
 	rm -rf $(DATA) dist build *.egg-info
