@@ -179,7 +179,7 @@ def cmd_optimize(args, cfg: Config) -> int:
 
 
 def cmd_demo(args, cfg: Config) -> int:
-    """sample-corpus -> ingest -> (annotate -> analyze, when present) -> SQL."""
+    """sample-corpus -> ingest -> annotate -> analyze (tables and figures) -> SQL."""
     from cxatlas.config import join_uri
     from cxatlas.corpus import build_sample_corpus
     from cxatlas.ingest import run_ingest

@@ -1,6 +1,6 @@
 """CLI subcommands and demo stages of the pipeline after ingest: annotate, import-annotations, simulate, analyze.
 
-Kept apart from :mod:`cxatlas.cli` so the base CLI stays small; ``cli`` registers these when present.
+Kept apart from :mod:`cxatlas.cli` so the base CLI stays small; ``cli`` registers these at start-up.
 """
 from __future__ import annotations
 
@@ -10,14 +10,10 @@ from cxatlas.config import Config
 
 
 def register(add: Callable) -> None:
-    add("annotate", cmd_annotate, "Annotate every upload not yet annotated for the configured models: expression "
-                                  "scores per video (faces found and tracked in real video) and context scores.")
-    _register_analysis(add)
-
-
-def _register_analysis(add: Callable) -> None:
     from cxatlas import analysis_cli
 
+    add("annotate", cmd_annotate, "Annotate every upload not yet annotated for the configured models: expression "
+                                  "scores per video (faces found and tracked in real video) and context scores.")
     analysis_cli.register(add)
 
 
