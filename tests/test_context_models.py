@@ -26,7 +26,6 @@ from models.context import (  # noqa: E402
 from cxatlas.taxonomies import published_data_dir
 
 NATURE_DIR = Path(os.environ.get("CXATLAS_NATURE_DATA", str(published_data_dir())))
-needs_nature = pytest.mark.usefixtures()  # the CSVs are vendored in the package, so never skipped
 
 WEDDING = "Our wedding day: the bride walks down the aisle"
 ARREST = "Police arrest protesters downtown"
@@ -89,7 +88,6 @@ def test_builtin_files_have_exactly_the_published_row_counts():
     assert pkg.joinpath("ATTRIBUTION.md").read_text(encoding="utf-8").count("CC BY 4.0") >= 1
 
 
-@needs_nature
 @pytest.mark.parametrize("experiment", [1, 2])
 def test_taxonomy_matches_every_region_csv(experiment):
     tax = load_taxonomy(f"nature2021_exp{experiment}")
@@ -110,7 +108,6 @@ def test_exp1_duplicates_are_disambiguated_in_place(exp1, exp2):
     assert "Java (Programming Language)" in exp2.labels  # a real parenthesis is not mistaken for a suffix
 
 
-@needs_nature
 def test_published_correlations_load_as_k_by_16_frames(exp1):
     frames = load_published_correlations(1, NATURE_DIR)
     assert len(frames) == 12 and "USCanada" in frames and "SoutheastAsia(Mainland)" in frames
