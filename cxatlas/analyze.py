@@ -29,6 +29,7 @@ import os
 import tempfile
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -482,8 +483,10 @@ def _figure_contexts(r_point: np.ndarray, labels_a: list[str], settings: Analyze
         return wanted
     if not labels_a or r_point.size == 0:
         return []
-    strength = np.nan_to_num(np.nanmax(np.abs(fisher_mean(r_point, axis=0)), axis=1)
-                             if np.isfinite(r_point).any() else np.zeros(len(labels_a)), nan=-1.0)
+    with warnings.catch_warnings():  # a context with no finite cell (tiny data) ranks last, not with a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        strength = np.nan_to_num(np.nanmax(np.abs(fisher_mean(r_point, axis=0)), axis=1)
+                                 if np.isfinite(r_point).any() else np.zeros(len(labels_a)), nan=-1.0)
     order = np.argsort(-strength, kind="stable")[: settings.figure_n_contexts]
     return [labels_a[i] for i in order]
 

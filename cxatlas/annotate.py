@@ -101,16 +101,20 @@ class _Progress:
 
     def _run(self) -> None:
         last = None
+        phases: dict[int, str] = {}  # stage id -> what its tasks do
         while not self.stop.wait(self.every_s):
-            done = total = 0
-            for stage_id in self.tracker.getActiveStageIds():
+            for stage_id in sorted(self.tracker.getActiveStageIds()):
                 info = self.tracker.getStageInfo(stage_id)
-                # The annotation stage is the one with one task per annotate partition.
-                if info is not None and info.numTasks == self.n_tasks:
-                    done, total = done + info.numCompletedTasks, total + info.numTasks
-            if total and (done, total) != last:
-                print(f"[annotate] {done}/{total} partitions done, {time.time() - self.started:.0f}s", flush=True)
-                last = (done, total)
+                # Stages with one task per annotate partition: the first decodes and scores; later ones (over the
+                # persisted result) write the tables, so their counts start again from 0.
+                if info is None or info.numTasks != self.n_tasks:
+                    continue
+                phase = phases.setdefault(stage_id, "annotated" if not phases else "written")
+                state = (stage_id, info.numCompletedTasks)
+                if state != last:
+                    print(f"[annotate] {info.numCompletedTasks}/{info.numTasks} partitions {phase}, "
+                          f"{time.time() - self.started:.0f}s", flush=True)
+                    last = state
 
     def __enter__(self):
         self.thread.start()
