@@ -121,6 +121,7 @@ def test_bootstrap_summary_nan_aware():
     vals[5, 0, 0] = np.nan
     vals[1:, 2, 3] = np.nan
     vals[2:, 1, 1] = np.nan  # one finite replicate only
+    vals[0, 2, 0] = np.nan  # undefined on the observed data, defined in every resample
     point, se = cs.bootstrap_summary(vals)
     np.testing.assert_array_equal(point, vals[0])
     x = vals[1:, 0, 0]
@@ -128,6 +129,7 @@ def test_bootstrap_summary_nan_aware():
     assert se[0, 0] == pytest.approx(np.sqrt(((x - x.mean()) ** 2).sum() / (x.size - 1)), rel=1e-12)
     assert se[1, 2] == pytest.approx(np.std(vals[1:, 1, 2], ddof=1), rel=1e-12)
     assert np.isnan(se[2, 3]) and np.isnan(se[1, 1])
+    assert np.isnan(point[2, 0]) and np.isnan(se[2, 0])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -153,7 +153,8 @@ def bootstrap_summary(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ``values[0]``: the estimate on the observed data, not the replicate mean (which carries extra noise).
     se : ndarray, shape (...)
         Standard deviation (ddof=1) over replicates 1..B, ignoring NaN replicates (e.g. a context absent from one
-        resample); NaN where fewer than two replicates are finite.
+        resample); NaN where fewer than two replicates are finite, and NaN where ``point`` is NaN (an undefined
+        estimate has no standard error, even if some resamples happen to define the statistic).
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim == 0 or values.shape[0] < 1:
@@ -164,5 +165,5 @@ def bootstrap_summary(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         se = np.nanstd(reps, axis=0, ddof=1) if reps.shape[0] else np.full(point.shape, np.nan)
-    se = np.where(finite >= 2, se, np.nan)
+    se = np.where((finite >= 2) & np.isfinite(point), se, np.nan)
     return point, se
