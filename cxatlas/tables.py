@@ -125,6 +125,15 @@ class _FileWriterTask:
             yield pa.RecordBatch.from_pylist(actions)
 
 
+def _with_columns_of(df, schema: pa.Schema):
+    """``df`` with exactly ``schema``'s columns, in its order: typed nulls for the ones ``df`` lacks."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_type
+
+    return df.select(*[F.col(f.name) if f.name in df.columns
+                       else F.lit(None).cast(from_arrow_type(f.type)).alias(f.name) for f in schema])
+
+
 def _split_by_partition(table: pa.Table, columns: tuple[str, ...], pc) -> Iterator[tuple[tuple, pa.Table]]:
     if not columns:
         yield (), table
@@ -228,7 +237,7 @@ class Table:
     def read(self, version: int | None = None, with_file: bool = False): raise NotImplementedError
     def append(self, df, *, evolve_schema: bool = False, operation: str = "WRITE") -> CommitResult:
         raise NotImplementedError
-    def upsert(self, df) -> CommitResult: raise NotImplementedError
+    def upsert(self, df, *, evolve_schema: bool = False) -> CommitResult: raise NotImplementedError
     def history(self) -> list[dict]: raise NotImplementedError
     def vacuum(self, retention_hours: float | None = None) -> list[str]: raise NotImplementedError
     def optimize(self) -> dict: raise NotImplementedError
@@ -362,11 +371,13 @@ class DeltaRsTable(Table):
         adds = self._write(df, evolved or schema)
         return self._commit(adds, [], operation, {"mode": "Append"}, read_version, evolved)
 
-    def upsert(self, df) -> CommitResult:
+    def upsert(self, df, *, evolve_schema: bool = False) -> CommitResult:
         """Replace rows whose key is in ``df`` and insert the rest, copy-on-write at file level, in one commit.
 
         Only files holding a key of ``df`` are rewritten (their untouched rows are carried over), so upserting the
-        same rows twice leaves the same logical table. ``df`` must have unique keys.
+        same rows twice leaves the same logical table. ``df`` must have unique keys. A replaced row is the row of
+        ``df``: columns the table gained by schema evolution that ``df`` lacks are null in it, and kept in every
+        other row. Columns of ``df`` the table lacks are ignored unless ``evolve_schema`` adds them.
         """
         from pyspark.sql import functions as F
 
@@ -375,22 +386,24 @@ class DeltaRsTable(Table):
         self.create_if_missing()
         read_version = self.version()
         key = list(self.spec.key)
-        incoming = df.select(*self.spec.schema.names)
+        current = self.arrow_schema()
+        evolved = self._evolved_schema(df, current) if evolve_schema else None
+        schema = evolved or current
+        incoming = _with_columns_of(df, schema)
         existing = self.read(read_version, with_file=True)
         touched = {r[0] for r in existing.join(incoming.select(*key), key, "left_semi")
                    .select(FILE_COLUMN).distinct().collect()}
         touched_log = {self._relative(uri): uri for uri in touched}
         kept = (existing.filter(F.col(FILE_COLUMN).isin(list(touched))).join(incoming.select(*key), key, "left_anti")
                 .drop(FILE_COLUMN))
-        schema = self.arrow_schema()
-        adds = self._write(kept.select(*schema.names).unionByName(incoming.select(*schema.names)), schema)
+        adds = self._write(_with_columns_of(kept, schema).unionByName(incoming), schema)
         by_path = {a["path"]: a for a in self._active_files(read_version)}
         missing = [p for p in touched_log if p not in by_path]
         if missing:
             raise TableError(f"upsert into '{self.spec.name}': cannot map files {missing[:3]} back to the Delta log")
         removes = [by_path[p] for p in touched_log]
         return self._commit(adds, removes, "MERGE", {"predicate": " AND ".join(f"t.{k} = s.{k}" for k in key)},
-                            read_version)
+                            read_version, evolved)
 
     def _commit(self, adds: list[dict], removes: list[dict], operation: str, params: dict, read_version: int,
                 new_schema: pa.Schema | None = None) -> CommitResult:
@@ -523,14 +536,25 @@ class DeltaSparkTable(Table):
         after = self.version()
         return CommitResult(self.spec.name, after if after != before else None)
 
-    def upsert(self, df) -> CommitResult:
+    def upsert(self, df, *, evolve_schema: bool = False) -> CommitResult:
+        """MERGE with the delta-rs path's semantics: ``df`` is first given the table's columns (typed nulls for
+        evolved ones it lacks, its extra columns dropped unless ``evolve_schema``), so UPDATE SET * replaces rows."""
+        from pyspark.sql import functions as F
+
         self._check_df(df, "upsert")
         self._check_unique_keys(df, "upsert")
         self.create_if_missing()
+        target = self._delta()
+        fields = list(target.toDF().schema.fields)
+        source = df.select(*[F.col(f.name) if f.name in df.columns else F.lit(None).cast(f.dataType).alias(f.name)
+                             for f in fields],
+                           *[c for c in df.columns if evolve_schema and c not in {f.name for f in fields}])
         cond = " AND ".join(f"t.{k} = s.{k}" for k in self.spec.key)
         before = self.version()
-        (self._delta().alias("t").merge(df.alias("s"), cond).whenMatchedUpdateAll().whenNotMatchedInsertAll()
-         .execute())
+        merge = target.alias("t").merge(source.alias("s"), cond)
+        if evolve_schema:
+            merge = merge.withSchemaEvolution()
+        merge.whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
         after = self.version()
         return CommitResult(self.spec.name, after if after != before else None)
 
