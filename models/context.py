@@ -106,7 +106,9 @@ def load_sentence_model(model_dir: str | os.PathLike[str] | None = None,
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer  # heavy import, only when a text model is built
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per Python worker would clutter job output
         model = SentenceTransformer(folder, device=str(dev), local_files_only=True)
         model.eval()
         _SENTENCE_MODELS[key] = model
