@@ -125,13 +125,15 @@ class _FileWriterTask:
             yield pa.RecordBatch.from_pylist(actions)
 
 
-def _with_columns_of(df, schema: pa.Schema):
-    """``df`` with exactly ``schema``'s columns, in its order: typed nulls for the ones ``df`` lacks."""
+def _with_columns_of(df, struct, keep_extra: bool = False):
+    """``df`` with the columns of the Spark ``struct``, in its order, typed nulls for the ones ``df`` lacks; then,
+    if ``keep_extra``, ``df``'s other columns. Both backends' upserts conform their input with it."""
     from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_type
 
-    return df.select(*[F.col(f.name) if f.name in df.columns
-                       else F.lit(None).cast(from_arrow_type(f.type)).alias(f.name) for f in schema])
+    names = set(struct.fieldNames())
+    return df.select(*[F.col(f.name) if f.name in df.columns else F.lit(None).cast(f.dataType).alias(f.name)
+                       for f in struct],
+                     *[c for c in df.columns if keep_extra and c not in names])
 
 
 def _split_by_partition(table: pa.Table, columns: tuple[str, ...], pc) -> Iterator[tuple[tuple, pa.Table]]:
@@ -389,14 +391,14 @@ class DeltaRsTable(Table):
         current = self.arrow_schema()
         evolved = self._evolved_schema(df, current) if evolve_schema else None
         schema = evolved or current
-        incoming = _with_columns_of(df, schema)
+        incoming = _with_columns_of(df, spark_schema(schema))
         existing = self.read(read_version, with_file=True)
         touched = {r[0] for r in existing.join(incoming.select(*key), key, "left_semi")
                    .select(FILE_COLUMN).distinct().collect()}
         touched_log = {self._relative(uri): uri for uri in touched}
         kept = (existing.filter(F.col(FILE_COLUMN).isin(list(touched))).join(incoming.select(*key), key, "left_anti")
                 .drop(FILE_COLUMN))
-        adds = self._write(_with_columns_of(kept, schema).unionByName(incoming), schema)
+        adds = self._write(_with_columns_of(kept, spark_schema(schema)).unionByName(incoming), schema)
         by_path = {a["path"]: a for a in self._active_files(read_version)}
         missing = [p for p in touched_log if p not in by_path]
         if missing:
@@ -539,16 +541,11 @@ class DeltaSparkTable(Table):
     def upsert(self, df, *, evolve_schema: bool = False) -> CommitResult:
         """MERGE with the delta-rs path's semantics: ``df`` is first given the table's columns (typed nulls for
         evolved ones it lacks, its extra columns dropped unless ``evolve_schema``), so UPDATE SET * replaces rows."""
-        from pyspark.sql import functions as F
-
         self._check_df(df, "upsert")
         self._check_unique_keys(df, "upsert")
         self.create_if_missing()
         target = self._delta()
-        fields = list(target.toDF().schema.fields)
-        source = df.select(*[F.col(f.name) if f.name in df.columns else F.lit(None).cast(f.dataType).alias(f.name)
-                             for f in fields],
-                           *[c for c in df.columns if evolve_schema and c not in {f.name for f in fields}])
+        source = _with_columns_of(df, target.toDF().schema, keep_extra=evolve_schema)
         cond = " AND ".join(f"t.{k} = s.{k}" for k in self.spec.key)
         before = self.version()
         merge = target.alias("t").merge(source.alias("s"), cond)
