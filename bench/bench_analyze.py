@@ -8,11 +8,11 @@ the videos 50 times (aim >= 20x faster).
 What it does:
 
 1. Builds ``uploads``, ``video_expressions`` and ``video_contexts`` as Delta tables from the world simulator's sparse
-   chunks (:func:`cxatlas.simulate.iter_sparse_chunks`), generated inside Spark tasks (each task makes its own row
-   range; the rows do not depend on the slicing) and written through :mod:`cxatlas.tables`
-   (:func:`cxatlas.import_annotations.import_simulated`) -- never via the wide import format. Reused on the next run
+   chunks (:func:`cxatlas.sim.simulate.iter_sparse_chunks`), generated inside Spark tasks (each task makes its own row
+   range; the rows do not depend on the slicing) and written through :mod:`cxatlas.core.tables`
+   (:func:`cxatlas.stages.import_annotations.import_simulated`) -- never via the wide import format. Reused on the next run
    when the same size is already there (``--rebuild`` forces it).
-2. Times :func:`cxatlas.analyze.run_analyze` (Delta -> result tables; figures off unless ``--figures``) while a thread
+2. Times :func:`cxatlas.stages.analyze.run_analyze` (Delta -> result tables; figures off unless ``--figures``) while a thread
    samples the resident memory of the whole process tree (driver Python + JVM + Python workers) every 0.2 s.
 3. numpy alone: the same rows in memory (X, sparse C, region, the same ``xxhash64`` hashes), timed while forming the
    same sums (Poisson weights, :func:`cxatlas.stats.accumulate` in the same batches, the CCA sample sums and the
@@ -43,11 +43,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxatlas import simulate  # noqa: E402
-from cxatlas.analyze import AnalyzeSettings, run_analyze, world_params_from_config  # noqa: E402
-from cxatlas.config import load_config  # noqa: E402
-from cxatlas.import_annotations import import_simulated  # noqa: E402
-from cxatlas.regions import REGION_IDS  # noqa: E402
-from cxatlas.schemas import UPLOADS  # noqa: E402
+from cxatlas.stages.analyze import AnalyzeSettings, run_analyze, world_params_from_config  # noqa: E402
+from cxatlas.core.config import load_config  # noqa: E402
+from cxatlas.stages.import_annotations import import_simulated  # noqa: E402
+from cxatlas.core.regions import REGION_IDS  # noqa: E402
+from cxatlas.core.schemas import UPLOADS  # noqa: E402
 from cxatlas.stats import accumulate, accumulate_cca, poisson_weights  # noqa: E402
 from cxatlas.stats.moments import Moments  # noqa: E402
 
@@ -156,7 +156,7 @@ def load_in_memory(spark, store, params, n_videos: int):
     X = np.concatenate([c.X for c in chunks]).astype(np.float64)
     C = sp.vstack([c.C for c in chunks], format="csr").astype(np.float64)
     # Columns in the analysis' order: the taxonomy's labels (the simulator may use only its first contexts).
-    from cxatlas.taxonomies import load_taxonomy
+    from cxatlas.core.taxonomies import load_taxonomy
 
     taxonomy = list(load_taxonomy(TAXONOMY).labels)
     col = np.array([taxonomy.index(c) for c in params.contexts])
@@ -175,7 +175,7 @@ def load_in_memory(spark, store, params, n_videos: int):
 
 def numpy_sums(X, C, region, h, key, lat, lon, settings: AnalyzeSettings, thresholds, bin_deg: float):
     """Form the analysis' sums in one process, batch by batch as the executors do. Returns (Moments, seconds)."""
-    from udfs.moments import GeobinSums
+    from cxatlas.udfs.moments import GeobinSums
 
     R = len(REGION_IDS)
     t = time.time()
@@ -246,8 +246,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
-    from cxatlas.spark import build_spark
-    from cxatlas.tables import TableStore
+    from cxatlas.core.spark import build_spark
+    from cxatlas.core.tables import TableStore
 
     overrides = [f"simulate.n_contexts={'null' if args.contexts is None else args.contexts}",
                  f"analyze.replicates={args.replicates}", f"analyze.figures.enabled={str(args.figures).lower()}",
@@ -301,7 +301,7 @@ def main(argv=None) -> int:
     if not (args.skip_numpy and args.skip_naive):
         X, C, region, h, key, lat, lon = load_in_memory(spark, store, params, args.videos)
     if not args.skip_numpy:
-        thresholds = _thresholds_numpy(key, region, settings.cca_per_region)
+        thresholds = _thresholds_numpy(key, region, settings.cca.per_region)
         with PeakMemory() as mem_np:
             m_np, t_np = numpy_sums(X, C, region, h, key, lat, lon, settings, thresholds,
                                     float(cfg.get("geo.bin_deg", 0.5)))

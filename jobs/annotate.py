@@ -2,7 +2,7 @@
 
     spark-submit --master spark://HOST:7077 jobs/annotate.py --conf conf/cluster.yaml
 
-Thin entry point: all logic lives in :mod:`cxatlas.annotate` and :mod:`udfs.annotate`.
+Thin entry point: all logic lives in :mod:`cxatlas.stages.annotate` and :mod:`cxatlas.udfs.annotate`.
 """
 import sys
 

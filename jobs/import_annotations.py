@@ -2,7 +2,7 @@
 
     spark-submit --master spark://HOST:7077 jobs/import_annotations.py --conf conf/cluster.yaml --input s3a://b/ann/
 
-Thin entry point: all logic lives in :mod:`cxatlas.import_annotations`.
+Thin entry point: all logic lives in :mod:`cxatlas.stages.import_annotations`.
 """
 import sys
 

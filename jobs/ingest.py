@@ -2,7 +2,7 @@
 
     spark-submit --master spark://HOST:7077 jobs/ingest.py --conf conf/cluster.yaml --manifest s3a://bucket/m.parquet
 
-Thin entry point: all logic lives in :mod:`cxatlas.ingest`; arguments are those of ``cxatlas ingest --help``.
+Thin entry point: all logic lives in :mod:`cxatlas.stages.ingest`; arguments are those of ``cxatlas ingest --help``.
 """
 import sys
 

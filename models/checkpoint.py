@@ -16,6 +16,8 @@ checkpoint never executes code from the file.
 """
 from __future__ import annotations
 
+from cxatlas.core.errors import UserError
+
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +38,7 @@ INPUT_KINDS = ("face_grey64", "face_rgb160", "face_rgb160_window")
 _INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A weights file is missing, unreadable, or belongs to another model.
 
     The message always names the file and what was expected, because it is shown to users before a job starts.
@@ -194,7 +196,7 @@ def load_checkpoint(path: str | Path | None, expected_model_name: str) -> Checkp
     CheckpointError
         If no path was given, the file is missing, is not a cxatlas checkpoint, or holds another model's weights.
     """
-    expected = f"a cxatlas checkpoint for model '{expected_model_name}' (written by models.checkpoint.save_checkpoint)"
+    expected = f"a cxatlas checkpoint for model '{expected_model_name}' (written by cxatlas.models.checkpoint.save_checkpoint)"
     if path is None:
         raise CheckpointError(f"model '{expected_model_name}' needs trained weights: pass a checkpoint path ({expected})")
     path = Path(path)

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.checkpoint import CheckpointError
+from cxatlas.models.checkpoint import CheckpointError
+from cxatlas.models.device import pick_device
 
 EMBEDDING_DIM = 384
 """Width of a MiniLM-L6 sentence embedding."""
@@ -59,21 +60,14 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 class ContextCheckpointError(CheckpointError):
     """A context checkpoint is missing, of the wrong kind, malformed, or made for another taxonomy.
 
-    A :class:`models.checkpoint.CheckpointError`, so a job reports every bad weights file the same way. The file
-    format itself is our own because ``models.checkpoint`` validates an ``InputSpec`` that only knows face-crop
+    A :class:`cxatlas.models.checkpoint.CheckpointError`, so a job reports every bad weights file the same way. The file
+    format itself is our own because ``cxatlas.models.checkpoint`` validates an ``InputSpec`` that only knows face-crop
     inputs, which neither a text embedding nor a 224 px video frame is.
     """
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as given, else ``cuda`` when a GPU is visible, else ``cpu``."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def bundled_minilm_dir() -> Path:
@@ -100,7 +94,7 @@ def load_sentence_model(model_dir: str | os.PathLike[str] | None = None,
     file fails loudly instead of reaching for the Hugging Face Hub.
     """
     folder = str(Path(model_dir) if model_dir is not None else bundled_minilm_dir())
-    dev = resolve_device(device)
+    dev = pick_device(device)
     key = (folder, str(dev))
     if key not in _SENTENCE_MODELS:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -263,7 +257,7 @@ class TextContextModel:
         self.cosine_threshold = float(cosine_threshold)
         self.temperature = float(temperature)
         self.batch_size = int(batch_size)
-        self.device = resolve_device(device)
+        self.device = pick_device(device)
         self.model_dir = model_dir
         self.head_checkpoint = head_checkpoint
         self._label_embeddings: torch.Tensor | None = None
@@ -356,7 +350,7 @@ class VisualContextExpert(nn.Module):
             expert.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ContextCheckpointError(f"{setting} {path}: weights do not fit a ResNet-18 expert ({exc})") from exc
-        return expert.to(resolve_device(device)).eval()
+        return expert.to(pick_device(device)).eval()
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write trunk + head for :meth:`from_checkpoint`."""
@@ -456,7 +450,7 @@ class MixtureOfExpertsContext:
         self.labels = text_model.labels
         self.mode = mode
         self.frame_batch_size = int(frame_batch_size)
-        self.device = resolve_device(device) if device is not None else text_model.device
+        self.device = pick_device(device) if device is not None else text_model.device
         self.visual: VisualContextExpert | None = None
         self.gate: LinearHead | None = None
         if mode == "text_only":

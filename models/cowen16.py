@@ -6,7 +6,7 @@ experts plus a dummy expert, gated by a softmax over three) gives one sigmoid ou
 expressions can be present at once.
 
 The trained weights were never released, so this model is only ever built from a user-supplied checkpoint
-(:meth:`Cowen16.from_checkpoint`); without one it raises :class:`~models.checkpoint.CheckpointError` instead of
+(:meth:`Cowen16.from_checkpoint`); without one it raises :class:`~cxatlas.models.checkpoint.CheckpointError` instead of
 producing scores from random weights. The trunk is created with ``pretrained=None``: nothing is downloaded.
 
 Windows of different lengths are batched together: frames are passed concatenated with a ``lengths`` vector, only real
@@ -20,7 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from models.checkpoint import CheckpointedModel, InputSpec
+from cxatlas.models.device import place
+from cxatlas.models.checkpoint import CheckpointedModel, InputSpec
 
 #: The 16 expression categories, in the order of the published correlation tables.
 LABELS: tuple[str, ...] = (
@@ -114,11 +115,7 @@ class Cowen16(CheckpointedModel, nn.Module):
         self.input_spec = INPUT_SPEC
         self.version = "cowen16-untrained"
 
-        self.device = torch.device("cpu")
-        if device is not None:
-            self.device = torch.device(device)
-            self.to(self.device)
-        self.eval()
+        place(self, device)
 
     def forward_frames(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Windows given as concatenated frames: ``frames`` (sum(lengths), 3, H, W), window i owning the next

@@ -1,6 +1,6 @@
 """Faces in a window of frames: MTCNN detection, an IoU tracker, and square crops per tracked face.
 
-Why: the expression models score one face over time, so a window of frames (from :func:`cxatlas.video.sample_windows`)
+Why: the expression models score one face over time, so a window of frames (from :func:`cxatlas.media.video.sample_windows`)
 must become "face windows": for each person, the same face cropped in every frame. Three steps:
 
 1. **Detect** with facenet-pytorch's MTCNN, using the P/R/O-Net weights that ship inside the ``facenet_pytorch``

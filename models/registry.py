@@ -14,9 +14,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from models import brooks288, cowen16, fer7
-from cxatlas.schemas import label_to_column  # noqa: F401 - re-exported: one definition for all layers
-from models.checkpoint import CheckpointError, InputSpec
+from cxatlas.models import brooks288, cowen16, fer7
+from cxatlas.core.schemas import label_to_column  # noqa: F401 - re-exported: one definition for all layers
+from cxatlas.models.checkpoint import CheckpointError, InputSpec
+from cxatlas.models.device import pick_device
 
 COLUMN_PREFIX = "expr_"
 DEFAULT_BATCH_SIZE = 32
@@ -46,20 +47,6 @@ REGISTRY: dict[str, ModelSpec] = {
     "brooks288": ModelSpec("brooks288", brooks288.Brooks288, brooks288.LABELS, brooks288.INPUT_SPEC,
                            needs_checkpoint=True, default_version="brooks288-ckpt"),
 }
-
-
-def pick_device(preferred: str | torch.device | None = None) -> torch.device:
-    """The device to run on: ``preferred`` if given ('cpu', 'cuda', 'cuda:1'), else CUDA when available, else CPU.
-
-    ``None`` or 'auto' mean "use the GPU if there is one". Asking for CUDA where there is none is an error rather than
-    a silent fall-back to the CPU, which would make a misconfigured cluster job run orders of magnitude slower.
-    """
-    if preferred is None or str(preferred) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(preferred)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{preferred}' was requested but torch sees no CUDA device on this machine")
-    return device
 
 
 class ExpressionModel:
@@ -178,11 +165,11 @@ def load_expression_model(
     """
     spec = REGISTRY.get(name)
     if spec is None:
-        raise ValueError(f"unknown expression model '{name}'; known models: {sorted(REGISTRY)}")
+        raise CheckpointError(f"unknown expression model '{name}'; known models: {sorted(REGISTRY)}")
     if spec.needs_checkpoint and checkpoint_path is None:
         raise CheckpointError(
             f"model '{name}' needs trained weights: no checkpoint path was given (expected a cxatlas checkpoint for "
-            f"model '{name}', written by models.checkpoint.save_checkpoint); it never runs with random weights"
+            f"model '{name}', written by cxatlas.models.checkpoint.save_checkpoint); it never runs with random weights"
         )
     target = pick_device(device)
     loaded: Any = spec.module_class.from_checkpoint(checkpoint_path, device=target)

@@ -22,14 +22,14 @@ TEST_SPARK_CONF = [
 
 
 def make_config(data_root: Path, *overrides: str):
-    from cxatlas.config import load_config
+    from cxatlas.core.config import load_config
 
     return load_config(data_root=str(data_root), overrides=[*TEST_SPARK_CONF, *overrides])
 
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from cxatlas.spark import build_spark
+    from cxatlas.core.spark import build_spark
 
     cfg = make_config(tmp_path_factory.mktemp("spark-data"))
     session = build_spark(cfg, "-tests")
@@ -44,6 +44,6 @@ def cfg(tmp_path):
 
 @pytest.fixture
 def store(spark, cfg):
-    from cxatlas.tables import TableStore
+    from cxatlas.core.tables import TableStore
 
     return TableStore.from_config(spark, cfg)

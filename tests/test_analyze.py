@@ -14,6 +14,7 @@ and reconciles (small hand-made file).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -24,18 +25,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cxatlas import simulate
-from cxatlas.analyze import (AnalyzeSettings, Inputs, compute_results, compute_sums, prepare_input, run_analyze,
-                             world_params_from_config)
-from cxatlas.import_annotations import ImportFormatError, import_simulated, run_import
-from cxatlas.regions import REGION_IDS
-from cxatlas.results import (ANALYSES, CCA_HELDOUT, CCA_TESTS, CONTEXT_EXPRESSION_CORRELATIONS, GEOBIN_VARIATES,
+from cxatlas.sim import simulate
+from cxatlas.core.settings import AnalyzeSettings
+from cxatlas.sim.world import import_simulated, run_simulate, world_params_from_config
+from cxatlas.stages.analyze import Inputs, compute_results, compute_sums, prepare_input, run_analyze
+from cxatlas.stages.import_annotations import ImportFormatError, run_import
+from cxatlas.core.regions import REGION_IDS
+from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_TESTS, CONTEXT_EXPRESSION_CORRELATIONS, GEOBIN_VARIATES,
                              REGION_SIMILARITY, REGION_VS_WORLD)
-from cxatlas.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
+from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
 from cxatlas.stats import accumulate, accumulate_cca, bootstrap_summary, partial_correlations, poisson_weights
-from cxatlas.tables import TableStore
+from cxatlas.core.tables import TableStore
 from tests.conftest import make_config
-from udfs.moments import GeobinSums
+from cxatlas.udfs.moments import GeobinSums
 
 N_VIDEOS = 150_000
 N_CONTEXTS = 40
@@ -103,7 +105,7 @@ def _numpy_sums(mem, settings: AnalyzeSettings):
     thresholds = []
     for r in range(R):
         keys = np.sort(mem["k"][mem["region"] == r])
-        thresholds.append(keys[settings.cca_per_region - 1] if keys.size >= settings.cca_per_region
+        thresholds.append(keys[settings.cca.per_region - 1] if keys.size >= settings.cca.per_region
                           else np.iinfo(np.int64).max)
     mask = mem["k"] <= np.array(thresholds)[mem["region"]]
     cm = accumulate_cca(mem["X"][mask], mem["C"][mask], mem["region"][mask], R)
@@ -186,8 +188,7 @@ def test_spark_path_equals_numpy_on_the_same_rows(world, in_memory):
 
 def test_same_results_with_other_partitioning_and_batches(spark, world):
     report = world["report"]
-    other = AnalyzeSettings(**{**report.settings.__dict__, "partitions": 3, "batch_rows": 7_000,
-                               "chunk_rows": 1_000, "geobin_shards": 3})
+    other = dataclasses.replace(report.settings, partitions=3, batch_rows=7_000, chunk_rows=1_000, geobin_shards=3)
     inputs = Inputs.read(world["store"])
     prepared = prepare_input(inputs, report.expression_model_version, report.context_model_version,
                              report.taxonomy, report.expressions)
@@ -216,7 +217,7 @@ def test_reweighted_cca_uses_every_video(world, in_memory):
     """``analyze.cca.balance=reweight``: no subsample; every video enters the CCA sums (regions are given equal mass
     on the driver), and the pass still equals numpy."""
     report = world["report"]
-    settings = AnalyzeSettings(**{**report.settings.__dict__, "cca_balance": "reweight"})
+    settings = dataclasses.replace(report.settings, cca=dataclasses.replace(report.settings.cca, balance="reweight"))
     prepared = prepare_input(Inputs.read(world["store"]), report.expression_model_version,
                              report.context_model_version, report.taxonomy, report.expressions, broadcast=True)
     m, cm, _ = compute_sums(prepared, report.expressions, in_memory["labels"], settings)
@@ -325,17 +326,15 @@ def test_poisson_bootstrap_se_matches_exact_multinomial_bootstrap(world, in_memo
 def test_wide_import_of_a_simulated_world_equals_writing_it_directly(spark, tmp_path):
     """``run_simulate`` + ``run_import`` (wide Parquet, validated, contexts made sparse by Spark higher-order
     functions) must store exactly what ``import_simulated`` writes from the simulator's sparse chunks."""
-    from cxatlas.analyze import run_simulate
 
-    settings = ["simulate.n_contexts=25", "simulate.seed=3", "simulate.chunk_rows=700"]
+    settings = ["simulate.n_contexts=25", "simulate.seed=3", "simulate.chunk_rows=700", "simulate.slice_rows=900"]
     cfg_a, cfg_b = make_config(tmp_path / "a", *settings), make_config(tmp_path / "b", *settings)
     store_a, store_b = TableStore.from_config(spark, cfg_a), TableStore.from_config(spark, cfg_b)
     sim = run_simulate(cfg_a, 2_000, str(tmp_path / "sim"))
     assert (Path(sim.population_dir) / "population.npz").is_file()
     report = run_import(spark, cfg_a, store_a, sim.out, model_version="m", taxonomy="t", model_name="simulator")
     assert report.reconciles and report.imported == 2_000 and report.quarantined == 0
-    import_simulated(spark, cfg_b, store_b, world_params_from_config(cfg_b), 2_000, model_version="m", taxonomy="t",
-                     slice_rows=900)
+    import_simulated(spark, cfg_b, store_b, world_params_from_config(cfg_b), 2_000, model_version="m", taxonomy="t")
 
     def frame(store, spec, cols):
         df = store.table(spec).read().toPandas()[cols].sort_values("video_id").reset_index(drop=True)

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxatlas.annotate import run_annotate
-from cxatlas.ingest import run_ingest
-from cxatlas.media_corpus import make_bad_media, source_paths
-from cxatlas.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
-from cxatlas.tables import TableStore
-from models.checkpoint import CheckpointError
+from cxatlas.stages.annotate import run_annotate
+from cxatlas.stages.ingest import run_ingest
+from cxatlas.sim.media_corpus import make_bad_media, source_paths
+from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
+from cxatlas.core.tables import TableStore
+from cxatlas.models.checkpoint import CheckpointError
 from tests.conftest import make_config
 from tests.test_ingest import PARIS, write_csv
 
@@ -67,9 +67,21 @@ def test_annotate_real_videos_end_to_end(spark, tmp_path, media):
     assert again.considered == 0 and again.reconciles
     assert {t: store.table(t).version() for t in versions} == versions  # a rerun commits nothing
 
+    # Lineage: a face setting is part of the annotation version, so changing it annotates every video again under a
+    # new expression version (the old rows stay, tagged with the old version); the text-only contexts do not
+    # depend on faces, so their version is unchanged and no context row is rewritten.
+    stricter = make_config(tmp_path / "data", *FAST, "annotate.fault_video_ids=[model_fault]",
+                           "annotate.faces.min_prob=0.95")
+    changed = run_annotate(spark, stricter, store)
+    assert changed.expression_version != report.expression_version
+    assert changed.context_version == report.context_version
+    assert changed.reconciles and changed.considered == len(media) + 1
+    versions_now = store.table(VIDEO_EXPRESSIONS).read().toPandas().groupby("model_version").video_id.nunique()
+    assert versions_now.to_dict() == {report.expression_version: 3, changed.expression_version: 3}
+
     store.register_views([UPLOADS, VIDEO_EXPRESSIONS])
     joined = spark.sql("SELECT u.region, e.n_windows FROM uploads u JOIN video_expressions e USING (video_id) "
-                       "WHERE u.video_id = 'single_face'").collect()
+                       f"WHERE u.video_id = 'single_face' AND e.model_version = '{report.expression_version}'").collect()
     assert joined[0].region == "western_europe" and joined[0].n_windows == man.n_windows
 
 

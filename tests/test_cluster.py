@@ -104,7 +104,7 @@ def job_args(data_root: Path, *args: str, overrides: Sequence[str] = (), sized: 
 
 def local_config(data_root: Path, overrides: Sequence[str] = ()):
     """The same configuration a job gets from :func:`job_args`, for a local-mode run in the test session."""
-    from cxatlas.config import load_config
+    from cxatlas.core.config import load_config
 
     return load_config(CLUSTER_CONF, data_root=str(data_root), overrides=[*LOOPBACK_OVERRIDES, *overrides])
 
@@ -204,12 +204,12 @@ class Corpus:
 # --------------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Corpus:
-    from cxatlas.config import load_config
-    from cxatlas.corpus import build_sample_corpus
+    from cxatlas.core.config import load_config
+    from cxatlas.sim.corpus import build_sample_corpus
 
     cfg = load_config(CLUSTER_CONF)
-    info = build_sample_corpus(tmp_path_factory.mktemp("cluster-corpus"), CORPUS_VIDEOS, cfg.path("regions.file"),
-                               seed=int(cfg.get("corpus.seed")), taxonomy=str(cfg.get("corpus.taxonomy")))
+    info = build_sample_corpus(tmp_path_factory.mktemp("cluster-corpus"), CORPUS_VIDEOS, cfg.settings.regions.file,
+                               seed=cfg.settings.corpus.seed, taxonomy=cfg.settings.corpus.taxonomy)
     with open(info.manifest, newline="", encoding="utf-8", errors="replace") as handle:
         rows = list(csv.DictReader(handle))
     # Deliberately bad rows (ids "" and "bad-*", and an older duplicate of a real video) never reach annotate.
@@ -241,8 +241,8 @@ def cluster_ingest(cluster, corpus, shared_root) -> SubmitResult:
 @pytest.fixture(scope="module")
 def local_ingest(spark, corpus, shared_root):
     """(data root, report): the same ingest in local mode (the session's local[2] Spark), same config and input."""
-    from cxatlas.ingest import run_ingest
-    from cxatlas.tables import TableStore
+    from cxatlas.stages.ingest import run_ingest
+    from cxatlas.core.tables import TableStore
 
     data = shared_root / "local-data"
     cfg = local_config(data)
@@ -254,8 +254,8 @@ def local_ingest(spark, corpus, shared_root):
 def local_annotate(spark, local_ingest, shared_root):
     """(data root, report): annotate in local mode on a COPY of the local ingest's tables (the original stays
     un-annotated for the fault test)."""
-    from cxatlas.annotate import run_annotate
-    from cxatlas.tables import TableStore
+    from cxatlas.stages.annotate import run_annotate
+    from cxatlas.core.tables import TableStore
 
     data = shared_root / "local-annotated"
     shutil.copytree(local_ingest[0], data)
@@ -300,7 +300,7 @@ def test_ingest_on_cluster_equals_local_mode(cluster_ingest, local_ingest):
 
 
 def test_spark_submit_settings_win_over_the_config(cluster, shared_root):
-    """A user's spark-submit --master/--conf must beat the config file (cxatlas.spark.build_spark): the config here
+    """A user's spark-submit --master/--conf must beat the config file (cxatlas.core.spark.build_spark): the config here
     says local[*] and cluster.yaml's 16g/4-core executors, spark-submit says this cluster and 1g/1-core executors.
     Otherwise a cluster run silently becomes a local one, or asks for executors no worker can host."""
     args = job_args(shared_root / "precedence-data", "tables", overrides=["spark.master=local[*]"], sized=False)
@@ -408,7 +408,7 @@ def test_worker_killed_mid_annotate_job_still_completes_without_duplicates(clust
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Analyze: a simulated world (cxatlas.analyze.run_simulate, pure numpy) is imported (jobs/import_annotations.py) and
+# Analyze: a simulated world (cxatlas.sim.world.run_simulate, pure numpy) is imported (jobs/import_annotations.py) and
 # analysed (jobs/analyze.py) on the cluster, and the same in local mode; every statistic must agree to 1e-10.
 # --------------------------------------------------------------------------------------------------------------------
 ANALYZE_JOB = JOBS / "analyze.py"
@@ -421,16 +421,17 @@ ANALYZE_OVERRIDES = ("analyze.partitions=6", "analyze.replicates=10", "analyze.f
 def result_tables() -> dict[str, list[str]]:
     """Statistics tables written by analyze, with their keys minus ``analysis_id`` (new for every run). The
     ``analyses`` table (one row of run metadata) is compared separately."""
-    from cxatlas.results import RESULT_TABLES
+    from cxatlas.core.result_schemas import RESULT_TABLES
 
     keyed = {spec.name: [k for k in spec.key if k != "analysis_id"] for spec in RESULT_TABLES}
     return {name: key for name, key in keyed.items() if key}
 
 
 def test_analyze_simulated_world_on_cluster_equals_local_mode(cluster, spark, shared_root, pytestconfig):
-    from cxatlas.analyze import run_analyze, run_simulate
-    from cxatlas.import_annotations import run_import
-    from cxatlas.tables import TableStore
+    from cxatlas.sim.world import run_simulate
+    from cxatlas.stages.analyze import run_analyze
+    from cxatlas.stages.import_annotations import run_import
+    from cxatlas.core.tables import TableStore
 
     world = shared_root / "simulated-world"
     cluster_data, local_data = shared_root / "sim-cluster", shared_root / "sim-local"

@@ -14,16 +14,16 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cxatlas.taxonomies import (  # noqa: E402
+from cxatlas.core.taxonomies import (  # noqa: E402
     EXPRESSIONS_2021, Taxonomy, disambiguate_duplicates, load_published_correlations, load_taxonomy,
 )
-from models.checkpoint import CheckpointError  # noqa: E402
-from models.context import (  # noqa: E402
+from cxatlas.models.checkpoint import CheckpointError  # noqa: E402
+from cxatlas.models.context import (  # noqa: E402
     ContextCheckpointError, MixtureOfExpertsContext, TextContextModel, VisualContextExpert, load_sentence_model,
     save_gate_checkpoint, save_text_head, save_visual_checkpoint, to_sparse,
 )
 
-from cxatlas.taxonomies import published_data_dir
+from cxatlas.core.taxonomies import published_data_dir
 
 NATURE_DIR = Path(os.environ.get("CXATLAS_NATURE_DATA", str(published_data_dir())))
 
@@ -80,7 +80,7 @@ def _csv_first_column(path: Path) -> list[str]:
 
 
 def test_builtin_files_have_exactly_the_published_row_counts():
-    pkg = resources.files("cxatlas.taxonomies")
+    pkg = resources.files("cxatlas.core.taxonomies")
     for name, n in (("nature2021_exp1", 653), ("nature2021_exp2", 1953)):
         text = pkg.joinpath(f"{name}.txt").read_text(encoding="utf-8")
         assert text.endswith("\n") and len(text.splitlines()) == n

@@ -18,7 +18,7 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from models import (
+from cxatlas.models import (
     CheckpointError,
     InputSpec,
     label_to_column,
@@ -27,7 +27,7 @@ from models import (
     pick_device,
     save_checkpoint,
 )
-from models import brooks288, cowen16, fer7
+from cxatlas.models import brooks288, cowen16, fer7
 
 FEAT_DATA = Path(importlib.util.find_spec("feat").submodule_search_locations[0]) / "tests" / "data"
 

@@ -10,8 +10,8 @@ import deltalake
 import pandas as pd
 import pytest
 
-from cxatlas.ingest import ManifestError, run_ingest
-from cxatlas.schemas import QUARANTINE, UPLOADS
+from cxatlas.stages.ingest import ManifestError, run_ingest
+from cxatlas.core.schemas import QUARANTINE, UPLOADS
 from tests.conftest import make_config
 
 COLUMNS = ["video_id", "uri", "lat", "lon", "country", "upload_time", "title", "description"]
@@ -80,7 +80,7 @@ def test_every_bad_row_is_quarantined_with_its_reason_and_counts_reconcile(spark
 
     again = run_ingest(spark, cfg, store, manifest)
     assert again.reconciles and again.unchanged == 3 and again.new == again.updated == 0
-    assert again.uploads_commit.version is None and again.quarantine_commit.version is None
+    assert again.commits["uploads"].version is None and again.commits["quarantine"].version is None
     assert store.table(UPLOADS).version() == 1 and store.table(QUARANTINE).version() == 1
     assert len(quarantine_df(store)) == len(BAD_ROWS)
 
@@ -158,12 +158,12 @@ def test_non_utf8_and_huge_titles_are_truncated_and_flagged(spark, store, cfg, t
     up = uploads_df(store).set_index("video_id")
     assert list(up.loc["b1", "text_flags"]) == ["title_invalid_utf8"]
     assert sorted(up.loc["b2", "text_flags"]) == ["description_truncated", "title_truncated"]
-    assert len(up.loc["b2", "title"]) == cfg.get("ingest.max_title_chars")
-    assert len(up.loc["b2", "description"]) == cfg.get("ingest.max_description_chars")
+    assert len(up.loc["b2", "title"]) == cfg.settings.ingest.max_title_chars
+    assert len(up.loc["b2", "description"]) == cfg.settings.ingest.max_description_chars
 
 
 def test_job_killed_mid_write_leaves_table_unchanged_and_rerun_completes(spark, cfg, tmp_path):
-    from cxatlas.tables import TableStore
+    from cxatlas.core.tables import TableStore
 
     rows = [dict(PARIS, video_id=f"k{i}") for i in range(5)] + [dict(SAO_PAULO, video_id=f"b{i}") for i in range(5)]
     store = TableStore.from_config(spark, cfg)

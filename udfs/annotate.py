@@ -14,11 +14,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
+
+from cxatlas.core.settings import AnnotateSettings
+from cxatlas.models.annotation import AnnotationModels, build_annotation_models
+from cxatlas.models.device import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -29,122 +33,38 @@ OUTPUT_SCHEMA = ("video_id string, status string, reason string, detail string, 
 ANNOTATED, QUARANTINED = "annotated", "quarantined"
 
 
-@dataclass(frozen=True)
-class AnnotateSettings:
-    """Everything an executor needs, built on the driver from ``conf['annotate']`` (picklable, hashable)."""
-
-    expression_model: str
-    expression_checkpoint: str | None
-    expression_batch_size: int
-    device: str
-    fps: float
-    window_seconds: float
-    max_windows: int
-    placement: str
-    max_side: int
-    min_frames: int
-    min_face_size: int
-    min_prob: float
-    min_track_frames: int
-    detect_stride: int
-    crop_size: int
-    margin: float
-    context_mode: str
-    taxonomy: str
-    head_checkpoint: str | None
-    visual_checkpoint: str | None
-    gate_checkpoint: str | None
-    cosine_threshold: float
-    temperature: float
-    store_threshold: float
-    store_top_k: int
-    context_batch_size: int
-    fault_video_ids: tuple[str, ...] = field(default=())
-
-    @classmethod
-    def from_section(cls, a: dict[str, Any]) -> "AnnotateSettings":
-        v, f, e, c = a["video"], a["faces"], a["expression"], a["context"]
-        return cls(
-            expression_model=str(e["model"]), expression_checkpoint=e.get("checkpoint"),
-            expression_batch_size=int(e["batch_size"]), device=str(a.get("device", "auto")),
-            fps=float(v["fps"]), window_seconds=float(v["window_seconds"]), max_windows=int(v["max_windows"]),
-            placement=str(v["placement"]), max_side=int(v["max_side"]), min_frames=int(v.get("min_frames", 1)),
-            min_face_size=int(f["min_face_size"]), min_prob=float(f["min_prob"]),
-            min_track_frames=int(f["min_track_frames"]), detect_stride=int(f["detect_stride"]),
-            crop_size=int(f["crop_size"]), margin=float(f["margin"]),
-            context_mode=str(c["mode"]), taxonomy=str(c["taxonomy"]), head_checkpoint=c.get("head_checkpoint"),
-            visual_checkpoint=c.get("visual_checkpoint"), gate_checkpoint=c.get("gate_checkpoint"),
-            cosine_threshold=float(c["cosine_threshold"]), temperature=float(c["temperature"]),
-            store_threshold=float(c["store_threshold"]), store_top_k=int(c["store_top_k"]),
-            context_batch_size=int(c["batch_size"]),
-            fault_video_ids=tuple(str(x) for x in (a.get("fault_video_ids") or ())))
-
-
-def task_device(preference: str) -> str:
-    """The torch device for this task: Spark's GPU assignment first (so tasks sharing an executor use the GPUs Spark
-    gave them), then any visible CUDA device, else the CPU. ``preference`` other than ``auto`` wins."""
-    if preference != "auto":
-        return preference
+def task_gpus() -> list[str]:
+    """The GPU addresses Spark assigned to the running task (``spark.task.resource.gpu.amount``); [] outside a task
+    or when none were assigned."""
     try:
         from pyspark import TaskContext
 
         ctx = TaskContext.get()
         gpus = ctx.resources().get("gpu") if ctx is not None else None
-        if gpus is not None and gpus.addresses:
-            return f"cuda:{gpus.addresses[0]}"
-    except Exception:  # noqa: BLE001 - outside a task, or a Spark without resources: fall through
-        pass
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+        return list(gpus.addresses) if gpus is not None else []
+    except Exception:  # noqa: BLE001 - a Spark without resource scheduling: no assignment
+        return []
 
 
-@dataclass
-class LoadedModels:
-    """The models one Python worker keeps for the life of the process."""
-
-    expression: Any
-    detector: Any
-    context: Any
-    labels: tuple[str, ...]
-    device: str
-
-
-_CACHE: dict[tuple, LoadedModels] = {}
+_CACHE: dict[tuple, AnnotationModels] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_models(settings: AnnotateSettings, device: str) -> LoadedModels:
-    """Load (or reuse) the expression model, face detector and context model for these settings on ``device``."""
-    key = (settings, device)
+def load_models(settings: AnnotateSettings, device: str) -> AnnotationModels:
+    """The models for these settings on ``device``, loaded once per Python worker and then reused."""
+    key = (settings, str(device))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            from cxatlas.taxonomies import load_taxonomy
-            from models.context import MixtureOfExpertsContext, TextContextModel
-            from models.faces import FaceDetector
-            from models.registry import load_expression_model
-
             started = time.time()
-            expression = load_expression_model(settings.expression_model, settings.expression_checkpoint,
-                                               device=device, batch_size=settings.expression_batch_size)
-            detector = FaceDetector(min_face_size=settings.min_face_size, min_prob=settings.min_prob, device=device,
-                                    detect_stride=settings.detect_stride, min_track_frames=settings.min_track_frames)
-            taxonomy = load_taxonomy(settings.taxonomy)
-            text = TextContextModel(taxonomy.labels, label_texts=taxonomy.source_names,
-                                    head_checkpoint=settings.head_checkpoint,
-                                    cosine_threshold=settings.cosine_threshold, temperature=settings.temperature,
-                                    batch_size=settings.context_batch_size, device=device)
-            context = MixtureOfExpertsContext(text, mode=settings.context_mode,
-                                              visual_checkpoint=settings.visual_checkpoint,
-                                              gate_checkpoint=settings.gate_checkpoint, device=device)
+            models = build_annotation_models(settings, device)
             _CACHE.clear()  # one configuration per worker at a time: bounded memory
-            _CACHE[key] = LoadedModels(expression, detector, context, taxonomy.labels, device)
-            log.info("worker loaded models for %s on %s in %.1fs", settings.expression_model, device,
+            _CACHE[key] = models
+            log.info("worker loaded models for %s on %s in %.1fs", settings.expression.model, device,
                      time.time() - started)
         return _CACHE[key]
 
 
-def _context_frames(windows: list[np.ndarray], size: int = 224):
+def _context_frames(windows: list[np.ndarray], size: int):
     """One middle frame per window, resized for the visual context expert, as a (F, 3, size, size) uint8 tensor."""
     import cv2
     import torch
@@ -184,13 +104,13 @@ class AnnotateBatches:
     def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
 
-        models = load_models(self.settings, task_device(self.settings.device))
+        models = load_models(self.settings, str(pick_device(self.settings.device, task_gpus())))
         with torch.inference_mode():
             for batch in batches:
                 yield self.annotate(batch, models)
 
     # -- per batch -------------------------------------------------------------------------------------------------
-    def annotate(self, batch: pd.DataFrame, models: LoadedModels) -> pd.DataFrame:
+    def annotate(self, batch: pd.DataFrame, models: AnnotationModels) -> pd.DataFrame:
         videos = [_Video(str(r["video_id"]), r) for r in batch.to_dict("records")]
         for video in videos:
             self._faces(video, models)
@@ -209,15 +129,16 @@ class AnnotateBatches:
             "contexts": contexts,
         })
 
-    def _faces(self, video: _Video, models: LoadedModels) -> None:
-        from cxatlas.video import VideoError, sample_windows
+    def _faces(self, video: _Video, models: AnnotationModels) -> None:
+        from cxatlas.media.video import VideoError, sample_windows
 
-        s = self.settings
+        v, f = self.settings.video, self.settings.faces
         started = time.time()
         try:
-            decoded = sample_windows(str(video.row["uri"]), fps=s.fps, window_seconds=s.window_seconds,
-                                     max_windows=s.max_windows, placement=s.placement, max_side=s.max_side,
-                                     min_frames=s.min_frames)
+            decoded = sample_windows(str(video.row["uri"]), fps=v.fps, window_seconds=v.window_seconds,
+                                     max_windows=v.max_windows, placement=v.placement, max_side=v.max_side,
+                                     min_frames=v.min_frames, seek_threshold_s=v.seek_threshold_s,
+                                     min_decoded_fraction=v.min_decoded_fraction)
         except VideoError as exc:
             video.quarantine(exc.reason, str(exc))
             return
@@ -228,16 +149,17 @@ class AnnotateBatches:
         video.frames_decoded = int(decoded.n_decoded)
         try:
             for window in decoded.windows:
-                tracks = models.detector.face_windows(window, size=s.crop_size, margin=s.margin)
+                tracks = models.detector.face_windows(window, size=f.crop_size, margin=f.margin,
+                                                      smooth_frames=f.smooth_frames)
                 video.n_faces += len(tracks)
                 video.crops.extend(tracks)
-            if s.context_mode != "text_only":
-                video.context_frames = _context_frames(list(decoded.windows))
+            if self.settings.context.mode != "text_only":
+                video.context_frames = _context_frames(list(decoded.windows), self.settings.context.frame_size)
         except Exception as exc:  # noqa: BLE001
             video.quarantine("face_detection_error", f"{type(exc).__name__}: {exc}")
         del decoded  # frames are dropped here; only face crops (and a few context frames) go on
 
-    def _predict(self, videos: list[_Video], models: LoadedModels) -> None:
+    def _predict(self, videos: list[_Video], models: AnnotationModels) -> None:
         faulty = [v.video_id for v in videos if v.video_id in self.settings.fault_video_ids]
         if faulty:
             raise RuntimeError(f"fault injected by annotate.fault_video_ids for {faulty}")
@@ -251,7 +173,7 @@ class AnnotateBatches:
             v.n_windows = n
             start += n
 
-    def _expressions(self, videos: list[_Video], models: LoadedModels) -> None:
+    def _expressions(self, videos: list[_Video], models: AnnotationModels) -> None:
         """Score all windows of the batch in one pass; if that fails, isolate the failing video(s)."""
         if not videos:
             return
@@ -266,22 +188,19 @@ class AnnotateBatches:
         for video in videos:
             video.crops = []  # scored: the crops are dropped now
 
-    def _contexts(self, videos: list[_Video], models: LoadedModels) -> list:
-        from models.context import to_sparse
+    def _contexts(self, videos: list[_Video], models: AnnotationModels) -> list:
+        from cxatlas.models.context import to_sparse
 
-        s = self.settings
+        s = self.settings.context
         ok = [v for v in videos if v.status == ANNOTATED]
         out: dict[str, list] = {}
         if ok:
             titles = [str(v.row.get("title") or "") for v in ok]
             descriptions = [str(v.row.get("description") or "") for v in ok]
-            frames = [v.context_frames for v in ok] if s.context_mode != "text_only" else None
+            frames = [v.context_frames for v in ok] if s.mode != "text_only" else None
             scores = models.context.score(titles, descriptions, videos=frames)
             sparse = to_sparse(scores, models.labels, threshold=s.store_threshold, top_k=s.store_top_k)
             for v, pairs in zip(ok, sparse):
                 out[v.video_id] = [{"label": label, "score": float(score)} for label, score in pairs]
         return [out.get(v.video_id) for v in videos]
 
-
-def settings_dict(settings: AnnotateSettings) -> dict:
-    return asdict(settings)

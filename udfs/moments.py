@@ -19,7 +19,7 @@ back together on the driver. Addition is the only operation after the pass, so t
 ~1e-16 relative) for any partitioning, task order or retry.
 
 Input rows (the columns :data:`INPUT_COLUMNS` plus the expression columns) come from
-:func:`cxatlas.analyze.prepare_input`: ``_region`` (int code), ``_hash`` (``xxhash64(video_id)``), ``_key`` (a second,
+:func:`cxatlas.stages.analyze.prepare_input`: ``_region`` (int code), ``_hash`` (``xxhash64(video_id)``), ``_key`` (a second,
 independent hash that orders videos for the balanced CCA sample), ``lat_bin``/``lon_bin`` (nullable ints), the
 expression floats and ``contexts`` (the video's sparse ``list<struct<label, score>>`` as stored in
 ``video_contexts``). Sparse contexts become a CSR matrix straight from the Arrow list offsets

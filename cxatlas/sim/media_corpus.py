@@ -24,7 +24,7 @@ margin of at least 0.1 s, so a clip cut inside one interval has a known answer (
 
 :func:`make_variants` multiplies these into many short, small, re-encoded clips (trimmed, rescaled, re-timed,
 sometimes mirrored; libx264 or mpeg4) for load tests and demos; :func:`make_bad_media` writes one file per failure
-reason of :mod:`cxatlas.video`. Everything is deterministic for a given seed.
+reason of :mod:`cxatlas.media.video`. Everything is deterministic for a given seed.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from cxatlas.video import sample_windows
+from cxatlas.media.video import sample_windows
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ def truncate_file(src: Path, dst: Path, fraction: float) -> Path:
 
 def make_bad_media(out_dir: Path | str, data_dir: Path | None = None, large_size: tuple[int, int] = (1920, 1080),
                    large_seconds: float = 2.0) -> dict[str, Path]:
-    """Write one file per failure of :mod:`cxatlas.video`, keyed by the ``VideoError.reason`` it must raise.
+    """Write one file per failure of :mod:`cxatlas.media.video`, keyed by the ``VideoError.reason`` it must raise.
 
     Keys: ``corrupt_video`` (an MP4 cut in half: its index, written last, is gone), ``not_a_video`` (text named
     ``.mp4``), ``empty_video`` (zero bytes), ``too_few_frames`` (a valid one-frame video; only an error when the

@@ -5,8 +5,8 @@ hash (stage | reason | source row) makes a rerun idempotent: the same bad row is
 """
 from __future__ import annotations
 
-from cxatlas.schemas import QUARANTINE
-from cxatlas.tables import CommitResult, TableStore
+from cxatlas.core.schemas import QUARANTINE
+from cxatlas.core.tables import CommitResult, TableStore
 
 
 def to_quarantine_rows(df, *, stage: str, reason_col: str, detail_col: str | None, source_row_col: str,
@@ -35,10 +35,3 @@ def write_quarantine(store: TableStore, rejects) -> CommitResult:
     table = store.table(QUARANTINE).create_if_missing()
     fresh = rejects.dropDuplicates(["row_hash"]).join(table.read().select("row_hash"), "row_hash", "left_anti")
     return table.append(fresh.select(*QUARANTINE.schema.names))
-
-
-def describe_reasons(reasons: dict[str, int]) -> list[str]:
-    """The summary line counting quarantined rows by reason (none when nothing was quarantined)."""
-    if not reasons:
-        return []
-    return ["  quarantine reasons: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))]

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from cxatlas import regions
+from cxatlas.core import regions
 
 __all__ = [
     "heatmap_contexts",
@@ -65,7 +65,7 @@ def _display(region: str) -> str:
 
 
 def _region_order(values: Sequence[str]) -> list[str]:
-    """Regions in the canonical order of :data:`cxatlas.regions.REGIONS`, unknown values after them, sorted."""
+    """Regions in the canonical order of :data:`cxatlas.core.regions.REGIONS`, unknown values after them, sorted."""
     present = list(dict.fromkeys(str(v) for v in values))
     known = [r for r in regions.REGION_IDS if r in present]
     known += [r.display_name for r in regions.REGIONS if r.display_name in present and r.display_name not in known]
@@ -388,7 +388,7 @@ def geobin_map(
 ) -> Path:
     """Equirectangular map: each bin coloured RGB = (variate_1, variate_2, variate_3), opacity by video count.
 
-    ``lat_bin, lon_bin`` are bin *indices* as :func:`cxatlas.geo.geobin` makes them (``floor(lat / bin_deg)``), so a
+    ``lat_bin, lon_bin`` are bin *indices* as :func:`cxatlas.core.geo.geobin` makes them (``floor(lat / bin_deg)``), so a
     bin covers ``[lat_bin * bin_deg, (lat_bin + 1) * bin_deg)``. Each variate is rescaled to [0, 1] between its
     ``percentiles`` (robust to outlying bins) and clipped. Opacity grows with log(n_videos) so that bins resting on
     a handful of videos do not dominate the eye. Bins are drawn at least ~1 degree wide so that sparse points stay

@@ -28,8 +28,8 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 
 from cxatlas import __version__
-from cxatlas.config import Config
-from cxatlas.schemas import TableSpec, spark_schema
+from cxatlas.core.config import Config, ConfigError
+from cxatlas.core.schemas import TableSpec, spark_schema
 
 log = logging.getLogger(__name__)
 
@@ -574,15 +574,15 @@ class TableStore:
 
     spark: Any
     root: str
-    backend: str = "auto"
-    target_file_rows: int = 1_000_000
-    vacuum_retention_hours: float = 168
+    backend: str
+    target_file_rows: int
+    vacuum_retention_hours: float
     fault_fail_task: int | None = None
     _tables: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise ValueError(f"tables.backend must be one of {BACKENDS}, got {self.backend!r}")
+            raise ConfigError(f"tables.backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.backend == "auto":
             self.backend = "delta-spark" if delta_spark_available(self.spark) else "delta-rs"
         if self.backend == "delta-spark" and not delta_spark_available(self.spark):
@@ -593,10 +593,8 @@ class TableStore:
 
     @classmethod
     def from_config(cls, spark, cfg: Config) -> "TableStore":
-        section = cfg.section("tables")
-        return cls(spark, cfg.table_root, str(section.get("backend", "auto")),
-                   int(section.get("target_file_rows", 1_000_000)),
-                   float(section.get("vacuum_retention_hours", 168)), section.get("fault_fail_task"))
+        t = cfg.settings.tables
+        return cls(spark, cfg.table_root, t.backend, t.target_file_rows, t.vacuum_retention_hours, t.fault_fail_task)
 
     def table(self, spec: TableSpec) -> Table:
         if spec.name not in self._tables:

@@ -4,7 +4,7 @@ Data flow (all distributed; only counts and file metadata reach the driver)::
 
     manifest (CSV / JSON lines / Parquet, any Hadoop or fsspec URI)
       -> columns checked (missing or unexpected columns: ManifestError naming them)
-      -> parsed + validated (Spark expressions; coordinates and countries in a pandas UDF over cxatlas.geo)
+      -> parsed + validated (Spark expressions; coordinates and countries in a pandas UDF over cxatlas.core.geo)
       -> sharded by a stable hash of video_id (``ingest.partitions``)
       -> duplicates resolved: within the manifest and against ``uploads``, the latest upload_time wins
       -> ``uploads`` upsert (one commit) and ``quarantine`` append (one commit)
@@ -15,18 +15,18 @@ Rows in = new + updated + unchanged + quarantined. Re-ingesting a manifest chang
 from __future__ import annotations
 
 import logging
-import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 import pandas as pd
 
-from cxatlas.config import Config
-from cxatlas.quarantine import describe_reasons, to_quarantine_rows, write_quarantine
-from cxatlas.regions import load_country_regions
-from cxatlas.schemas import UPLOADS
-from cxatlas.tables import CommitResult, TableStore
+from cxatlas.core.config import Config
+from cxatlas.core.errors import UserError
+from cxatlas.core.runs import RunReport, utc_timestamp
+from cxatlas.core.quarantine import to_quarantine_rows, write_quarantine
+from cxatlas.core.regions import load_country_regions
+from cxatlas.core.schemas import UPLOADS
+from cxatlas.core.tables import CommitResult, TableStore
 
 log = logging.getLogger(__name__)
 
@@ -39,42 +39,33 @@ STATUSES = ("new", "updated", "unchanged", "quarantined")
 KEEP_NULLS = {"ignoreNullFields": "false"}  # a quarantined row keeps every column, nulls included
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """The manifest as a whole cannot be ingested (unreadable, or its columns are wrong)."""
 
 
 @dataclass
-class IngestReport:
+class IngestReport(RunReport):
     """Counts of one ingest run; ``rows_in == new + updated + unchanged + quarantined`` always."""
 
-    manifest: str
-    run_id: str
+    manifest: str = ""
     rows_in: int = 0
     new: int = 0
     updated: int = 0
     unchanged: int = 0
     quarantined: int = 0
     replaced_rows_quarantined: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
-    uploads_commit: CommitResult | None = None
-    quarantine_commit: CommitResult | None = None
-    seconds: float = 0.0
 
-    @property
-    def reconciles(self) -> bool:
-        return self.rows_in == self.new + self.updated + self.unchanged + self.quarantined
+    def headline(self) -> str:
+        return f"ingest {self.manifest} (run {self.run_id})"
 
-    def summary(self) -> str:
-        lines = [
-            f"ingest {self.manifest} (run {self.run_id}) in {self.seconds:.1f}s",
-            f"  rows in {self.rows_in} = new {self.new} + updated {self.updated} + unchanged {self.unchanged} "
-            f"+ quarantined {self.quarantined}  [{'reconciles' if self.reconciles else 'DOES NOT RECONCILE'}]",
-        ]
-        lines += describe_reasons(self.reasons)
-        if self.replaced_rows_quarantined:
-            lines.append(f"  older uploads replaced and moved to quarantine: {self.replaced_rows_quarantined}")
-        lines += [commit.describe() for commit in (self.uploads_commit, self.quarantine_commit) if commit is not None]
-        return "\n".join(lines)
+    def balance(self):
+        return ("rows in", self.rows_in), [("new", self.new), ("updated", self.updated),
+                                           ("unchanged", self.unchanged), ("quarantined", self.quarantined)]
+
+    def details(self) -> list[str]:
+        if not self.replaced_rows_quarantined:
+            return []
+        return [f"  older uploads replaced and moved to quarantine: {self.replaced_rows_quarantined}"]
 
 
 def detect_format(path: str, fmt: str | None = None) -> str:
@@ -153,14 +144,14 @@ def check_columns(columns: list[str], allow_extra: bool) -> None:
 
 
 def geo_reason_udf(country_regions: Mapping[str, str | None], max_distance_km: float, border_tolerance_km: float):
-    """A pandas UDF (lat, lon, country) -> reason or null, evaluated on executors over cxatlas.geo."""
+    """A pandas UDF (lat, lon, country) -> reason or null, evaluated on executors over cxatlas.core.geo."""
     from pyspark.sql.functions import pandas_udf
 
     regions = dict(country_regions)
 
     @pandas_udf("string")
     def geo_reason(lat: pd.Series, lon: pd.Series, country: pd.Series) -> pd.Series:
-        from cxatlas.geo import coordinate_problems
+        from cxatlas.core.geo import coordinate_problems
 
         reasons = coordinate_problems(lat, lon, country, regions, max_distance_km=max_distance_km,
                                       border_tolerance_km=border_tolerance_km)
@@ -176,9 +167,9 @@ def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg
     """
     from pyspark.sql import functions as F
 
-    ing, geo = cfg.section("ingest"), cfg.section("geo")
-    bin_deg = float(geo.get("bin_deg", 0.5))
-    max_title, max_desc = int(ing["max_title_chars"]), int(ing["max_description_chars"])
+    ing, geo = cfg.settings.ingest, cfg.settings.geo
+    bin_deg = geo.bin_deg
+    max_title, max_desc = ing.max_title_chars, ing.max_description_chars
     original = [c for c in raw.columns if c not in (CORRUPT, "_order")]
     df = raw if CORRUPT in raw.columns else raw.withColumn(CORRUPT, F.lit(None).cast("string"))
     if "source" not in df.columns:
@@ -200,8 +191,7 @@ def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg
     )
     unparseable = ((lat_raw.isNotNull() & (lat_raw != "") & F.col("_lat").isNull()) |
                    (lon_raw.isNotNull() & (lon_raw != "") & F.col("_lon").isNull()))
-    geo_reason = geo_reason_udf(country_regions, float(geo.get("max_distance_km", 300)),
-                                float(geo.get("border_tolerance_km", 20)))(F.col("_lat"), F.col("_lon"),
+    geo_reason = geo_reason_udf(country_regions, geo.max_distance_km, geo.border_tolerance_km)(F.col("_lat"), F.col("_lon"),
                                                                          F.col("_country"))
     reason = (F.when(F.col(CORRUPT).isNotNull(), "malformed_record")
               .when(F.col("_vid").isNull(), "missing_video_id")
@@ -291,21 +281,19 @@ def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | 
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    started = time.time()
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    report = IngestReport(manifest, run_id)
-    ing = cfg.section("ingest")
-    raw = read_manifest(spark, manifest, fmt, csv_multiline=bool(ing.get("csv_multiline", True)))
+    report = IngestReport(manifest=manifest)
+    run_id = report.run_id
+    ing = cfg.settings.ingest
+    raw = read_manifest(spark, manifest, fmt, csv_multiline=ing.csv_multiline)
     if raw is None or not [c for c in raw.columns if c != CORRUPT]:
         log.warning("manifest %s is empty: nothing to ingest", manifest)
-        report.seconds = time.time() - started
-        return report
-    check_columns(raw.columns, bool(ing.get("allow_extra_columns", False)))
+        return report.finish()
+    check_columns(raw.columns, ing.allow_extra_columns)
     country_regions = load_country_regions(cfg.path("regions.file"))
     uploads = store.table(UPLOADS).create_if_missing()
     read_version = uploads.version()
 
-    n_parts = int(ing["partitions"])
+    n_parts = ing.partitions
     # Manifest order breaks upload_time ties (the later row wins); then shard by a stable hash of video_id.
     raw = raw.withColumn("_order", F.monotonically_increasing_id())
     checked = validate(raw, source=manifest, country_regions=country_regions, cfg=cfg)
@@ -323,7 +311,7 @@ def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | 
     report.quarantined = sum(invalid_counts.values()) + duplicates
     report.reasons = dict(invalid_counts, **({"duplicate": duplicates} if duplicates else {}))
 
-    ingest_time = F.lit(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started))).cast("timestamp")
+    ingest_time = F.lit(utc_timestamp(report.started)).cast("timestamp")
     accepted = (classified.filter(F.col("_status").isin("new", "updated"))
                 .withColumn("ingest_time", ingest_time).select(*UPLOADS.schema.names))
     replaced = (uploads.read(read_version).join(
@@ -340,12 +328,12 @@ def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | 
         to_quarantine_rows(replaced.withColumn("_from", F.lit("uploads")), source_col="_from", **common))
 
     if report.updated:
-        report.uploads_commit = uploads.upsert(accepted)
+        report.commits["uploads"] = uploads.upsert(accepted)
     else:  # only new keys: a blind append, no file needs rewriting
-        report.uploads_commit = uploads.append(accepted) if report.new else CommitResult(UPLOADS.name, None)
-    report.quarantine_commit = write_quarantine(store, quarantine_rows)
+        report.commits["uploads"] = uploads.append(accepted) if report.new else CommitResult(UPLOADS.name, None)
+    report.commits["quarantine"] = write_quarantine(store, quarantine_rows)
     checked.unpersist()
     classified.unpersist()
-    report.seconds = time.time() - started
+    report.finish()
     log.info("ingest run %s finished in %.1fs", run_id, report.seconds)
     return report

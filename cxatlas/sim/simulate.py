@@ -34,7 +34,7 @@ Generative model (per region ``r``; ``E = 16`` expressions, ``K`` contexts of th
   records the factors. Shrinking strong contexts moves the realised regional share a little off ``regional_share``
   (e.g. 0.36 for 0.3 in Exp1); the exact value is ``PopulationTruth.meta["realized_regional_share"]``.
 * Geography: a video's country is drawn uniformly (or by ``country_weights``) among its region's countries in
-  ``conf/regions.csv``; ``lat, lon`` come from :func:`cxatlas.geo.sample_points_in_country`.
+  ``conf/regions.csv``; ``lat, lon`` come from :func:`cxatlas.core.geo.sample_points_in_country`.
 
 Randomness is drawn per fixed block of ``block_rows`` rows from ``SeedSequence(seed, spawn_key=(block,))``, so the rows
 are the same whatever the output chunking, and any row range can be generated independently (e.g. by Spark tasks).
@@ -56,10 +56,10 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from scipy.special import ndtr, ndtri
 
-from cxatlas import geo, regions
-from cxatlas.config import packaged_conf_dir
+from cxatlas.core import geo, regions
+from cxatlas.core.config import packaged_conf_dir
 from cxatlas.stats.correlation import region_similarity, region_vs_world
-from cxatlas.taxonomies import load_published_correlations
+from cxatlas.core.taxonomies import load_published_correlations
 
 __all__ = [
     "EXPRESSION_LOADINGS",
@@ -450,7 +450,7 @@ class SparseChunk(NamedTuple):
 
 def _block_rngs(seed: int, block: int) -> list[np.random.Generator]:
     # Three independent streams per block: regions/countries, coordinates, expressions/contexts. Coordinates have
-    # their own stream so that a change in how cxatlas.geo samples points leaves the annotations untouched.
+    # their own stream so that a change in how cxatlas.core.geo samples points leaves the annotations untouched.
     seq = np.random.SeedSequence(seed, spawn_key=(1, block))
     return [np.random.default_rng(s) for s in seq.spawn(3)]
 

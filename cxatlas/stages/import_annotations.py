@@ -20,7 +20,7 @@ column              type             meaning
 ==================  ===============  ==========================================================================
 
 Labels may contain spaces and punctuation (``ctx_Football (2)``, ``expr_Surprise (negative)``). Expression labels
-are normalised to the table's ``expr_<snake_case>`` columns (:func:`cxatlas.schemas.label_to_column`; two labels that
+are normalised to the table's ``expr_<snake_case>`` columns (:func:`cxatlas.core.schemas.label_to_column`; two labels that
 normalise alike are refused); context labels are kept verbatim. When ``taxonomy`` names a built-in taxonomy (or a
 label file), every ``ctx_`` label must belong to it; any other taxonomy name takes the file's labels as they are.
 Any other column is refused (naming it) unless ``allow_extra_columns``.
@@ -47,16 +47,16 @@ import corrected annotations under a new ``model_version``.
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from dataclasses import dataclass, field
 
-from cxatlas.config import Config
-from cxatlas.quarantine import describe_reasons, to_quarantine_rows, write_quarantine
-from cxatlas.regions import REGIONS
-from cxatlas.schemas import (CTX_PREFIX, EXPR_PREFIX, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, label_to_column,
+from cxatlas.core.config import Config
+from cxatlas.core.errors import UserError
+from cxatlas.core.quarantine import to_quarantine_rows, write_quarantine
+from cxatlas.core.runs import RunReport, utc_timestamp
+from cxatlas.core.regions import REGIONS
+from cxatlas.core.schemas import (CTX_PREFIX, EXPR_PREFIX, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, label_to_column,
                              spark_schema)
-from cxatlas.tables import CommitResult, TableStore
+from cxatlas.core.tables import TableStore
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +68,17 @@ REASONS = ("missing_video_id", "unknown_region", "invalid_coordinates", "invalid
            "invalid_context_score", "duplicate_video_id", "region_conflict")
 
 
-class ImportFormatError(ValueError):
+class ImportFormatError(UserError, ValueError):
     """The input as a whole cannot be imported (unreadable, wrong columns, labels outside the taxonomy)."""
 
 
 @dataclass
-class ImportReport:
+class ImportReport(RunReport):
     """Counts of one import; ``rows_in == imported + unchanged + quarantined`` always."""
 
-    input: str
-    run_id: str
-    model_version: str
-    taxonomy: str
+    input: str = ""
+    model_version: str = ""
+    taxonomy: str = ""
     expressions: list[str] = field(default_factory=list)
     n_contexts: int = 0
     rows_in: int = 0
@@ -87,25 +86,17 @@ class ImportReport:
     unchanged: int = 0
     quarantined: int = 0
     new_uploads: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
-    commits: dict[str, CommitResult] = field(default_factory=dict)
-    seconds: float = 0.0
 
-    @property
-    def reconciles(self) -> bool:
-        return self.rows_in == self.imported + self.unchanged + self.quarantined
+    def headline(self) -> str:
+        return (f"import {self.input} (run {self.run_id}): model_version {self.model_version}, taxonomy "
+                f"{self.taxonomy}, {len(self.expressions)} expressions, {self.n_contexts} contexts")
 
-    def summary(self) -> str:
-        lines = [
-            f"import {self.input} (run {self.run_id}) in {self.seconds:.1f}s: model_version {self.model_version}, "
-            f"taxonomy {self.taxonomy}, {len(self.expressions)} expressions, {self.n_contexts} contexts",
-            f"  rows in {self.rows_in} = imported {self.imported} + unchanged {self.unchanged} + quarantined "
-            f"{self.quarantined}  [{'reconciles' if self.reconciles else 'DOES NOT RECONCILE'}]",
-            f"  new uploads: {self.new_uploads}",
-        ]
-        lines += describe_reasons(self.reasons)
-        lines += [commit.describe() for commit in self.commits.values()]
-        return "\n".join(lines)
+    def balance(self):
+        return ("rows in", self.rows_in), [("imported", self.imported), ("unchanged", self.unchanged),
+                                           ("quarantined", self.quarantined)]
+
+    def details(self) -> list[str]:
+        return [f"  new uploads: {self.new_uploads}"]
 
 
 def _c(name: str):
@@ -150,7 +141,7 @@ def check_columns(columns: list[str], allow_extra: bool = False, taxonomy_labels
     if problems:
         raise ImportFormatError("cannot import: " + "; ".join(problems) + ". Expected columns: video_id, region, "
                                 "optional lat, lon, then expr_<label>... and ctx_<label>... (see "
-                                "cxatlas.import_annotations)")
+                                "cxatlas.stages.import_annotations)")
     return ImportColumns(expr, ctx)
 
 
@@ -239,7 +230,7 @@ def _detail(cols: ImportColumns):
 
 
 def _taxonomy_labels(taxonomy: str) -> set[str] | None:
-    from cxatlas.taxonomies import load_taxonomy
+    from cxatlas.core.taxonomies import load_taxonomy
 
     try:
         return set(load_taxonomy(taxonomy).labels)
@@ -270,14 +261,13 @@ def run_import(spark, cfg: Config, store: TableStore, input_path: str, model_ver
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    started = time.time()
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     ctx_version = context_model_version or model_version
-    report = ImportReport(input_path, run_id, model_version, taxonomy)
+    report = ImportReport(input=input_path, model_version=model_version, taxonomy=taxonomy)
+    run_id = report.run_id
     raw = read_input(spark, input_path)
     cols = check_columns(raw.columns, allow_extra_columns, _taxonomy_labels(taxonomy))
     report.expressions, report.n_contexts = list(cols.expr.values()), len(cols.ctx)
-    bin_deg = float(cfg.get("geo.bin_deg", 0.5))
+    bin_deg = cfg.settings.geo.bin_deg
     log.info("import %s: %d expression and %d context columns", input_path, len(cols.expr), len(cols.ctx))
 
     uploads = store.table(UPLOADS).create_if_missing()
@@ -325,7 +315,7 @@ def run_import(spark, cfg: Config, store: TableStore, input_path: str, model_ver
     report.new_uploads = int(ok[0]["new_uploads"]) if ok else 0
     report.rows_in = report.imported + report.unchanged + report.quarantined
 
-    now = F.lit(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started))).cast("timestamp")
+    now = F.lit(utc_timestamp(report.started)).cast("timestamp")
     lineage = {"video_id": F.col("_vid"), "region": F.col("_region"), "lat_bin": F.col("_lat_bin"),
                "lon_bin": F.col("_lon_bin"), "model_name": F.lit(model_name), "annotate_time": now,
                "run_id": F.lit(run_id)}
@@ -335,7 +325,7 @@ def run_import(spark, cfg: Config, store: TableStore, input_path: str, model_ver
                  "upload_time": F.lit(None), "title": F.lit(None), "description": F.lit(None),
                  "text_flags": F.lit(None), "source": F.lit(input_path), "ingest_time": now}
     new_uploads = valid.filter(F.col("_stored_region").isNull())
-    report.commits[UPLOADS.name] = uploads.append(_shape(new_uploads, UPLOADS.schema, up_values))
+    report.commits[UPLOADS.name] = uploads.append(shape_to_schema(new_uploads, UPLOADS.schema, up_values))
 
     # video_expressions: the table's columns, plus any label column new to it (schema evolution, same commit).
     from pyspark.sql.types import FloatType, StructField, StructType
@@ -346,7 +336,7 @@ def run_import(spark, cfg: Config, store: TableStore, input_path: str, model_ver
     expr_values = {**lineage, "model_version": F.lit(model_version), "n_windows": F.lit(None),
                    "n_faces": F.lit(None)}
     expr_values.update({dst: F.col(f"_e{i}") for i, dst in enumerate(cols.expr.values())})
-    expr_rows = _shape(valid.filter(~F.col("_has_expr")), target, expr_values)
+    expr_rows = shape_to_schema(valid.filter(~F.col("_has_expr")), target, expr_values)
     report.commits[VIDEO_EXPRESSIONS.name] = expressions.append(expr_rows, evolve_schema=bool(new_cols))
 
     # video_contexts: non-zero scores, sparse, highest first.
@@ -355,7 +345,7 @@ def run_import(spark, cfg: Config, store: TableStore, input_path: str, model_ver
     sparse = F.array_sort(F.filter(pairs, lambda x: x.score > 0),
                           lambda a, b: F.when(a.score > b.score, -1).when(a.score < b.score, 1).otherwise(0))
     ctx_values = {**lineage, "model_version": F.lit(ctx_version), "taxonomy": F.lit(taxonomy), "contexts": sparse}
-    ctx_rows = _shape(valid.filter(~F.col("_has_ctx")), VIDEO_CONTEXTS.schema, ctx_values)
+    ctx_rows = shape_to_schema(valid.filter(~F.col("_has_ctx")), VIDEO_CONTEXTS.schema, ctx_values)
     report.commits[VIDEO_CONTEXTS.name] = contexts.append(ctx_rows)
 
     rejects = checked.filter(F.col("_reason").isNotNull()).withColumn("_source", F.lit(input_path))
@@ -363,13 +353,13 @@ def run_import(spark, cfg: Config, store: TableStore, input_path: str, model_ver
         rejects, stage=STAGE, reason_col="_reason", detail_col="_detail", source_row_col="_source_row",
         source_col="_source", run_id=run_id, video_id_col="_vid"))
     checked.unpersist()
-    report.seconds = time.time() - started
+    report.finish()
     log.info("import %s finished in %.1fs: %d imported, %d unchanged, %d quarantined", input_path, report.seconds,
              report.imported, report.unchanged, report.quarantined)
     return report
 
 
-def _shape(df, schema, values: dict):
+def shape_to_schema(df, schema, values: dict):
     """Select ``schema``'s columns from ``values`` (null of the column type where a column has no value)."""
     import pyarrow as pa
 
@@ -378,86 +368,3 @@ def _shape(df, schema, values: dict):
     spark_type = spark_schema(schema) if isinstance(schema, pa.Schema) else schema
     return df.select(*[(values[f.name] if f.name in values else F.lit(None)).cast(f.dataType).alias(f.name)
                        for f in spark_type.fields])
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# A simulated world straight into the tables (benchmarks and tests at scale; no wide file in between)
-# --------------------------------------------------------------------------------------------------------------------
-@dataclass
-class _GenerateRows:
-    """``mapInArrow`` function: input row ``s`` makes simulated videos ``[s * slice_rows, (s + 1) * slice_rows)``
-    from :func:`cxatlas.simulate.iter_sparse_chunks` (the rows do not depend on the slicing), with contexts already
-    in the sparse ``list<struct<label, score>>`` form built from the CSR arrays (no per-video loop)."""
-
-    params: object
-    n_videos: int
-    slice_rows: int
-    bin_deg: float
-
-    def __call__(self, batches):
-        import numpy as np
-        import pyarrow as pa
-
-        from cxatlas import simulate
-
-        labels = pa.array(list(self.params.contexts), pa.string())
-        regions = np.asarray(self.params.region_ids, dtype=object)
-        for batch in batches:
-            for s in batch.column(0).to_numpy():
-                start = int(s) * self.slice_rows
-                for ch in simulate.iter_sparse_chunks(self.params, self.n_videos, chunk_rows=25_000, start=start,
-                                                      stop=start + self.slice_rows):
-                    C = ch.C.tocsr()
-                    structs = pa.StructArray.from_arrays(
-                        [labels.take(pa.array(C.indices.astype(np.int32))), pa.array(C.data.astype(np.float32))],
-                        names=["label", "score"])
-                    cols = {"video_id": pa.array(ch.video_id, pa.string()),
-                            "region": pa.array(regions[ch.region], pa.string()),
-                            "lat": pa.array(ch.lat), "lon": pa.array(ch.lon),
-                            "lat_bin": pa.array(np.floor(ch.lat / self.bin_deg).astype(np.int32)),
-                            "lon_bin": pa.array(np.floor(ch.lon / self.bin_deg).astype(np.int32))}
-                    for j, col in enumerate(self.params.expression_columns):
-                        cols[col] = pa.array(np.ascontiguousarray(ch.X[:, j]))
-                    cols["contexts"] = pa.ListArray.from_arrays(pa.array(C.indptr.astype(np.int32)), structs)
-                    yield pa.RecordBatch.from_arrays(list(cols.values()), names=list(cols))
-
-
-def import_simulated(spark, cfg: Config, store: TableStore, params, n_videos: int, *,
-                     model_version: str = "simulated", taxonomy: str = "simulated", model_name: str = "simulator",
-                     slice_rows: int = 50_000) -> dict[str, CommitResult]:
-    """Write an ``n_videos`` simulated world (:class:`cxatlas.simulate.WorldParams`) into ``uploads``,
-    ``video_expressions`` and ``video_contexts`` (one commit each), generated inside Spark tasks.
-
-    The rows equal what :func:`run_import` makes of :func:`cxatlas.simulate.write_import_dataset`'s files, without
-    the wide file and its validation (the simulator's rows are valid by construction): the way to build large
-    inputs for benchmarks and tests. Meant for fresh tables; it appends without checking for existing keys.
-    """
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
-    from cxatlas.schemas import CONTEXT_SCORE
-
-    import pyarrow as pa
-
-    arrow = pa.schema([("video_id", pa.string()), ("region", pa.string()), ("lat", pa.float64()),
-                       ("lon", pa.float64()), ("lat_bin", pa.int32()), ("lon_bin", pa.int32()),
-                       *[(c, pa.float32()) for c in params.expression_columns],
-                       ("contexts", pa.list_(CONTEXT_SCORE))])
-    n_slices = max(1, -(-n_videos // slice_rows))
-    gen = _GenerateRows(params, n_videos, slice_rows, float(cfg.get("geo.bin_deg", 0.5)))
-    rows = (spark.range(n_slices, numPartitions=n_slices).mapInArrow(gen, spark_schema(arrow))
-            .persist(StorageLevel.DISK_ONLY))
-    now = F.current_timestamp()
-    lineage = {"video_id": F.col("video_id"), "region": F.col("region"), "lat_bin": F.col("lat_bin"),
-               "lon_bin": F.col("lon_bin"), "model_name": F.lit(model_name), "annotate_time": now,
-               "run_id": F.lit("simulated")}
-    commits = {}
-    up = {**lineage, "lat": F.col("lat"), "lon": F.col("lon"), "source": F.lit("simulated"), "ingest_time": now}
-    commits[UPLOADS.name] = store.table(UPLOADS).append(_shape(rows, UPLOADS.schema, up))
-    ex = {**lineage, "model_version": F.lit(model_version), **{c: F.col(c) for c in params.expression_columns}}
-    commits[VIDEO_EXPRESSIONS.name] = store.table(VIDEO_EXPRESSIONS).append(
-        _shape(rows, VIDEO_EXPRESSIONS.schema, ex))
-    cx = {**lineage, "model_version": F.lit(model_version), "taxonomy": F.lit(taxonomy), "contexts": F.col("contexts")}
-    commits[VIDEO_CONTEXTS.name] = store.table(VIDEO_CONTEXTS).append(_shape(rows, VIDEO_CONTEXTS.schema, cx))
-    rows.unpersist()
-    return commits

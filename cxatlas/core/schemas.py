@@ -57,7 +57,7 @@ class TableSpec:
 
 
 GEO_FIELDS = [
-    _f("region", pa.string(), "world region id (cxatlas.regions); null when the country has no region"),
+    _f("region", pa.string(), "world region id (cxatlas.core.regions); null when the country has no region"),
     _f("lat_bin", pa.int32(), "floor(lat / geo.bin_deg): the geobin row"),
     _f("lon_bin", pa.int32(), "floor(lon / geo.bin_deg): the geobin column"),
 ]

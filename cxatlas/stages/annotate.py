@@ -2,92 +2,61 @@
 expression scores and one row of context scores (or a quarantine row with its reason).
 
 Flow: uploads LEFT ANTI (rows already annotated for these versions, and videos already quarantined for them) ->
-repartition over ``annotate.partitions`` -> ``mapInPandas(udfs.annotate.AnnotateBatches)`` on the executors ->
+repartition over ``annotate.partitions`` -> ``mapInPandas(cxatlas.udfs.annotate.AnnotateBatches)`` on the executors ->
 persisted results -> ``video_expressions`` (one commit), ``video_contexts`` (one commit), ``quarantine`` (one
 commit). A rerun therefore does nothing, and a crash loses nothing: the tables stay at their previous versions and
 the next run picks up the same videos. Checkpoints are validated on the driver BEFORE any work starts.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-from cxatlas.config import Config
-from cxatlas.quarantine import describe_reasons, to_quarantine_rows, write_quarantine
-from cxatlas.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
-from cxatlas.tables import CommitResult, TableStore
-from udfs.annotate import ANNOTATED, OUTPUT_SCHEMA, QUARANTINED, AnnotateBatches, AnnotateSettings
+from cxatlas.core.config import Config
+from cxatlas.core.quarantine import to_quarantine_rows, write_quarantine
+from cxatlas.core.runs import RunReport
+from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
+from cxatlas.core.settings import AnnotateSettings
+from cxatlas.core.tables import TableStore
+from cxatlas.models.annotation import annotation_versions, build_annotation_models
+from cxatlas.udfs.annotate import ANNOTATED, OUTPUT_SCHEMA, QUARANTINED, AnnotateBatches
 
 log = logging.getLogger(__name__)
 STAGE = "annotate"
 
 
 @dataclass
-class AnnotateReport:
+class AnnotateReport(RunReport):
     """``considered == annotated + quarantined`` always; ``no_face`` videos are annotated with n_windows = 0."""
 
-    run_id: str
     expression_version: str = ""
     context_version: str = ""
     considered: int = 0
     annotated: int = 0
     no_face: int = 0
     quarantined: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
     face_windows: int = 0
     frames_decoded: int = 0
-    commits: dict[str, CommitResult] = field(default_factory=dict)
-    seconds: float = 0.0
 
-    @property
-    def reconciles(self) -> bool:
-        return self.considered == self.annotated + self.quarantined
+    def headline(self) -> str:
+        return f"annotate (run {self.run_id}) with {self.expression_version} / {self.context_version}"
 
-    def summary(self) -> str:
-        lines = [f"annotate (run {self.run_id}) in {self.seconds:.1f}s with {self.expression_version} / "
-                 f"{self.context_version}",
-                 f"  uploads considered {self.considered} = annotated {self.annotated} (of which no face: "
-                 f"{self.no_face}) + quarantined {self.quarantined}  "
-                 f"[{'reconciles' if self.reconciles else 'DOES NOT RECONCILE'}]",
-                 f"  frames decoded {self.frames_decoded}, face windows scored {self.face_windows}"]
-        lines += describe_reasons(self.reasons)
-        lines += [commit.describe() for commit in self.commits.values()]
-        return "\n".join(lines)
+    def balance(self):
+        return ("uploads considered", self.considered), [
+            ("annotated", self.annotated, f"(of which no face: {self.no_face})"), ("quarantined", self.quarantined)]
 
-
-def _file_tag(path: str | None) -> str:
-    if not path:
-        return "none"
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
-    return digest
+    def details(self) -> list[str]:
+        return [f"  frames decoded {self.frames_decoded}, face windows scored {self.face_windows}"]
 
 
 def validate_models(settings: AnnotateSettings) -> tuple[str, tuple[str, ...], str]:
     """Load the models once on the driver (CPU) so a missing or wrong checkpoint refuses the job before any task
     starts, naming the file and what was expected. Returns (expression version, columns, context version)."""
-    from cxatlas.taxonomies import load_taxonomy
-    from models.context import MixtureOfExpertsContext, TextContextModel
-    from models.registry import load_expression_model
-
-    expression = load_expression_model(settings.expression_model, settings.expression_checkpoint, device="cpu")
-    taxonomy = load_taxonomy(settings.taxonomy)
-    text = TextContextModel(taxonomy.labels, label_texts=taxonomy.source_names,
-                            head_checkpoint=settings.head_checkpoint, cosine_threshold=settings.cosine_threshold,
-                            temperature=settings.temperature, device="cpu")
-    MixtureOfExpertsContext(text, mode=settings.context_mode, visual_checkpoint=settings.visual_checkpoint,
-                            gate_checkpoint=settings.gate_checkpoint, device="cpu")
-    text_part = (f"head-{_file_tag(settings.head_checkpoint)}" if settings.head_checkpoint
-                 else f"zeroshot-c{settings.cosine_threshold:g}-t{settings.temperature:g}")
-    context_version = f"minilm-l6-v2-{text_part}"
-    if settings.context_mode != "text_only":
-        context_version += (f"+moe-visual-{_file_tag(settings.visual_checkpoint)}"
-                            f"-gate-{_file_tag(settings.gate_checkpoint)}")
-    return expression.version, expression.columns, context_version
+    models = build_annotation_models(settings, "cpu")
+    expression_version, context_version = annotation_versions(settings, models)
+    return expression_version, models.expression.columns, context_version
 
 
 class _Progress:
@@ -130,13 +99,12 @@ def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    started = time.time()
-    section = cfg.section("annotate")
-    settings = AnnotateSettings.from_section(section)
-    report = AnnotateReport(time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8])
+    settings = cfg.settings.annotate
+    report = AnnotateReport()
     expression_version, columns, context_version = validate_models(settings)
     report.expression_version, report.context_version = expression_version, context_version
-    versions_key = f"{expression_version}|{context_version}|{settings.taxonomy}"
+    taxonomy = settings.context.taxonomy
+    versions_key = f"{expression_version}|{context_version}|{taxonomy}"
 
     uploads = store.table(UPLOADS).create_if_missing()
     expressions = store.table(VIDEO_EXPRESSIONS).create_if_missing()
@@ -144,17 +112,17 @@ def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
     quarantine = store.table(QUARANTINE).create_if_missing()
     done_expr = expressions.read().filter(F.col("model_version") == expression_version).select("video_id")
     done_ctx = (contexts.read().filter((F.col("model_version") == context_version) &
-                                       (F.col("taxonomy") == settings.taxonomy)).select("video_id"))
+                                       (F.col("taxonomy") == taxonomy)).select("video_id"))
     todo = uploads.read().join(done_expr.join(done_ctx, "video_id"), "video_id", "left_anti")
-    if not bool(section.get("retry_quarantined", False)):
+    if not settings.retry_quarantined:
         given_up = (quarantine.read().filter((F.col("stage") == STAGE) &
                                              (F.get_json_object("source_row", "$.versions") == versions_key))
                     .select("video_id"))
         todo = todo.join(given_up, "video_id", "left_anti")
     todo = todo.select("video_id", "uri", "title", "description", "region", "lat_bin", "lon_bin")
 
-    n_parts = int(section["partitions"])
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", int(section["videos_per_batch"]))
+    n_parts = settings.partitions
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", settings.videos_per_batch)
     results = (todo.repartition(n_parts, "video_id").mapInPandas(AnnotateBatches(settings), OUTPUT_SCHEMA)
                .join(todo.select("video_id", "uri", "region", "lat_bin", "lon_bin"), "video_id")
                .persist(StorageLevel.MEMORY_AND_DISK))
@@ -168,7 +136,7 @@ def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
             report.no_face += row["no_face"]
         else:
             report.quarantined += row["n"]
-            report.reasons[row["reason"]] = report.reasons.get(row["reason"], 0) + row["n"]
+            report.count(row["reason"], row["n"])
         report.face_windows += row["windows"] or 0
         report.frames_decoded += row["frames"] or 0
     report.considered = report.annotated + report.quarantined
@@ -176,7 +144,7 @@ def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
     now = F.current_timestamp()
     ok = results.filter(F.col("status") == ANNOTATED)
     common = [F.col("video_id"), F.col("region"), F.col("lat_bin"), F.col("lon_bin"),
-              F.lit(settings.expression_model).alias("model_name"), now.alias("annotate_time"),
+              F.lit(settings.expression.model).alias("model_name"), now.alias("annotate_time"),
               F.lit(report.run_id).alias("run_id")]
     expr_rows = ok.join(done_expr, "video_id", "left_anti").select(
         *common, F.lit(expression_version).alias("model_version"),
@@ -185,8 +153,8 @@ def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
     for missing in [c for c in VIDEO_EXPRESSIONS.schema.names if c not in expr_rows.columns]:
         expr_rows = expr_rows.withColumn(missing, F.lit(None).cast("float"))  # other models' label columns
     ctx_rows = ok.join(done_ctx, "video_id", "left_anti").select(
-        *common[:4], F.lit(f"text:{settings.context_mode}").alias("model_name"), *common[5:],
-        F.lit(context_version).alias("model_version"), F.lit(settings.taxonomy).alias("taxonomy"),
+        *common[:4], F.lit(f"text:{settings.context.mode}").alias("model_name"), *common[5:],
+        F.lit(context_version).alias("model_version"), F.lit(taxonomy).alias("taxonomy"),
         F.coalesce(F.col("contexts"), F.array().cast("array<struct<label:string,score:float>>")).alias("contexts"))
     source_row = F.to_json(F.struct(F.col("video_id"), F.col("uri"), F.lit(versions_key).alias("versions")))
     rejects = to_quarantine_rows(
@@ -199,6 +167,6 @@ def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
     report.commits["video_contexts"] = contexts.append(ctx_rows.select(*VIDEO_CONTEXTS.schema.names))
     report.commits["quarantine"] = write_quarantine(store, rejects)
     results.unpersist()
-    report.seconds = time.time() - started
+    report.finish()
     log.info("annotate run %s finished in %.1fs", report.run_id, report.seconds)
     return report

@@ -136,7 +136,7 @@ def published_data_dir() -> Path:
     """The published correlation CSVs vendored inside the package (``cxatlas/published``; CC BY 4.0, see README there)."""
     from importlib import resources
 
-    return Path(str(resources.files("cxatlas.published")))
+    return Path(str(resources.files("cxatlas.core.published")))
 
 
 def load_published_correlations(experiment: int,

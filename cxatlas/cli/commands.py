@@ -1,0 +1,166 @@
+"""The subcommands of ``cxatlas``: each turns parsed arguments and the config into one stage call and a summary.
+
+Every command is ``cmd_<name>(args, cfg) -> exit code``. They stay thin: the work lives in :mod:`cxatlas.stages`
+(and :mod:`cxatlas.sim` for simulated data); here we only open Spark and the table store and print reports.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any, Callable
+
+from cxatlas.core.config import Config
+from cxatlas.core.errors import UserError
+from cxatlas.core.result_schemas import RESULT_TABLES
+from cxatlas.core.schemas import CORE_TABLES, TableSpec
+
+
+def open_store(cfg: Config, name: str) -> tuple[Any, Any]:
+    """The Spark session (app name ``cxatlas-<name>``) and the table store of ``cfg``."""
+    from cxatlas.core.spark import build_spark
+    from cxatlas.core.tables import TableStore
+
+    spark = build_spark(cfg, f"-{name}")
+    return spark, TableStore.from_config(spark, cfg)
+
+
+def all_table_specs() -> list[TableSpec]:
+    return [*CORE_TABLES, *RESULT_TABLES]
+
+
+def table_spec(name: str) -> TableSpec:
+    for spec in all_table_specs():
+        if spec.name == name:
+            return spec
+    raise UserError(f"unknown table {name!r}; tables: {', '.join(s.name for s in all_table_specs())}")
+
+
+def exit_code(report: Any) -> int:
+    """0 when a report's counts reconcile, else 1 (a run whose counts do not add up has failed)."""
+    return 0 if report.reconciles else 1
+
+
+# -- pipeline stages -------------------------------------------------------------------------------------------------
+def cmd_ingest(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.ingest import run_ingest
+
+    spark, store = open_store(cfg, "ingest")
+    report = run_ingest(spark, cfg, store, args.manifest, args.format)
+    print(report.summary())
+    return exit_code(report)
+
+
+def cmd_annotate(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.annotate import run_annotate
+
+    spark, store = open_store(cfg, "annotate")
+    report = run_annotate(spark, cfg, store)
+    print(report.summary())
+    return exit_code(report)
+
+
+def cmd_import(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.import_annotations import run_import
+
+    spark, store = open_store(cfg, "import")
+    report = run_import(spark, cfg, store, args.input, model_version=args.model_version, taxonomy=args.taxonomy,
+                        allow_extra_columns=args.allow_extra_columns)
+    print(report.summary())
+    return exit_code(report)
+
+
+def cmd_analyze(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.analyze import run_analyze
+
+    spark, store = open_store(cfg, "analyze")
+    print(run_analyze(spark, cfg, store, analysis_id=args.analysis_id).summary())
+    return 0
+
+
+# -- simulated and sample data ---------------------------------------------------------------------------------------
+def cmd_simulate(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.sim.world import run_simulate
+
+    print(run_simulate(cfg, args.videos, args.out).summary())
+    return 0
+
+
+def sample_corpus(cfg: Config, out: str, videos: int | None, seed: int | None = None):
+    """Build the demo corpus (real videos from installed packages, spread over the 12 regions)."""
+    from cxatlas.sim.corpus import build_sample_corpus
+
+    corpus = cfg.settings.corpus
+    return build_sample_corpus(out, videos or corpus.videos, cfg.settings.regions.file,
+                               seed=corpus.seed if seed is None else seed, taxonomy=corpus.taxonomy)
+
+
+def cmd_sample_corpus(args: argparse.Namespace, cfg: Config) -> int:
+    info = sample_corpus(cfg, args.out, args.videos, args.seed)
+    print(f"wrote {info.videos} videos and {info.good_rows + sum(info.bad_rows.values())} manifest rows "
+          f"({sum(info.bad_rows.values())} deliberately bad: {info.bad_rows}) to {info.manifest}")
+    return 0
+
+
+# -- tables and SQL --------------------------------------------------------------------------------------------------
+def run_sql(cfg: Config, query: str, limit: int = 50, spark_store: tuple | None = None) -> None:
+    """Run one query over the tables (each registered under its name) and print up to ``limit`` rows.
+
+    A query Spark cannot parse or resolve (a typo, a table that does not exist) is the user's to fix: it becomes a
+    one-line :class:`UserError` instead of a JVM stack trace.
+    """
+    from pyspark.errors import AnalysisException
+
+    spark, store = spark_store or open_store(cfg, "sql")
+    store.register_views(all_table_specs())
+    try:
+        spark.sql(query).show(limit, truncate=60)
+    except AnalysisException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"query failed: {first}") from None
+
+
+def cmd_sql(args: argparse.Namespace, cfg: Config) -> int:
+    run_sql(cfg, args.query, args.limit)
+    return 0
+
+
+def cmd_tables(args: argparse.Namespace, cfg: Config) -> int:
+    spark, store = open_store(cfg, "tables")
+    print(f"tables under {cfg.table_root} ({store.backend}):")
+    for spec in all_table_specs():
+        table = store.table(spec)
+        if table.exists():
+            print(f"  {spec.name:<32} version {table.version():>4}  rows {table.read().count():>10}")
+        else:
+            print(f"  {spec.name:<32} (not created yet)")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace, cfg: Config) -> int:
+    _, store = open_store(cfg, "history")
+    for entry in store.table(table_spec(args.table)).history():
+        params = entry.get("operationParameters", "")
+        if isinstance(params, dict) and "schema" in params:  # the first commit's schema is a page of JSON: name it
+            params = {**params, "schema": f"<{len(json.dumps(params['schema']))} characters>"}
+        print(f"  v{entry.get('version')}: {entry.get('operation')} "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(int(entry.get('timestamp', 0)) / 1000))} {params}")
+    return 0
+
+
+def cmd_vacuum(args: argparse.Namespace, cfg: Config) -> int:
+    _, store = open_store(cfg, "vacuum")
+    hours = args.retention_hours if args.retention_hours is not None else cfg.settings.tables.vacuum_retention_hours
+    removed = store.table(table_spec(args.table)).vacuum(hours)
+    print(f"vacuum {args.table}: removed {len(removed)} unreferenced files older than {hours:g} hours "
+          f"(younger unreferenced files are kept, so readers of recent versions and time travel keep working)")
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace, cfg: Config) -> int:
+    _, store = open_store(cfg, "optimize")
+    print(f"optimize {args.table}: {store.table(table_spec(args.table)).optimize()}")
+    return 0
+
+
+Command = Callable[[argparse.Namespace, Config], int]

@@ -1,0 +1,132 @@
+"""The ``cxatlas`` command line: one parser for every stage. Each job is also ``spark-submit jobs/<job>.py``.
+
+Common options (before or after the subcommand): ``--conf FILE`` (an overlay over the packaged defaults; default
+``$CXATLAS_CONF``), ``--data DIR`` (data root; default ``$CXATLAS_DATA`` or ``./data``), ``--set key.path=value``
+(repeatable; any setting), ``-v`` for debug logging.
+
+Errors: a :class:`~cxatlas.core.errors.UserError` (bad input or settings) prints one line on stderr and exits 2;
+anything else is a fault of cxatlas or its environment and keeps its traceback (exit 1).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from cxatlas.cli import commands as c
+from cxatlas.cli.demo import cmd_demo
+from cxatlas.core.config import Config, load_config
+from cxatlas.core.errors import EXIT_USAGE, UserError
+
+log = logging.getLogger("cxatlas")
+QUIET_LOGGERS = ("py4j", "matplotlib", "PIL", "urllib3", "filelock", "sentence_transformers")
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--conf", default=argparse.SUPPRESS, help="config overlay YAML, holding only what differs "
+                        "from the packaged conf/local.yaml (default: $CXATLAS_CONF)")
+    common.add_argument("--data", default=argparse.SUPPRESS, help="data root for tables and outputs "
+                                                                  "(default: $CXATLAS_DATA or data_root in the config)")
+    common.add_argument("--set", dest="overrides", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
+                        help="override any setting, e.g. --set ingest.partitions=64 (repeatable)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="cxatlas", parents=[common],
+        description="cxatlas: which facial expressions occur in which contexts, across 12 world regions "
+                    "(Cowen et al., Nature 2021), on Spark + Delta + PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: c.Command, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    # The pipeline, in data-flow order.
+    p = add("ingest", c.cmd_ingest, "Validate a manifest and upsert its videos into the uploads table "
+                                    "(bad rows go to quarantine with their reason).")
+    p.add_argument("--manifest", required=True, help="CSV, JSON lines or Parquet; local path or Hadoop/fsspec URI")
+    p.add_argument("--format", choices=["csv", "json", "parquet"], help="manifest format (default: from the name)")
+
+    add("annotate", c.cmd_annotate, "Annotate every upload not yet annotated for the configured models: expression "
+                                    "scores per video (faces found and tracked in real video) and context scores.")
+
+    p = add("import-annotations", c.cmd_import,
+            "Import per-video annotations made elsewhere (wide Parquet: video_id, region, lat, lon, expr_<label>..., "
+            "ctx_<label>...; see README) into uploads and the annotation tables, quarantining bad rows.")
+    p.add_argument("--input", required=True, help="Parquet file or folder in the import format")
+    p.add_argument("--model-version", default="imported", help="expression model_version to record")
+    p.add_argument("--taxonomy", default="imported", help="taxonomy name to record for the contexts")
+    p.add_argument("--allow-extra-columns", action="store_true", help="ignore columns the format does not know")
+
+    p = add("analyze", c.cmd_analyze, "Run the paper's statistics on the annotation tables: partial correlations, "
+                                      "region similarity, region vs world, bootstrap SEs, CCA, geobin maps, figures.")
+    p.add_argument("--analysis-id", help="id of this analysis (default: UTC timestamp + random suffix)")
+
+    # Data to try it on.
+    p = add("sample-corpus", c.cmd_sample_corpus, "Build the demo corpus: a manifest over real videos shipped in "
+                                                  "installed packages, spread over the 12 regions.")
+    p.add_argument("--out", required=True, help="folder for videos and manifest.csv")
+    p.add_argument("--videos", type=int, help="number of videos (default: corpus.videos)")
+    p.add_argument("--seed", type=int, help="random seed (default: corpus.seed)")
+
+    p = add("simulate", c.cmd_simulate, "Write a simulated world with known ground truth (import format) and its "
+                                        "population statistics.")
+    p.add_argument("--videos", type=int, required=True, help="number of videos")
+    p.add_argument("--out", required=True, help="output folder (Parquet parts + _population)")
+
+    p = add("demo", cmd_demo, "Run the whole pipeline on the embedded default: sample corpus, ingest, annotate, "
+                              "analyze, then print where the tables are and a few SQL results.")
+    p.add_argument("--videos", type=int, help="demo corpus size (default: corpus.videos)")
+
+    # Tables.
+    p = add("sql", c.cmd_sql, "Run a SQL query over the cxatlas tables (each registered under its name).")
+    p.add_argument("query", help='e.g. "SELECT region, count(*) FROM uploads GROUP BY region"')
+    p.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
+
+    add("tables", c.cmd_tables, "List the tables with their version and row count.")
+
+    p = add("history", c.cmd_history, "Show a table's Delta commit history.")
+    p.add_argument("table")
+
+    p = add("vacuum", c.cmd_vacuum, "Remove data files no longer referenced by a table (older than the retention).")
+    p.add_argument("table")
+    p.add_argument("--retention-hours", type=float, help="default: tables.vacuum_retention_hours")
+
+    p = add("optimize", c.cmd_optimize, "Compact a table's small files.")
+    p.add_argument("table")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "conf", None), data_root=getattr(args, "data", None),
+                       overrides=getattr(args, "overrides", None) or ())
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, load the config, run the command. Returns the exit code (see the module docstring)."""
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        cfg = config_from_args(args)
+        return int(args.func(args, cfg) or 0)
+    except UserError as exc:
+        print(f"cxatlas {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

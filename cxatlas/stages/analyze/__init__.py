@@ -1,0 +1,134 @@
+"""``cxatlas analyze``: the statistics of Cowen et al. (2021) from the annotation tables, in one distributed pass.
+
+Data flow (only small partial sums and the result rows ever reach the driver)::
+
+    video_expressions (one model version)  --+
+    video_contexts (one model version, one taxonomy) --join on video_id--> prepared rows
+    uploads (region not null, geobin)  ------+
+      -> mapInArrow(cxatlas.udfs.moments.MomentsPass): partial Moments (regions x replicates), geobin sums, and per region
+         the candidate rows of the balanced CCA sample (each task's 25,000 smallest of a second hash)
+      -> groupBy(kind, key).applyInPandas(combine_partials): sums added, CCA sample = global bottom-25,000 -> sums
+      -> driver: cxatlas.stats algebra (partial correlations, region similarity, region vs world, CCA, tests)
+      -> one commit per result table (cxatlas.core.result_schemas), the ``analyses`` row last, PNG figures
+
+Definitions follow the paper's Methods (Cowen et al. 2021, Nature 589:251) as implemented in :mod:`cxatlas.stats`:
+per region, the partial correlation of each context with each expression controlling for the other expressions;
+prevalence = mean context score; a context is analysed when it occurred (score >= ``analyze.occur_threshold``) at
+least ``analyze.min_occurrences`` times over all regions; region similarity and region-vs-world are weighted
+correlations of the regions' context x expression matrices; CCA is fitted on a balanced sample (25,000 videos per
+region, or all videos with regions re-weighted to equal mass) and evaluated on held-out regions. Standard errors
+come from a one-pass Poisson bootstrap whose weights derive from ``(xxhash64(video_id), replicate, seed)``, so the
+numbers do not depend on partitioning, executor count or retries.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+
+import pandas as pd
+
+from cxatlas import __version__
+from cxatlas.core.config import Config, join_uri
+from cxatlas.core.regions import REGION_IDS
+from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_TESTS, CONTEXT_EXPRESSION_CORRELATIONS,
+                                         GEOBIN_VARIATES, REGION_SIMILARITY, REGION_VS_WORLD)
+from cxatlas.core.settings import AnalyzeSettings
+from cxatlas.core.tables import TableStore
+from cxatlas.stages.analyze.results import ResultFrames, _to_spark, compute_results, write_figures
+from cxatlas.stages.analyze.settings import (BALANCED_FIT, CCA_BALANCE, LORO, AnalyzeError, AnalyzeReport,
+                                             check_settings, new_analysis_id)
+from cxatlas.stages.analyze.sums import Inputs, compute_sums, prepare_input, resolve_inputs, taxonomy_labels
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AnalyzeError", "AnalyzeReport", "AnalyzeSettings", "BALANCED_FIT", "CCA_BALANCE", "Inputs", "LORO",
+           "ResultFrames", "compute_results", "compute_sums", "new_analysis_id", "prepare_input", "run_analyze"]
+
+
+def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None = None,
+                settings: AnalyzeSettings | None = None) -> AnalyzeReport:
+    """Run one analysis from the annotation tables to the result tables and figures.
+
+    Parameters
+    ----------
+    spark, cfg, store : the session, configuration and table store.
+    analysis_id : id of the analysis (default: UTC timestamp + random suffix); must be new.
+    settings : default ``cfg.settings.analyze`` (the ``analyze:`` section).
+
+    Returns
+    -------
+    AnalyzeReport
+    """
+    from pyspark.sql import functions as F
+
+    started = time.time()
+    settings = check_settings(settings or cfg.settings.analyze)
+    analyses = store.table(ANALYSES)
+    if analysis_id and analyses.exists() and analyses.read().filter(F.col("analysis_id") == analysis_id).limit(1) \
+            .count():
+        raise AnalyzeError(f"analysis {analysis_id!r} already exists; choose another id")
+    analysis_id = analysis_id or new_analysis_id()
+    report = AnalyzeReport(analysis_id, settings)
+
+    def stage(name: str, t0: float) -> float:
+        now = time.time()
+        report.stage_seconds[name] = now - t0
+        log.info("analyze %s: %s done in %.1fs", analysis_id, name, now - t0)
+        return now
+
+    t = time.time()
+    inputs = Inputs.read(store)
+    versions = report.input_versions = inputs.versions
+    expr_version, ctx_version, taxonomy, expr_columns, expr_rows = resolve_inputs(inputs, settings)
+    labels = taxonomy_labels(inputs, ctx_version, taxonomy)
+    report.expression_model_version, report.context_model_version, report.taxonomy = expr_version, ctx_version, \
+        taxonomy
+    report.expressions, report.n_contexts, report.expression_rows = list(expr_columns), len(labels), expr_rows
+    log.info("analyze %s: expressions %s (%d columns), contexts %s / %s (%d labels), tables %s", analysis_id,
+             expr_version, len(expr_columns), ctx_version, taxonomy, len(labels), versions)
+    prepared = prepare_input(inputs, expr_version, ctx_version, taxonomy, expr_columns, settings.cca.sample_seed,
+                             broadcast=expr_rows <= settings.broadcast_max_rows)
+    t = stage("inputs", t)
+
+    m, cm, geobins = compute_sums(prepared, expr_columns, labels, settings)
+    report.moments, report.cca_moments, report.geobins = m, cm, geobins
+    report.videos_per_region = {r: int(n) for r, n in zip(REGION_IDS, m.n[:, 0]) if n > 0}
+    if not report.videos_per_region:
+        raise AnalyzeError("no video has expression scores, a context row and a region: nothing to analyse")
+    t = stage("heavy_pass", t)
+
+    frames = compute_results(m, cm, geobins, expr_columns, labels, settings)
+    report.n_contexts_analysed = int(frames.analysed.sum())
+    if report.n_contexts_analysed == 0:
+        log.warning("no context occurred %d times (analyze.min_occurrences): correlation tables stay empty",
+                    settings.min_occurrences)
+    t = stage("statistics", t)
+
+    for spec, pdf in ((CONTEXT_EXPRESSION_CORRELATIONS, frames.correlations), (REGION_SIMILARITY, frames.similarity),
+                      (REGION_VS_WORLD, frames.world), (CCA_HELDOUT, frames.cca_heldout),
+                      (CCA_TESTS, frames.cca_tests), (GEOBIN_VARIATES, frames.geobins)):
+        table = store.table(spec).create_if_missing()
+        report.commits[spec.name] = table.append(_to_spark(spark, spec, pdf, analysis_id))
+    t = stage("write_tables", t)
+
+    figures_dir = join_uri(cfg.data_root, settings.figures.dir, analysis_id)
+    if settings.figures.enabled:
+        report.figures = write_figures(frames, figures_dir, cfg.settings.geo.bin_deg, settings.figures.dpi)
+        t = stage("figures", t)
+
+    report.seconds = time.time() - started
+    row = pd.DataFrame([dict(
+        started=pd.Timestamp(int(started * 1e6), unit="us", tz="UTC"),
+        finished=pd.Timestamp.now(tz="UTC").floor("us"),
+        run_seconds=report.seconds, expression_model_version=expr_version, context_model_version=ctx_version,
+        taxonomy=taxonomy, n_videos=report.n_videos, n_contexts=len(labels),
+        n_contexts_analysed=report.n_contexts_analysed, n_expressions=len(expr_columns),
+        n_replicates=settings.replicates, parameters=json.dumps(dataclasses.asdict(settings), sort_keys=True),
+        input_versions=json.dumps(versions, sort_keys=True),
+        result_versions=json.dumps({k: c.version for k, c in report.commits.items()}, sort_keys=True),
+        figures_dir=figures_dir if report.figures else None, cxatlas_version=__version__)])
+    report.commits[ANALYSES.name] = analyses.create_if_missing().append(_to_spark(spark, ANALYSES, row, analysis_id))
+    log.info("analysis %s finished in %.1fs", analysis_id, report.seconds)
+    return report
