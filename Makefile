@@ -5,6 +5,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
+JARS   := .jars
+JARS_STAMP := $(JARS)/.fetched
 DATA   ?= data
 VIDEOS ?= 48
 export PYSPARK_PYTHON := $(abspath $(PY))
@@ -12,7 +14,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast dist bench clean
+.PHONY: install jars demo test test-fast dist bench clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,18 +24,28 @@ $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt setup.py
 	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+# Delta Lake's jars (conf/jars.txt) from Maven Central with the machine's Maven client, into an ignored folder.
+$(JARS_STAMP): conf/jars.txt
+	mkdir -p $(JARS)
+	grep -v '^#' conf/jars.txt | grep . | while read -r coord; do \
+	  mvn -q -B dependency:copy -Dartifact=$$coord -DoutputDirectory=$(JARS) || exit 1; done
+	touch $(JARS_STAMP)
 
-demo: $(STAMP)
+jars: $(JARS_STAMP)
+
+install: $(STAMP) $(JARS_STAMP)
+
+demo: install
 	$(VENV)/bin/cxatlas demo --data $(DATA) --videos $(VIDEOS)
 
-test: $(STAMP)
+test: install
 	$(VENV)/bin/pytest -q tests
 
 dist: $(STAMP)
 	rm -rf dist build
 	$(PIP) wheel --no-deps -q -w dist .
-	cd dist && rm -f cxatlas-pyfiles.zip && cd .. && zip -qr dist/cxatlas-pyfiles.zip cxatlas models udfs jobs -x '*__pycache__*'
+	# The wheel is a zip of the installed layout (cxatlas/ with models, udfs, jobs and conf inside): --py-files takes it.
+	cp dist/cxatlas-*.whl dist/cxatlas-pyfiles.zip
 	@ls -l dist
 
 # Speed and memory budgets of issues #3 and #4, printed as measured ratios (see bench/README.md). Not part of `test`.

@@ -10,7 +10,7 @@ What it does:
 1. Builds ``uploads``, ``video_expressions`` and ``video_contexts`` as Delta tables from the world simulator's sparse
    chunks (:func:`cxatlas.sim.simulate.iter_sparse_chunks`), generated inside Spark tasks (each task makes its own row
    range; the rows do not depend on the slicing) and written through :mod:`cxatlas.core.tables`
-   (:func:`cxatlas.stages.import_annotations.import_simulated`) -- never via the wide import format. Reused on the next run
+   (:func:`cxatlas.sim.world.import_simulated`) -- never via the wide import format. Reused on the next run
    when the same size is already there (``--rebuild`` forces it).
 2. Times :func:`cxatlas.stages.analyze.run_analyze` (Delta -> result tables; figures off unless ``--figures``) while a thread
    samples the resident memory of the whole process tree (driver Python + JVM + Python workers) every 0.2 s.
@@ -43,9 +43,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxatlas import simulate  # noqa: E402
-from cxatlas.stages.analyze import AnalyzeSettings, run_analyze, world_params_from_config  # noqa: E402
+from cxatlas.core.settings import AnalyzeSettings  # noqa: E402
+from cxatlas.sim.world import import_simulated, world_params_from_config  # noqa: E402
+from cxatlas.stages.analyze import run_analyze  # noqa: E402
 from cxatlas.core.config import load_config  # noqa: E402
-from cxatlas.stages.import_annotations import import_simulated  # noqa: E402
 from cxatlas.core.regions import REGION_IDS  # noqa: E402
 from cxatlas.core.schemas import UPLOADS  # noqa: E402
 from cxatlas.stats import accumulate, accumulate_cca, poisson_weights  # noqa: E402
@@ -234,7 +235,6 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="bench/out/analyze",
                     help="data root for the bench tables (default: bench/out/analyze, git-ignored)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the input tables even if present")
-    ap.add_argument("--slice-rows", type=int, default=50_000, help="rows generated per Spark task")
     ap.add_argument("--figures", action="store_true", help="also draw the figures inside the timed run")
     ap.add_argument("--runs", type=int, default=2, help="timed analyses (the first pays the JVM warm-up)")
     ap.add_argument("--naive-videos", type=int, default=20_000)
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     overrides = [f"simulate.n_contexts={'null' if args.contexts is None else args.contexts}",
                  f"analyze.replicates={args.replicates}", f"analyze.figures.enabled={str(args.figures).lower()}",
                  f"analyze.expression_model_version={MODEL}", f"analyze.context_model_version={MODEL}",
-                 f"analyze.taxonomy={TAXONOMY}", *args.overrides]
+                 f"analyze.taxonomy={TAXONOMY}", *args.overrides]  # simulate.slice_rows: rows per Spark task
     cfg = load_config(data_root=args.data, overrides=overrides)
     params = world_params_from_config(cfg)
     K, E = len(params.contexts), len(params.expressions)
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
         shutil.rmtree(cfg.table_root, ignore_errors=True)
         t = time.time()
         import_simulated(spark, cfg, store, params, args.videos, model_version=MODEL, taxonomy=TAXONOMY,
-                         model_name=MODEL, slice_rows=args.slice_rows)
+                         model_name=MODEL)
         Path(cfg.table_root).mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(want))
         print(f"built input tables in {time.time() - t:.1f}s (not part of the timings)", flush=True)
@@ -276,7 +276,7 @@ def main(argv=None) -> int:
             shutil.rmtree(Path(cfg.table_root) / spec, ignore_errors=True)
         print("reusing the input tables", flush=True)
 
-    settings = AnalyzeSettings.from_config(cfg)
+    settings = cfg.settings.analyze
     runs = []
     for run in range(1, args.runs + 1):
         load_before = load_average()
@@ -304,7 +304,7 @@ def main(argv=None) -> int:
         thresholds = _thresholds_numpy(key, region, settings.cca.per_region)
         with PeakMemory() as mem_np:
             m_np, t_np = numpy_sums(X, C, region, h, key, lat, lon, settings, thresholds,
-                                    float(cfg.get("geo.bin_deg", 0.5)))
+                                    cfg.settings.geo.bin_deg)
         err = _max_rel_diff(report.moments, m_np)
         print(f"NUMPY ALONE (same sums, same rows, in memory, one process): {t_np:.1f}s wall, "
               f"{mem_np.cpu_seconds:.0f} CPU-s; Spark sums agree to {err:.1e} (max relative difference); load "

@@ -152,7 +152,7 @@ def test_world_tables_and_analysis_row_are_complete(world):
     assert row["analysis_id"] == "world-1" and row["n_videos"] == N_VIDEOS and row["n_replicates"] == REPLICATES
     assert row["taxonomy"] == TAXONOMY and row["expression_model_version"] == "sim-v1"
     assert json.loads(row["input_versions"]) == report.input_versions
-    assert json.loads(row["parameters"])["cca_per_region"] == CCA_PER_REGION
+    assert json.loads(row["parameters"])["cca"]["per_region"] == CCA_PER_REGION
     assert json.loads(row["result_versions"])["context_expression_correlations"] >= 1
     for name in ("fig2_context_expression_heatmap", "fig3a_region_similarity", "fig3b_region_vs_world",
                  "fig3c_heldout_canonical_correlations", "fig4_geobin_variates"):
@@ -289,6 +289,15 @@ def test_recovers_region_similarity_and_world_fit(world):
     assert np.all(np.abs(zw) <= 3), zw
     best = np.array(pop.region_ids)[pop.best_match]
     assert np.mean(world_fit["best_match_region"].to_numpy() == best) >= 10 / 12
+
+    # The values the simulator stores for this size (population x reliability computed from the population alone,
+    # no estimate involved) agree with the empirical correction above and with the estimates.
+    expected = simulate.expected_at_size(pop, world["params"].region_weights, N_VIDEOS)
+    assert np.allclose(expected.reliability, rv, atol=0.03), (expected.reliability, rv)
+    exp_sim = np.array([expected.region_similarity[idx[a], idx[b]] for a, b in zip(sim["region_a"], sim["region_b"])])
+    z_n = (sim["r"].to_numpy()[off] - exp_sim[off]) / sim["se"].to_numpy()[off]
+    assert np.mean(np.abs(z_n) <= 3) >= 0.9, np.sort(np.abs(z_n))[-10:]
+    assert np.all(np.abs((world_fit["r2"].to_numpy() - expected.world_r2) / world_fit["se"].to_numpy()) <= 3.5)
 
 
 def test_poisson_bootstrap_se_matches_exact_multinomial_bootstrap(world, in_memory):

@@ -64,8 +64,16 @@ def test_annotate_real_videos_end_to_end(spark, tmp_path, media):
 
     versions = {t: store.table(t).version() for t in (VIDEO_EXPRESSIONS, VIDEO_CONTEXTS, QUARANTINE)}
     again = run_annotate(spark, cfg, store)
-    assert again.considered == 0 and again.reconciles
+    # A rerun skips what this configuration gave up on, except missing files (annotate.retry_reasons), which are
+    # tried again in case the file was restored; still missing, nothing is committed.
+    assert again.considered == 1 and again.reasons == {"missing_file": 1} and again.reconciles
+    assert again.skipped_quarantined == len(report.reasons) - 1
+    assert "annotate.retry_quarantined=true" in again.summary()
     assert {t: store.table(t).version() for t in versions} == versions  # a rerun commits nothing
+
+    shutil.copy(media["single_face"], media["missing_file"])  # the file comes back
+    restored = run_annotate(spark, cfg, store)
+    assert restored.considered == 1 and restored.annotated == 1 and restored.reconciles
 
     # Lineage: a face setting is part of the annotation version, so changing it annotates every video again under a
     # new expression version (the old rows stay, tagged with the old version); the text-only contexts do not
@@ -77,7 +85,7 @@ def test_annotate_real_videos_end_to_end(spark, tmp_path, media):
     assert changed.context_version == report.context_version
     assert changed.reconciles and changed.considered == len(media) + 1
     versions_now = store.table(VIDEO_EXPRESSIONS).read().toPandas().groupby("model_version").video_id.nunique()
-    assert versions_now.to_dict() == {report.expression_version: 3, changed.expression_version: 3}
+    assert versions_now.to_dict() == {report.expression_version: 4, changed.expression_version: 4}
 
     store.register_views([UPLOADS, VIDEO_EXPRESSIONS])
     joined = spark.sql("SELECT u.region, e.n_windows FROM uploads u JOIN video_expressions e USING (video_id) "

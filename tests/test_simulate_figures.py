@@ -166,6 +166,21 @@ def test_population_statistics_and_save_load_roundtrip(small_world, tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 # chunking
 # --------------------------------------------------------------------------------------------------------------------
+
+    assert simulate.load_expected_at_size(folder) is None  # no size given: only the asymptotic values
+    expected = simulate.expected_at_size(pop, small_world.params.region_weights, 12_000)
+    sized = simulate.save_population(small_world, tmp_path / "pop-sized", expected)
+    back_n = simulate.load_expected_at_size(sized)
+    assert back_n.n_videos == 12_000
+    np.testing.assert_array_equal(back_n.region_similarity, expected.region_similarity)
+    # Finite samples dilute: every off-diagonal similarity and every r2 shrinks, more for fewer videos.
+    off = ~np.eye(n_reg, dtype=bool)
+    assert (np.abs(expected.region_similarity[off]) <= np.abs(pop.region_similarity[off]) + 1e-12).all()
+    assert ((expected.reliability > 0) & (expected.reliability < 1)).all()
+    bigger = simulate.expected_at_size(pop, small_world.params.region_weights, 1_200_000)
+    assert (bigger.reliability > expected.reliability).all() and (bigger.world_r2 > expected.world_r2).all()
+
+
 def _read_parts(folder: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(f) for f in sorted(folder.glob("part-*.parquet"))])
 

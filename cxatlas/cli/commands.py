@@ -65,7 +65,8 @@ def cmd_import(args: argparse.Namespace, cfg: Config) -> int:
 
     spark, store = open_store(cfg, "import")
     report = run_import(spark, cfg, store, args.input, model_version=args.model_version, taxonomy=args.taxonomy,
-                        allow_extra_columns=args.allow_extra_columns)
+                        allow_extra_columns=args.allow_extra_columns,
+                        missing_contexts_as_zero=args.missing_contexts_as_zero, skip_non_parquet=args.skip_non_parquet)
     print(report.summary())
     return exit_code(report)
 
@@ -75,6 +76,15 @@ def cmd_analyze(args: argparse.Namespace, cfg: Config) -> int:
 
     spark, store = open_store(cfg, "analyze")
     print(run_analyze(spark, cfg, store, analysis_id=args.analysis_id).summary())
+    return 0
+
+
+def cmd_ppca(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.ppca import run_ppca
+
+    s = cfg.settings.ppca
+    print(run_ppca(args.input, args.id, args.out, resamples=s.resamples, seed=s.seed, alpha=s.alpha,
+                   snr=s.snr).summary())
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from cxatlas.cli import commands as c
 from cxatlas.cli.demo import cmd_demo
+from cxatlas.cli.quiet import quiet_spark_startup
 from cxatlas.core.config import Config, load_config
 from cxatlas.core.errors import EXIT_USAGE, UserError
 
@@ -64,10 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-version", default="imported", help="expression model_version to record")
     p.add_argument("--taxonomy", default="imported", help="taxonomy name to record for the contexts")
     p.add_argument("--allow-extra-columns", action="store_true", help="ignore columns the format does not know")
+    p.add_argument("--missing-contexts-as-zero", action="store_true",
+                   help="in a folder whose files carry different ctx_ columns, read a missing context as absent (0) "
+                        "instead of refusing the folder")
+    p.add_argument("--skip-non-parquet", action="store_true",
+                   help="skip (with a warning naming them) folder entries that are not Parquet files instead of "
+                        "refusing the folder")
 
     p = add("analyze", c.cmd_analyze, "Run the paper's statistics on the annotation tables: partial correlations, "
                                       "region similarity, region vs world, bootstrap SEs, CCA, geobin maps, figures.")
     p.add_argument("--analysis-id", help="id of this analysis (default: UTC timestamp + random suffix)")
+
+    p = add("ppca", c.cmd_ppca, "Principal preserved components (Brooks et al., iScience 2024): the dimensions two "
+                                "(PPCA) or more (G-PPCA) datasets rating the same stimuli share, with cross-validated "
+                                "significance, varimax rotation and a loadings heatmap.")
+    p.add_argument("--input", action="append", required=True, help="Parquet or CSV file: an id column and the "
+                   "same numeric attribute columns in every file (repeat: two or more)")
+    p.add_argument("--id", required=True, help="the stimulus id column")
+    p.add_argument("--out", required=True, help="folder for components.csv, significance.csv, rotated_loadings.csv "
+                                                "and loadings_heatmap.png")
+    # resamples, seed, ForwardStop alpha and SNR threshold: ppca.* settings (--set ppca.resamples=200)
 
     # Data to try it on.
     p = add("sample-corpus", c.cmd_sample_corpus, "Build the demo corpus: a manifest over real videos shipped in "
@@ -119,13 +136,15 @@ def setup_logging(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, load the config, run the command. Returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
-    setup_logging(getattr(args, "verbose", False))
-    try:
-        cfg = config_from_args(args)
-        return int(args.func(args, cfg) or 0)
-    except UserError as exc:
-        print(f"cxatlas {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    verbose = getattr(args, "verbose", False)
+    setup_logging(verbose)
+    with quiet_spark_startup(enabled=not verbose):
+        try:
+            cfg = config_from_args(args)
+            return int(args.func(args, cfg) or 0)
+        except UserError as exc:
+            print(f"cxatlas {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
 
 
 if __name__ == "__main__":

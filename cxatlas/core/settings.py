@@ -61,6 +61,8 @@ class GeoSettings:
     bin_deg: float
     max_distance_km: float
     border_tolerance_km: float
+    max_offshore_km: Optional[float]
+    offshore_neighbours: int
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class AnnotateSettings:
     videos_per_batch: int
     device: str
     retry_quarantined: bool
+    retry_reasons: tuple
     video: VideoSettings
     faces: FaceSettings
     expression: ExpressionSettings
@@ -197,6 +200,14 @@ class SimulateSettings:
 
 
 @dataclass(frozen=True)
+class PpcaSettings:
+    resamples: int
+    seed: int
+    alpha: float
+    snr: float
+
+
+@dataclass(frozen=True)
 class DemoSettings:
     analyze_overrides: dict
 
@@ -215,6 +226,7 @@ class Settings:
     annotate: AnnotateSettings
     analyze: AnalyzeSettings
     simulate: SimulateSettings
+    ppca: PpcaSettings
     demo: DemoSettings
 
 

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from cxatlas import __version__
 from cxatlas.core.config import Config, ConfigError
+from cxatlas.core.errors import UserError
 from cxatlas.core.schemas import TableSpec, spark_schema
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,10 @@ class TableError(RuntimeError):
 
 class ConcurrentCommitError(TableError):
     """Another writer committed files this commit meant to replace; rerun the job."""
+
+
+class DuplicateKeyError(TableError, UserError):
+    """A keyed table holds the same key twice: a job refuses to read it rather than multiply the duplicates."""
 
 
 @dataclass
@@ -252,6 +257,26 @@ class Table:
         missing = [c for c in self.spec.schema.names if c not in df.columns]
         if missing:
             raise TableError(f"{op} into '{self.spec.name}': the DataFrame lacks column(s) {missing}")
+
+    def read_unique(self, version: int | None = None, examples: int = 5):
+        """:meth:`read`, after checking that no key occurs twice (one aggregation over the key columns).
+
+        Every job reads its keyed inputs through this: a table that somehow holds a key twice (two writers that
+        appended the same rows, a hand edit) would otherwise be multiplied silently by every join downstream.
+        Raises :class:`DuplicateKeyError` naming the table and a few keys.
+        """
+        from pyspark.sql import functions as F
+
+        df = self.read(version)
+        key = list(self.spec.key)
+        dup = df.groupBy(*key).count().filter(F.col("count") > 1).limit(examples).collect()
+        if dup:
+            shown = "; ".join(", ".join(f"{k}={row[k]!r}" for k in key) + f" ({row['count']} rows)" for row in dup)
+            raise DuplicateKeyError(
+                f"table '{self.spec.name}' (at {self.path}) holds duplicate keys {key}, e.g. {shown}. Refusing to "
+                f"read it: joins would multiply these rows. Restore a clean version (`cxatlas history "
+                f"{self.spec.name}`, Delta time travel) or remove the extra rows, then rerun.")
+        return df
 
     def _check_unique_keys(self, df, op: str) -> None:
         from pyspark.sql import functions as F

@@ -36,6 +36,17 @@ Generative model (per region ``r``; ``E = 16`` expressions, ``K`` contexts of th
 * Geography: a video's country is drawn uniformly (or by ``country_weights``) among its region's countries in
   ``conf/regions.csv``; ``lat, lon`` come from :func:`cxatlas.core.geo.sample_points_in_country`.
 
+What the estimates converge to
+------------------------------
+``population_truth`` gives the *asymptotic* values (infinitely many videos). At a finite size the estimated region
+similarity and region-vs-world r2 sit systematically BELOW them, by more than their bootstrap SEs: both correlate two
+estimated context x expression matrices, and each matrix carries sampling noise that dilutes the correlation
+(regression dilution, Spearman 1904). To first order the expected estimate is the population value times
+``sqrt(reliability_a * reliability_b)``, where a region's reliability is the share of the (prevalence-weighted)
+variance of its estimated correlations that is signal: ``var(rho) / (var(rho) + mean((1 - rho^2)^2 / (n_r - E - 1)))``.
+:func:`expected_at_size` computes these values for a given number of videos and :func:`save_population` stores them
+next to the asymptotic ones (``*_at_n``), so a simulated run can be judged against what it should find at its size.
+
 Randomness is drawn per fixed block of ``block_rows`` rows from ``SeedSequence(seed, spawn_key=(block,))``, so the rows
 are the same whatever the output chunking, and any row range can be generated independently (e.g. by Spark tasks).
 """
@@ -78,6 +89,8 @@ __all__ = [
     "write_import_dataset",
     "save_population",
     "load_population",
+    "expected_at_size",
+    "load_expected_at_size",
 ]
 
 #: Factor loadings (positive valence, negative valence, cognitive, surprise/arousal) of the 16 expressions, in the
@@ -401,18 +414,56 @@ def population_truth(params: WorldParams) -> PopulationTruth:
     )
 
 
-def save_population(world: "SimulatedWorld | PopulationTruth", path: str | os.PathLike) -> Path:
-    """Write the population truth to folder ``path`` as ``population.npz`` (arrays) + ``population.json`` (labels)."""
+@dataclass
+class ExpectedAtSize:
+    """What the pipeline's estimates should converge to for a world of ``n_videos`` (see the module docstring)."""
+
+    n_videos: int
+    reliability: np.ndarray  # (R,) share of the variance of a region's estimated correlations that is signal
+    region_similarity: np.ndarray  # (R, R) asymptotic similarity x sqrt(rel_a rel_b); diagonal 1
+    world_r2: np.ndarray  # (R,) asymptotic r2 x rel_r x reliability of the average of the other regions
+
+
+def expected_at_size(pop: PopulationTruth, region_weights: Sequence[float], n_videos: int) -> ExpectedAtSize:
+    """First-order expected values of region similarity and region-vs-world r2 at ``n_videos`` videos.
+
+    The sampling variance of a partial correlation is taken as ``(1 - rho^2)^2 / (n_r - E - 1)`` (``n_r`` videos in
+    the region, ``E - 1`` controls), weighted over contexts by ``p(1-p)`` as the similarity weights them.
+    """
+    weights = np.asarray(region_weights, dtype=float)
+    n_r = np.maximum(weights / weights.sum() * n_videos - pop.pcorr.shape[2] - 1, 1.0)
+    noise = (1.0 - pop.pcorr ** 2) ** 2 / n_r[:, None, None]
+    w = np.broadcast_to((pop.prevalence * (1.0 - pop.prevalence))[..., None], pop.pcorr.shape)
+    rel = np.empty(len(n_r))
+    for r in range(len(n_r)):
+        wr, rho = w[r].ravel(), np.nan_to_num(pop.pcorr[r].ravel())
+        signal = np.average((rho - np.average(rho, weights=wr)) ** 2, weights=wr)
+        rel[r] = signal / (signal + np.average(noise[r].ravel(), weights=wr))
+    similarity = pop.region_similarity * np.sqrt(np.outer(rel, rel))
+    np.fill_diagonal(similarity, 1.0)
+    others = np.array([np.delete(rel, i).mean() for i in range(len(rel))])
+    rel_world = 1.0 - (1.0 - others) / max(len(rel) - 1, 1)  # the world average carries 1/(R-1) of the noise
+    return ExpectedAtSize(int(n_videos), rel, similarity, pop.world_r2 * rel * rel_world)
+
+
+def save_population(world: "SimulatedWorld | PopulationTruth", path: str | os.PathLike,
+                    expected: ExpectedAtSize | None = None) -> Path:
+    """Write the population truth to folder ``path`` as ``population.npz`` (arrays) + ``population.json`` (labels);
+    with ``expected``, also the values the estimates converge to at that size (``*_at_n``)."""
     pop = world.population if isinstance(world, SimulatedWorld) else world
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
+    at_n = {} if expected is None else dict(
+        reliability_at_n=expected.reliability, region_similarity_at_n=expected.region_similarity,
+        world_r2_at_n=expected.world_r2)
     np.savez_compressed(
         out / "population.npz", pcorr=pop.pcorr, prevalence=pop.prevalence, region_similarity=pop.region_similarity,
-        world_r2=pop.world_r2, best_match=pop.best_match, best_match_r2=pop.best_match_r2,
+        world_r2=pop.world_r2, best_match=pop.best_match, best_match_r2=pop.best_match_r2, **at_n,
     )
     labels = dict(
         region_ids=list(pop.region_ids), contexts=list(pop.contexts), expressions=list(pop.expressions),
         best_match_region=[pop.region_ids[i] for i in pop.best_match], meta=pop.meta,
+        n_videos=None if expected is None else expected.n_videos,
     )
     (out / "population.json").write_text(json.dumps(labels, indent=1, ensure_ascii=False), encoding="utf-8")
     return out
@@ -423,11 +474,22 @@ def load_population(path: str | os.PathLike) -> PopulationTruth:
     folder = Path(path)
     labels = json.loads((folder / "population.json").read_text(encoding="utf-8"))
     with np.load(folder / "population.npz") as arrays:
-        data = {k: arrays[k] for k in arrays.files}
+        data = {k: arrays[k] for k in arrays.files if not k.endswith("_at_n")}  # see load_expected_at_size
     return PopulationTruth(
         region_ids=tuple(labels["region_ids"]), contexts=tuple(labels["contexts"]),
         expressions=tuple(labels["expressions"]), meta=labels["meta"], **data,
     )
+
+
+def load_expected_at_size(path: str | os.PathLike) -> ExpectedAtSize | None:
+    """The ``*_at_n`` values :func:`save_population` stored, or None when it was given no size."""
+    folder = Path(path)
+    n_videos = json.loads((folder / "population.json").read_text(encoding="utf-8")).get("n_videos")
+    if n_videos is None:
+        return None
+    with np.load(folder / "population.npz") as arrays:
+        return ExpectedAtSize(int(n_videos), arrays["reliability_at_n"], arrays["region_similarity_at_n"],
+                              arrays["world_r2_at_n"])
 
 
 # ----------------------------------------------------------------------------------------------------------------

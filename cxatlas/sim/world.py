@@ -28,8 +28,8 @@ class SimulateReport:
 
     def summary(self) -> str:
         return (f"simulated {self.n_videos} videos x {self.n_contexts} contexts in {self.seconds:.1f}s -> {self.out} "
-                f"(import it with `cxatlas import-annotations --input {self.out}`); population values in "
-                f"{self.population_dir}")
+                f"(import it with `cxatlas import-annotations --input {self.out}`); population values (asymptotic, "
+                f"and *_at_n: what the estimates converge to at this size) in {self.population_dir}")
 
 
 def world_params_from_config(cfg: Config):
@@ -49,7 +49,9 @@ def run_simulate(cfg: Config, n_videos: int, out: str) -> SimulateReport:
     started = time.time()
     params = world_params_from_config(cfg)
     simulate.write_import_dataset(params, n_videos, out, chunk_rows=cfg.settings.simulate.chunk_rows)
-    pop_dir = simulate.save_population(simulate.population_truth(params), Path(out) / "_population")
+    pop = simulate.population_truth(params)
+    expected = simulate.expected_at_size(pop, params.region_weights, n_videos)
+    pop_dir = simulate.save_population(pop, Path(out) / "_population", expected)
     return SimulateReport(str(out), str(pop_dir), n_videos, len(params.contexts), time.time() - started)
 
 

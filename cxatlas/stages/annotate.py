@@ -39,6 +39,7 @@ class AnnotateReport(RunReport):
     quarantined: int = 0
     face_windows: int = 0
     frames_decoded: int = 0
+    skipped_quarantined: int = 0
 
     def headline(self) -> str:
         return f"annotate (run {self.run_id}) with {self.expression_version} / {self.context_version}"
@@ -48,7 +49,12 @@ class AnnotateReport(RunReport):
             ("annotated", self.annotated, f"(of which no face: {self.no_face})"), ("quarantined", self.quarantined)]
 
     def details(self) -> list[str]:
-        return [f"  frames decoded {self.frames_decoded}, face windows scored {self.face_windows}"]
+        lines = [f"  frames decoded {self.frames_decoded}, face windows scored {self.face_windows}"]
+        if self.skipped_quarantined:
+            lines.append(f"  skipped {self.skipped_quarantined} uploads already quarantined for these model versions "
+                         f"(retry them all with --set annotate.retry_quarantined=true; reasons in "
+                         f"annotate.retry_reasons are retried on every run)")
+        return lines
 
 
 def validate_models(settings: AnnotateSettings) -> tuple[str, tuple[str, ...], str]:
@@ -110,15 +116,20 @@ def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
     expressions = store.table(VIDEO_EXPRESSIONS).create_if_missing()
     contexts = store.table(VIDEO_CONTEXTS).create_if_missing()
     quarantine = store.table(QUARANTINE).create_if_missing()
-    done_expr = expressions.read().filter(F.col("model_version") == expression_version).select("video_id")
-    done_ctx = (contexts.read().filter((F.col("model_version") == context_version) &
+    done_expr = expressions.read_unique().filter(F.col("model_version") == expression_version).select("video_id")
+    done_ctx = (contexts.read_unique().filter((F.col("model_version") == context_version) &
                                        (F.col("taxonomy") == taxonomy)).select("video_id"))
-    todo = uploads.read().join(done_expr.join(done_ctx, "video_id"), "video_id", "left_anti")
+    todo = uploads.read_unique().join(done_expr.join(done_ctx, "video_id"), "video_id", "left_anti")
     if not settings.retry_quarantined:
+        # Videos this configuration already gave up on are skipped, except for reasons whose cause may have been
+        # fixed outside cxatlas (a restored file): those are tried again on every run.
         given_up = (quarantine.read().filter((F.col("stage") == STAGE) &
-                                             (F.get_json_object("source_row", "$.versions") == versions_key))
-                    .select("video_id"))
+                                             (F.get_json_object("source_row", "$.versions") == versions_key) &
+                                             ~F.col("reason").isin(list(settings.retry_reasons)))
+                    .select("video_id").distinct())
+        before = todo
         todo = todo.join(given_up, "video_id", "left_anti")
+        report.skipped_quarantined = before.join(given_up, "video_id", "left_semi").count()
     todo = todo.select("video_id", "uri", "title", "description", "region", "lat_bin", "lon_bin")
 
     n_parts = settings.partitions

@@ -15,6 +15,8 @@ Rows in = new + updated + unchanged + quarantined. Re-ingesting a manifest chang
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -26,6 +28,7 @@ from cxatlas.core.runs import RunReport, utc_timestamp
 from cxatlas.core.quarantine import to_quarantine_rows, write_quarantine
 from cxatlas.core.regions import load_country_regions
 from cxatlas.core.schemas import UPLOADS
+from cxatlas.core.settings import GeoSettings
 from cxatlas.core.tables import CommitResult, TableStore
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,19 @@ FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".ndjson": "json", 
 CORRUPT = "_corrupt_record"
 STATUSES = ("new", "updated", "unchanged", "quarantined")
 KEEP_NULLS = {"ignoreNullFields": "false"}  # a quarantined row keeps every column, nulls included
+# Compressed text Spark (Hadoop codecs) decompresses by name: its raw bytes are binary by design, so not sniffed.
+COMPRESSED = (".gz", ".bz2", ".deflate", ".lz4", ".snappy", ".zst", ".xz")
+SNIFF_BYTES = 8192
+# (magic bytes, offset, what a file starting with them is): named in the error so the user sees what they gave.
+MAGIC = ((b"PAR1", 0, "a Parquet file (name it .parquet or pass --format parquet)"),
+         (b"\x89PNG", 0, "a PNG image"), (b"\xff\xd8\xff", 0, "a JPEG image"), (b"GIF8", 0, "a GIF image"),
+         (b"ftyp", 4, "an MP4/MOV video"), (b"\x1aE\xdf\xa3", 0, "a Matroska/WebM video"),
+         (b"RIFF", 0, "a RIFF (AVI/WAV/WebP) file"), (b"%PDF", 0, "a PDF document"),
+         (b"PK\x03\x04", 0, "a ZIP archive (unzip it first)"),
+         (b"\x1f\x8b", 0, "a gzip file (name it .csv.gz and pass --format csv)"),
+         (b"\xff\xfe", 0, "UTF-16 text (save the manifest as UTF-8)"),
+         (b"\xfe\xff", 0, "UTF-16 text (save the manifest as UTF-8)"))
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
 
 
 class ManifestError(UserError, ValueError):
@@ -85,55 +101,194 @@ def read_manifest(spark, path: str, fmt: str | None = None, *, csv_multiline: bo
 
     CSV and JSON keep malformed lines in ``_corrupt_record`` instead of failing; Spark decodes text as UTF-8 and
     replaces invalid bytes with U+FFFD, which validation flags. Hadoop URIs are read by Spark directly; other fsspec
-    URIs (http://, memory://, ...) are fetched through fsspec.
+    URIs (http://, memory://, ...) are fetched through fsspec. Whole-input mistakes (no such file, a scheme nothing
+    can read, a video or image given as the manifest) raise :class:`ManifestError` *before* Spark reads, so the user
+    gets one line instead of a Java stack trace.
     """
     from pyspark.sql import functions as F
 
     kind = detect_format(path, fmt)
+    where = _locate(spark, path)
+    if where.hadoop and where.local_file and kind != "parquet":
+        _refuse_binary_file(where.local_file, path, kind)
+    df = _spark_read(spark, path, kind, csv_multiline) if where.hadoop else _read_via_fsspec(spark, path, kind)
+    if df is None:
+        return None
+    _refuse_binary_header(df.columns, path, kind)
+    return df.select(*[F.col(_quoted(c)).cast("string").alias(c) for c in df.columns])
+
+
+@dataclass(frozen=True)
+class _Location:
+    """Where a manifest is, as Hadoop sees it: ``hadoop`` False when Hadoop has no filesystem for its scheme;
+    ``local_file`` the local path when it is one regular file on the local filesystem (which we can sniff)."""
+
+    hadoop: bool
+    local_file: str | None = None
+
+
+def _locate(spark, path: str) -> _Location:
+    """Ask Hadoop whether the manifest exists before Spark reads it.
+
+    Spark answers a missing path or an unknown scheme by logging a Java stack trace before it raises; a glob over
+    Hadoop's FileSystem API answers the same question quietly. Spark Connect has no JVM here: Spark's own errors
+    are then parsed in :func:`_spark_read` instead.
+    """
+    from py4j.protocol import Py4JJavaError
+
+    try:
+        jvm, conf = spark.sparkContext._jvm, spark.sparkContext._jsc.hadoopConfiguration()
+    except Exception:  # noqa: BLE001 - Spark Connect (no local JVM): skip the pre-check
+        return _Location(hadoop=True)
+    try:
+        hpath = jvm.org.apache.hadoop.fs.Path(path)
+        fs = hpath.getFileSystem(conf)
+        matches = fs.globStatus(hpath)
+    except Py4JJavaError as exc:
+        text = str(exc.java_exception)
+        if "UnsupportedFileSystemException" in text or "No FileSystem for scheme" in text:
+            return _Location(hadoop=False)
+        raise ManifestError(f"cannot open manifest {path}: {_one_line(text)}") from None
+    if not matches:
+        raise ManifestError(f"manifest not found: {path}")
+    if fs.getUri().getScheme() == "file" and len(matches) == 1 and matches[0].isFile():
+        return _Location(hadoop=True, local_file=str(matches[0].getPath().toUri().getPath()))
+    return _Location(hadoop=True)
+
+
+def _spark_read(spark, path: str, kind: str, csv_multiline: bool):
+    """Spark's reader for ``kind``; None for an empty file. Unreadable input becomes a one-line ManifestError."""
     try:
         if kind == "csv":
-            df = (spark.read.option("header", True).option("inferSchema", False).option("multiLine", csv_multiline)
-                  .option("escape", '"').option("mode", "PERMISSIVE").option("encoding", "UTF-8").csv(path))
-        elif kind == "json":
-            df = (spark.read.option("primitivesAsString", True).option("mode", "PERMISSIVE")
-                  .option("columnNameOfCorruptRecord", CORRUPT).json(path))
-        else:
-            df = spark.read.parquet(path)
+            return (spark.read.option("header", True).option("inferSchema", False).option("multiLine", csv_multiline)
+                    .option("escape", '"').option("mode", "PERMISSIVE").option("encoding", "UTF-8").csv(path))
+        if kind == "json":
+            return (spark.read.option("primitivesAsString", True).option("mode", "PERMISSIVE")
+                    .option("columnNameOfCorruptRecord", CORRUPT).json(path))
+        return spark.read.parquet(path)
     except Exception as exc:  # noqa: BLE001 - re-raised with the path, or retried through fsspec
         text = str(exc)
         if ("No FileSystem for scheme" in text or "UnsupportedFileSystemException" in text
                 or "PARQUET_TYPE_ILLEGAL" in text):
             # A scheme Hadoop does not know, or Parquet types Spark cannot read (pandas' nanosecond timestamps).
-            df = _read_via_fsspec(spark, path, kind)
-        elif "PATH_NOT_FOUND" in text or "does not exist" in text:
+            return _read_via_fsspec(spark, path, kind)
+        if "PATH_NOT_FOUND" in text or "does not exist" in text:
             raise ManifestError(f"manifest not found: {path}") from None
-        elif "UNABLE_TO_INFER_SCHEMA" in text:
+        if "UNABLE_TO_INFER_SCHEMA" in text:
             return None  # an empty file: no header, no rows
-        else:
-            raise ManifestError(f"cannot read manifest {path} as {kind}: {text.splitlines()[0]}") from exc
-    return df.select(*[F.col(c).cast("string").alias(c) for c in df.columns])
+        raise ManifestError(f"cannot read manifest {path} as {kind}: {_one_line(text)}") from exc
+
+
+def _one_line(text: str) -> str:
+    """First line of an (often multi-line, Java) error message: a UserError prints one line."""
+    return (text.strip().splitlines() or [""])[0][:300]
+
+
+def _quoted(column: str) -> str:
+    """Backtick-quote a column name so dots, spaces or odd bytes in a header are taken literally by ``F.col``."""
+    return "`" + column.replace("`", "``") + "`"
+
+
+def _refuse_binary_file(local_file: str, path: str, kind: str) -> None:
+    """Refuse a local manifest whose first bytes are not text (a video, an image, an archive renamed .csv).
+
+    Spark would read such a file "successfully" as one garbage header, and the user would see a list of missing
+    columns or a syntax error about an attribute name made of bytes. NUL or other control bytes never occur in a
+    CSV or JSON text (invalid UTF-8 does, in real manifests, and is flagged per row instead, so it is allowed).
+    """
+    if local_file.lower().endswith(COMPRESSED):
+        return
+    with open(local_file, "rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    what = next((name for magic, offset, name in MAGIC if head[offset:offset + len(magic)] == magic), None)
+    if what is None and _CONTROL.search(head.decode("latin-1")):
+        what = "binary data (it holds control bytes no text file has)"
+    if what is not None:
+        raise ManifestError(f"manifest {path} is not a {kind.upper()} text file: it looks like {what}")
+
+
+def _refuse_binary_header(columns: list[str], path: str, kind: str) -> None:
+    """The same refusal for manifests we could not sniff (remote URIs): control bytes in a header name."""
+    if any(_CONTROL.search(c) for c in columns):
+        raise ManifestError(f"manifest {path} is not a {kind.upper()} text file: its header holds binary data")
 
 
 def _read_via_fsspec(spark, path: str, kind: str):
+    """Read a URI Hadoop cannot through fsspec (pandas on the driver); an unknown scheme is a ManifestError."""
     import fsspec
     import pandas as pd
 
-    with fsspec.open(path, "rb") as handle:
-        if kind == "csv":
-            frame = pd.read_csv(handle, dtype=str, keep_default_na=False, na_values=[""], encoding_errors="replace")
-        elif kind == "json":
-            frame = pd.read_json(handle, lines=True, dtype=False)
-        else:
-            frame = pd.read_parquet(handle)
+    protocol = path.split("://", 1)[0] if "://" in path else "file"
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        raise ManifestError(f"unsupported URI scheme '{protocol}://' in manifest {path}: neither Hadoop nor fsspec "
+                            "can read it; use a local path, a Hadoop URI whose connector is installed (hdfs://, "
+                            "s3a://, abfss://, gs://) or an fsspec URI (http://, memory://, ...)") from None
+    except ImportError as exc:
+        raise ManifestError(f"manifest {path}: reading {protocol}:// needs a package that is not installed: "
+                            f"{_one_line(str(exc))}") from None
+    try:
+        with fsspec.open(path, "rb") as handle:
+            if kind == "csv":
+                frame = pd.read_csv(handle, dtype=str, keep_default_na=False, na_values=[""],
+                                    encoding_errors="replace")
+            elif kind == "json":
+                frame = pd.read_json(handle, lines=True, dtype=False)
+            else:
+                frame = pd.read_parquet(handle)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest not found: {path}") from None
+    except pd.errors.EmptyDataError:
+        return None
     return spark.createDataFrame(frame.astype("string").astype(object).where(frame.notna(), None))
 
 
+def header_names(columns: list[str]) -> list[str]:
+    """The header as the file wrote it, undoing the readers' renaming of repeated and empty names.
+
+    Spark's CSV reader renames every repeated header name to name + position (``title`` at positions 6 and 7
+    becomes ``title6``, ``title7``; case-insensitively) and an empty one to ``_c`` + position; pandas (the fsspec
+    path) keeps the first and renames the others ``title.1``, ``title.2``. Without undoing this, a duplicated
+    ``title`` is reported as "missing title, unexpected title6, title7". Empty names come back as ``""``.
+    """
+    names = list(columns)
+    suffixed = {}
+    for i, name in enumerate(columns):
+        if name == f"_c{i}":
+            names[i] = ""
+        elif name.endswith(str(i)) and len(name) > len(str(i)):
+            suffixed[i] = name[: -len(str(i))]
+    groups = Counter(base.lower() for base in suffixed.values())
+    present = {c.lower() for c in columns}
+    for i, base in suffixed.items():
+        if groups[base.lower()] > 1 and base.lower() not in present:
+            names[i] = base
+    for i, name in enumerate(columns):
+        match = re.fullmatch(r"(.+)\.([1-9][0-9]*)", name)
+        if match and match.group(1) in columns[:i]:
+            names[i] = match.group(1)
+    return names
+
+
 def check_columns(columns: list[str], allow_extra: bool) -> None:
-    """Refuse a manifest whose columns are wrong, naming every missing (and, unless allowed, unexpected) column."""
-    present = [c for c in columns if c != CORRUPT]
+    """Refuse a manifest whose columns are wrong, naming every repeated, unnamed, missing (and, unless allowed,
+    unexpected) column. ``columns`` are the reader's; :func:`header_names` recovers what the header said."""
+    header = header_names([c for c in columns if c != CORRUPT])
+    counts = Counter(name.lower() for name in header)
+    known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+    repeated: dict[str, str] = {}  # lower-case name -> its first spelling, in header order
+    for name in header:
+        if name and counts[name.lower()] > 1:
+            repeated.setdefault(name.lower(), name)
+    problems = [f"column '{name}' appears {counts[key]} times in the header" for key, name in repeated.items()
+                if name in known or not allow_extra]
+    unnamed = [str(i + 1) for i, name in enumerate(header) if not name]
+    if unnamed and not allow_extra:
+        problems.append(f"column(s) {', '.join(unnamed)} of the header have no name")
+    present = [c for c in header if c]
     missing = [c for c in REQUIRED_COLUMNS if c not in present]
-    extra = [c for c in present if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
-    problems = []
+    extra = [c for c in dict.fromkeys(present) if c not in known and counts[c.lower()] == 1]
     if missing:
         problems.append(f"missing required column(s): {', '.join(missing)}")
     if extra and not allow_extra:
@@ -143,18 +298,19 @@ def check_columns(columns: list[str], allow_extra: bool) -> None:
                             f". Expected: {', '.join(REQUIRED_COLUMNS)} (optional: {', '.join(OPTIONAL_COLUMNS)})")
 
 
-def geo_reason_udf(country_regions: Mapping[str, str | None], max_distance_km: float, border_tolerance_km: float):
+def geo_reason_udf(country_regions: Mapping[str, str | None], geo: GeoSettings):
     """A pandas UDF (lat, lon, country) -> reason or null, evaluated on executors over cxatlas.core.geo."""
     from pyspark.sql.functions import pandas_udf
 
     regions = dict(country_regions)
+    limits = dict(max_distance_km=geo.max_distance_km, border_tolerance_km=geo.border_tolerance_km,
+                  max_offshore_km=geo.max_offshore_km, offshore_neighbours=geo.offshore_neighbours)
 
     @pandas_udf("string")
     def geo_reason(lat: pd.Series, lon: pd.Series, country: pd.Series) -> pd.Series:
         from cxatlas.core.geo import coordinate_problems
 
-        reasons = coordinate_problems(lat, lon, country, regions, max_distance_km=max_distance_km,
-                                      border_tolerance_km=border_tolerance_km)
+        reasons = coordinate_problems(lat, lon, country, regions, **limits)
         return pd.Series(reasons, index=lat.index, dtype=object)
 
     return geo_reason
@@ -191,8 +347,7 @@ def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg
     )
     unparseable = ((lat_raw.isNotNull() & (lat_raw != "") & F.col("_lat").isNull()) |
                    (lon_raw.isNotNull() & (lon_raw != "") & F.col("_lon").isNull()))
-    geo_reason = geo_reason_udf(country_regions, geo.max_distance_km, geo.border_tolerance_km)(F.col("_lat"), F.col("_lon"),
-                                                                         F.col("_country"))
+    geo_reason = geo_reason_udf(country_regions, geo)(F.col("_lat"), F.col("_lon"), F.col("_country"))
     reason = (F.when(F.col(CORRUPT).isNotNull(), "malformed_record")
               .when(F.col("_vid").isNull(), "missing_video_id")
               .when(F.col("upload_time").isNull() | (F.trim(F.col("upload_time")) == ""), "missing_upload_time")
@@ -209,6 +364,15 @@ def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg
               .when(reason == "unknown_country",
                     F.concat(F.lit("country '"), F.coalesce(F.col("country"), F.lit("")),
                              F.lit("' is not an ISO 3166-1 alpha-2 code in conf/regions.csv")))
+              .when(reason == "coordinates_swapped",
+                    F.concat(F.lit("lat="), F.col("lat"), F.lit(" lon="), F.col("lon"), F.lit(" look swapped: read the "
+                             "other way round (lat="), F.col("lon"), F.lit(", lon="), F.col("lat"),
+                             F.lit(") they make a plausible point in country "), F.col("country")))
+              .when(reason == "coordinates_outside_country",
+                    F.concat(F.lit("lat="), F.col("lat"), F.lit(" lon="), F.col("lon"), F.lit(" are not in country "),
+                             F.col("country"), F.lit(": no place of it is within geo.border_tolerance_km of the "
+                             "point's nearest place, or the point is at sea (geo.max_offshore_km) or too remote "
+                             "(geo.max_distance_km)")))
               .when(reason.isNotNull(),
                     F.concat(reason, F.lit(": lat="), F.coalesce(F.col("lat"), F.lit("null")), F.lit(" lon="),
                              F.coalesce(F.col("lon"), F.lit("null")), F.lit(" country="),
@@ -252,14 +416,16 @@ def classify(valid, existing):
 
     Within the manifest, the row with the latest upload_time wins (ties: the later row in the manifest); against
     ``uploads``, an incoming row replaces the stored one unless the stored one is newer. Identical content is
-    ``unchanged`` so a re-ingest commits nothing.
+    ``unchanged`` so a re-ingest commits nothing. A quarantined duplicate's detail says which rule beat it, so a
+    tie is never reported as "a later upload".
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     content_hash = F.sha2(F.to_json(F.struct(*[F.col(c) for c in _CONTENT])), 256)
     w = Window.partitionBy("video_id").orderBy(F.col("upload_time").desc(), F.col("_order").desc())
-    ranked = valid.withColumn("_rank", F.row_number().over(w)).withColumn("_hash", content_hash)
+    ranked = (valid.withColumn("_rank", F.row_number().over(w)).withColumn("_hash", content_hash)
+              .withColumn("_winner_time", F.max("upload_time").over(Window.partitionBy("video_id"))))
     stored = existing.select(F.col("video_id"), F.col("upload_time").alias("_stored_time"),
                              content_hash.alias("_stored_hash"))
     joined = ranked.join(stored, "video_id", "left")
@@ -268,12 +434,27 @@ def classify(valid, existing):
               .when(F.col("_stored_hash") == F.col("_hash"), "unchanged")
               .when(F.col("_stored_time") > F.col("upload_time"), "quarantined")
               .otherwise("updated"))
-    reason_detail = (F.when(F.col("_rank") > 1, F.lit("a later upload of this video_id is in the same manifest"))
-                     .otherwise(F.concat(F.lit("uploads already holds a later upload of this video_id ("),
-                                         F.col("_stored_time").cast("string"), F.lit(")"))))
+    reason_detail = F.when(F.col("_rank") > 1, _in_manifest_detail()).otherwise(
+        F.concat(F.lit("uploads already holds a later upload of this video_id ("),
+                 F.col("_stored_time").cast("string"), F.lit(")")))
     return (joined.withColumn("_status", status)
             .withColumn("_reason", F.when(F.col("_status") == "quarantined", F.lit("duplicate")))
-            .withColumn("_detail", F.when(F.col("_status") == "quarantined", reason_detail)))
+            .withColumn("_detail", F.when(F.col("_status") == "quarantined", reason_detail))
+            .drop("_winner_time"))
+
+
+def _in_manifest_detail():
+    """Why a row lost to another row of its video_id in the same manifest: a later upload_time, or a tie that
+    manifest order broke (saying "a later upload" for a tie sends the user looking for a timestamp that is not
+    there)."""
+    from pyspark.sql import functions as F
+
+    winner_time = F.col("_winner_time").cast("string")
+    return (F.when(F.col("upload_time") == F.col("_winner_time"),
+                   F.concat(F.lit("another row of this video_id in the same manifest has the same upload_time ("),
+                            winner_time, F.lit("); the tie is broken by manifest order: the later row wins")))
+            .otherwise(F.concat(F.lit("a later upload of this video_id ("), winner_time,
+                                F.lit(") is in the same manifest"))))
 
 
 def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | None = None) -> IngestReport:
@@ -285,9 +466,12 @@ def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | 
     run_id = report.run_id
     ing = cfg.settings.ingest
     raw = read_manifest(spark, manifest, fmt, csv_multiline=ing.csv_multiline)
-    if raw is None or not [c for c in raw.columns if c != CORRUPT]:
+    if raw is None or not raw.columns:
         log.warning("manifest %s is empty: nothing to ingest", manifest)
         return report.finish()
+    if raw.columns == [CORRUPT]:  # lines, but not one JSON object among them: not "empty", the wrong format
+        raise ManifestError(f"no line of manifest {manifest} is a JSON object: a JSON manifest holds one object per "
+                            "line (for a CSV, name it .csv or pass --format csv)")
     check_columns(raw.columns, ing.allow_extra_columns)
     country_regions = load_country_regions(cfg.path("regions.file"))
     uploads = store.table(UPLOADS).create_if_missing()
@@ -314,11 +498,15 @@ def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | 
     ingest_time = F.lit(utc_timestamp(report.started)).cast("timestamp")
     accepted = (classified.filter(F.col("_status").isin("new", "updated"))
                 .withColumn("ingest_time", ingest_time).select(*UPLOADS.schema.names))
-    replaced = (uploads.read(read_version).join(
-        classified.filter(F.col("_status") == "updated").select("video_id"), "video_id", "left_semi")
-        .withColumn("_source_row", F.to_json(F.struct(*UPLOADS.schema.names), KEEP_NULLS))
-        .withColumn("_reason", F.lit("duplicate"))
-        .withColumn("_detail", F.lit("replaced in uploads by a later upload of this video_id")))
+    incoming = classified.filter(F.col("_status") == "updated").select("video_id",
+                                                                         F.col("upload_time").alias("_new_time"))
+    replaced = (uploads.read(read_version).join(incoming, "video_id")
+                .withColumn("_source_row", F.to_json(F.struct(*UPLOADS.schema.names), KEEP_NULLS))
+                .withColumn("_reason", F.lit("duplicate"))
+                .withColumn("_detail", F.when(F.col("_new_time") == F.col("upload_time"), F.lit(
+                    "replaced in uploads by a new row of this video_id with the same upload_time (ties: the newer "
+                    "ingest wins)")).otherwise(F.lit("replaced in uploads by a later upload of this video_id")))
+                .drop("_new_time"))
     report.replaced_rows_quarantined = report.updated
     rejects = (checked.filter(F.col("_reason").isNotNull())
                .unionByName(classified.filter(F.col("_status") == "quarantined").select(*checked.columns)))

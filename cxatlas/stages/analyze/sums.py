@@ -40,7 +40,7 @@ class Inputs:
                 raise AnalyzeError(f"table '{spec.name}' does not exist under {store.root}: run `cxatlas ingest` and "
                                    f"`cxatlas annotate`, or `cxatlas import-annotations`, first")
             versions[spec.name] = table.version()
-            frames[spec.name] = table.read(versions[spec.name])
+            frames[spec.name] = table.read_unique(versions[spec.name])
         return cls(versions, frames[UPLOADS.name], frames[VIDEO_EXPRESSIONS.name], frames[VIDEO_CONTEXTS.name])
 
 
