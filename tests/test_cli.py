@@ -7,9 +7,11 @@ import sys
 
 import pytest
 
+from cxatlas.cli import main
 from cxatlas.cli.commands import run_sql
 from cxatlas.cli.quiet import is_startup_note
 from cxatlas.core.errors import UserError
+from tests.conftest import cli_args
 
 
 def cxatlas(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -32,12 +34,26 @@ def test_queries_spark_rejects_are_user_errors(spark, cfg, store):
         run_sql(cfg, "SELECT no_such_column FROM range(3)", spark_store=(spark, store))
 
 
+def test_sql_file_with_several_statements_and_csv_output(spark, cfg, store, tmp_path, capsys):
+    script = tmp_path / "q.sql"
+    script.write_text("-- two statements\nSELECT 1 AS a, 'x;y' AS b;\nSELECT id FROM range(3) ORDER BY id;\n")
+    done = main([*cli_args(cfg), "sql", "-f", str(script), "--format", "csv"])
+    assert done == 0
+    assert capsys.readouterr().out.splitlines() == ["a,b", "1,x;y", "id", "0", "1", "2"]
+    assert main([*cli_args(cfg), "sql", "SELECT 1 AS a", "--format", "json"]) == 0
+    assert capsys.readouterr().out.strip() == '{"a":1}'
+
+
 @pytest.mark.parametrize("line, hidden", [
     ("WARNING: Using incubator modules: jdk.incubator.vector", True),
     ("Using Spark's default log4j profile: org/apache/spark/log4j2-defaults.properties", True),
     ("26/12/01 14:02:43 WARN Utils: Your hostname, vm, resolves to a loopback address: 127.0.0.1", True),
     ("26/12/01 14:02:49 WARN NativeCodeLoader: Unable to load native-hadoop library for your platform", True),
+    ("26/12/01 14:29:13 WARN ObjectStore: Failed to get database default, returning NoSuchObjectException", True),
+    ("26/12/01 14:29:18 WARN HiveExternalCatalog: Couldn't find corresponding Hive SerDe for data source provider "
+     "delta. Persisting data source table", True),
     ("26/12/01 14:02:49 WARN TaskSetManager: Lost task 0.0 in stage 3.0", False),
+    ("26/12/01 14:02:49 WARN HiveExternalCatalog: something else", False),
     ("cxatlas ingest: error: manifest not found", False),
     ("Traceback (most recent call last):", False),
 ])

@@ -29,12 +29,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from cxatlas.core.config import load_config
+from tests.conftest import database_for
+
 from tests.cluster_harness import (RunningSubmit, StandaloneCluster, SubmitResult, live_session_members,
                                    standalone_cluster)
 
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[1]
+TEST_DERBY_PORT = load_config().settings.catalog.derby_port  # the test run's own server (conftest's overlay)
 JOBS = REPO / "jobs"
 CLUSTER_CONF = REPO / "conf" / "cluster.yaml"
 CORPUS_VIDEOS = 3  # few real videos: ingest does not open them, annotate decodes every one on 1-core executors
@@ -53,11 +57,13 @@ EXECUTOR_SIZING = {
 EXECUTOR_CONF = {**EXECUTOR_SIZING, "spark.driver.memory": "1g"}
 # conf/cluster.yaml unchanged except what this machine cannot have ...
 PLATFORM_OVERRIDES = (
-    "tables.backend=delta-rs",                             # no Maven access for the delta-spark jars here
+    # Delta Lake's jars from the folder `make install` filled, shipped to the executors with spark.jars (instead of
+    # resolving --packages at submit time), and the test run's Derby metastore server instead of a site metastore.
+    f"spark.jars_dir={REPO / '.jars'}",
     "spark.conf.spark.jars.packages=null",
-    "spark.conf.spark.sql.extensions=null",
-    "spark.conf.spark.sql.catalog.spark_catalog=null",
-    "spark.conf.spark.executor.resource.gpu.amount=null",  # no GPUs on this machine
+    "catalog.metastore=derby-server",
+    f"catalog.derby_port={TEST_DERBY_PORT}",
+    "spark.conf.spark.executor.resource.gpu.amount=null",  # no GPUs on the test machine
     "spark.conf.spark.task.resource.gpu.amount=null",
     "spark.conf.spark.executor.resource.gpu.discoveryScript=null",
 )
@@ -103,10 +109,12 @@ def job_args(data_root: Path, *args: str, overrides: Sequence[str] = (), sized: 
 
 
 def local_config(data_root: Path, overrides: Sequence[str] = ()):
-    """The same configuration a job gets from :func:`job_args`, for a local-mode run in the test session."""
+    """The same configuration a job gets from :func:`job_args`, for a local-mode run in the test session (whose one
+    metastore holds every test's tables: each data root gets a database of its own)."""
     from cxatlas.core.config import load_config
 
-    return load_config(CLUSTER_CONF, data_root=str(data_root), overrides=[*LOOPBACK_OVERRIDES, *overrides])
+    return load_config(CLUSTER_CONF, data_root=str(data_root),
+                       overrides=[*LOOPBACK_OVERRIDES, f"catalog.database={database_for(data_root)}", *overrides])
 
 
 def read_table(data_root: Path, name: str) -> pa.Table:
@@ -279,8 +287,8 @@ def test_ingest_on_cluster_reconciles_in_one_commit_per_table(cluster_ingest, co
         reasons[reason] = reasons.get(reason, 0) + 1
     assert reasons == corpus.bad_rows
     # One commit per table per job, whatever the number of executors that wrote files.
-    assert commits(data, "uploads") == ["CREATE TABLE", "WRITE"]
-    assert commits(data, "quarantine") == ["CREATE TABLE", "WRITE"]
+    assert commits(data, "uploads") == ["CREATE TABLE", "MERGE"]
+    assert commits(data, "quarantine") == ["CREATE TABLE", "MERGE"]
     # The corpus assigns regions round-robin over its videos plus the corrupt one.
     regions = {r for r in read_table(data, "uploads")["region"].to_pylist() if r}
     assert len(regions) == min(CORPUS_VIDEOS + 1, 12)
@@ -304,7 +312,7 @@ def test_spark_submit_settings_win_over_the_config(cluster, shared_root):
     says local[*] and cluster.yaml's 16g/4-core executors, spark-submit says this cluster and 1g/1-core executors.
     Otherwise a cluster run silently becomes a local one, or asks for executors no worker can host."""
     args = job_args(shared_root / "precedence-data", "tables", overrides=["spark.master=local[*]"], sized=False)
-    result = cluster.submit(REPO / "cxatlas" / "cli.py", args, shared_root / "driver-precedence",
+    result = cluster.submit(REPO / "cxatlas" / "cli" / "__main__.py", args, shared_root / "driver-precedence",
                             conf=EXECUTOR_CONF, timeout_s=120).check()
     events = result.events()
     assert events.app_id.startswith("app-"), f"spark-submit --master was overridden: app {events.app_id}"
@@ -325,7 +333,7 @@ def check_annotated(stdout: str, data: Path, corpus: Corpus) -> int:
     assert reconciles and considered == corpus.good_rows and quarantined == corpus.corrupt_uploads
     for name, key in ANNOTATION_TABLES.items():
         assert assert_unique(data, name, key) == annotated
-        assert commits(data, name) == ["CREATE TABLE", "WRITE"]  # created by ingest, ONE commit by annotate
+        assert commits(data, name) == ["CREATE TABLE", "MERGE"]  # created by ingest, ONE commit by annotate
     reasons = [r["reason"] for r in read_table(data, "quarantine").to_pylist() if r["stage"] == "annotate"]
     assert reasons == ["corrupt_video"] * corpus.corrupt_uploads
     return annotated

@@ -10,10 +10,9 @@ import json
 import time
 from typing import Any, Callable
 
+from cxatlas.core.catalog import ALL_TABLES, register_catalog, table_spec
 from cxatlas.core.config import Config
 from cxatlas.core.errors import UserError
-from cxatlas.core.result_schemas import RESULT_TABLES
-from cxatlas.core.schemas import CORE_TABLES, TableSpec
 
 
 def open_store(cfg: Config, name: str) -> tuple[Any, Any]:
@@ -23,17 +22,6 @@ def open_store(cfg: Config, name: str) -> tuple[Any, Any]:
 
     spark = build_spark(cfg, f"-{name}")
     return spark, TableStore.from_config(spark, cfg)
-
-
-def all_table_specs() -> list[TableSpec]:
-    return [*CORE_TABLES, *RESULT_TABLES]
-
-
-def table_spec(name: str) -> TableSpec:
-    for spec in all_table_specs():
-        if spec.name == name:
-            return spec
-    raise UserError(f"unknown table {name!r}; tables: {', '.join(s.name for s in all_table_specs())}")
 
 
 def exit_code(report: Any) -> int:
@@ -113,8 +101,42 @@ def cmd_sample_corpus(args: argparse.Namespace, cfg: Config) -> int:
 
 
 # -- tables and SQL --------------------------------------------------------------------------------------------------
-def run_sql(cfg: Config, query: str, limit: int = 50, spark_store: tuple | None = None) -> None:
-    """Run one query over the tables (each registered under its name) and print up to ``limit`` rows.
+FORMATS = ("table", "csv", "json")
+
+
+def split_statements(text: str) -> list[str]:
+    """SQL statements of a file, split on ';' outside quotes; empty ones and ``--`` comment lines dropped."""
+    statements, current, quote = [], [], None
+    for line in text.splitlines():
+        if quote is None and line.strip().startswith("--"):
+            continue
+        for ch in line + "\n":
+            if quote:
+                quote = None if ch == quote else quote
+            elif ch in "'\"`":
+                quote = ch
+            elif ch == ";":
+                statements.append("".join(current).strip())
+                current = []
+                continue
+            current.append(ch)
+    statements.append("".join(current).strip())
+    return [stmt for stmt in statements if stmt]
+
+
+def show(df, limit: int, fmt: str) -> None:
+    """Print up to ``limit`` rows as Spark's table, CSV (with header) or JSON lines."""
+    if fmt == "table":
+        df.show(limit, truncate=60)
+        return
+    rows = df.limit(limit).toPandas()
+    print(rows.to_csv(index=False) if fmt == "csv" else rows.to_json(orient="records", lines=True,
+                                                                    date_format="iso"), end="")
+
+
+def run_sql(cfg: Config, query: str, limit: int = 50, spark_store: tuple | None = None, fmt: str = "table") -> None:
+    """Run one or more statements over the catalog (tables as ``cxatlas.<table>`` or by bare name) and print up to
+    ``limit`` rows of each result.
 
     A query Spark cannot parse or resolve (a typo, a table that does not exist) is the user's to fix: it becomes a
     one-line :class:`UserError` instead of a JVM stack trace.
@@ -122,23 +144,53 @@ def run_sql(cfg: Config, query: str, limit: int = 50, spark_store: tuple | None 
     from pyspark.errors import AnalysisException
 
     spark, store = spark_store or open_store(cfg, "sql")
-    store.register_views(all_table_specs())
-    try:
-        spark.sql(query).show(limit, truncate=60)
-    except AnalysisException as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"query failed: {first}") from None
+    register_catalog(store)
+    for statement in split_statements(query):
+        try:
+            show(spark.sql(statement), limit, fmt)
+        except AnalysisException as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"query failed: {first}") from None
 
 
 def cmd_sql(args: argparse.Namespace, cfg: Config) -> int:
-    run_sql(cfg, args.query, args.limit)
+    if (args.query is None) == (args.file is None):
+        raise UserError("give a query or -f FILE.sql (one of them)")
+    if args.file is not None:
+        try:
+            query = open(args.file, encoding="utf-8").read()
+        except OSError as exc:
+            raise UserError(f"cannot read {args.file}: {exc.strerror}") from None
+    else:
+        query = args.query
+    run_sql(cfg, query, args.limit, fmt=args.format)
+    return 0
+
+
+def cmd_sql_server(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.core.sql_server import serve
+
+    return serve(cfg, args.host, args.port)
+
+
+def cmd_metastore(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.core.metastore import ensure_server, is_listening, stop_server
+
+    c, jars = cfg.settings.catalog, cfg.settings.spark.jars_dir
+    where = f"{c.derby_host}:{c.derby_port}"
+    if args.action == "status":
+        print(f"Derby metastore server on {where}: {'running' if is_listening(c.derby_host, c.derby_port) else 'not running'}")
+    elif args.action == "start":
+        print(f"Derby metastore server on {where}: {'started' if ensure_server(c, jars) else 'already running'}")
+    else:
+        print(f"Derby metastore server on {where}: {'stopped' if stop_server(c, jars) else 'was not running'}")
     return 0
 
 
 def cmd_tables(args: argparse.Namespace, cfg: Config) -> int:
     spark, store = open_store(cfg, "tables")
-    print(f"tables under {cfg.table_root} ({store.backend}):")
-    for spec in all_table_specs():
+    print(f"tables under {cfg.table_root}, in catalog database {store.database}:")
+    for spec in ALL_TABLES:
         table = store.table(spec)
         if table.exists():
             print(f"  {spec.name:<32} version {table.version():>4}  rows {table.read().count():>10}")

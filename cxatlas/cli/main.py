@@ -103,9 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=int, help="demo corpus size (default: corpus.videos)")
 
     # Tables.
-    p = add("sql", c.cmd_sql, "Run a SQL query over the cxatlas tables (each registered under its name).")
-    p.add_argument("query", help='e.g. "SELECT region, count(*) FROM uploads GROUP BY region"')
-    p.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
+    p = add("sql", c.cmd_sql, "Run SQL over the catalog: tables as cxatlas.<table> (or by bare name) and the "
+                              "analyst views (expression_scores, context_scores, *_labelled).")
+    p.add_argument("query", nargs="?", help='e.g. "SELECT region, count(*) FROM cxatlas.uploads GROUP BY region"')
+    p.add_argument("-f", "--file", help="a .sql file of statements separated by ';' (instead of a query)")
+    p.add_argument("--format", choices=c.FORMATS, default="table", help="how results print (default table)")
+    p.add_argument("--limit", type=int, default=50, help="rows to print per statement (default 50)")
+
+    p = add("sql-server", c.cmd_sql_server, "Serve the catalog over JDBC/ODBC (Spark's Thrift server) for beeline, "
+                                            "DBeaver, Superset or any Hive client; stops on SIGTERM or Ctrl-C.")
+    p.add_argument("--host", help="address to listen on (default sql_server.host, loopback)")
+    p.add_argument("--port", type=int, help="port (default sql_server.port)")
+
+    p = add("metastore", c.cmd_metastore, "The Derby network server that holds the catalog's metastore "
+                                          "(catalog.metastore: derby-server): status, start or stop it.")
+    p.add_argument("action", choices=["status", "start", "stop"])
 
     add("tables", c.cmd_tables, "List the tables with their version and row count.")
 

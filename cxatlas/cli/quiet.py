@@ -2,8 +2,9 @@
 
 Why at the file-descriptor level: the lines come from the JVM that pyspark launches as a child process (a JVM module
 note, log4j's "default profile" banner, the hostname and native-library WARNs), written straight to the inherited
-stderr, where neither Python logging nor ``sc.setLogLevel`` can reach them. The CLI points fd 2 at a pipe for the
-duration of a command and forwards every line except those known start-up notes, so real warnings and errors, from
+stderr, where neither Python logging nor ``sc.setLogLevel`` can reach them. The same holds for the Hive metastore
+client's notes when it opens the catalog. The CLI points fd 2 at a pipe for the duration of a command and forwards
+every line except those known notes, so real warnings and errors, from
 Python or the JVM, still reach the user.
 """
 from __future__ import annotations
@@ -18,7 +19,13 @@ from typing import Iterator
 STARTUP_NOTES = re.compile(
     r"^(WARNING: Using incubator modules: |Using Spark's default log4j profile: |Setting default log level to |"
     r"To adjust logging level use sc\.setLogLevel|"
-    r"\S+ \S+ WARN (Utils: (Your hostname|Set SPARK_LOCAL_IP)|NativeCodeLoader: Unable to load native-hadoop))")
+    r"\S+ \S+ WARN (Utils: (Your hostname|Set SPARK_LOCAL_IP)|NativeCodeLoader: Unable to load native-hadoop|"
+    # The Hive metastore client's notes when it opens or creates a metastore, and Delta tables it stores in Spark's
+    # own format (which is what we want: Hive itself cannot read Delta).
+    r"ObjectStore: (Version information not found|setMetaStoreSchemaVersion called|Failed to get database)|"
+    r"HiveConf: HiveConf of name \S+ does not exist|SessionState: METASTORE_FILTER_HOOK will be ignored|"
+    r"HiveExternalCatalog: Couldn't find corresponding Hive SerDe for data source provider delta|"
+    r"SparkStringUtils: Truncated the string representation of a plan))")
 
 
 def is_startup_note(line: str) -> bool:

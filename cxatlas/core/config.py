@@ -25,7 +25,7 @@ ENV_CONF = "CXATLAS_CONF"
 ENV_DATA = "CXATLAS_DATA"
 DEFAULTS_FILE = "local.yaml"
 # File settings that resolve against the folder of the config file that set them (not the working directory).
-FILE_SETTINGS = ("regions.file",)
+FILE_SETTINGS = ("regions.file", "spark.jars_dir")
 
 __all__ = ["Config", "ConfigError", "load_config", "join_uri", "parse_override", "packaged_conf_dir"]
 

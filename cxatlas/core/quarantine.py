@@ -33,5 +33,4 @@ def to_quarantine_rows(df, *, stage: str, reason_col: str, detail_col: str | Non
 def write_quarantine(store: TableStore, rejects) -> CommitResult:
     """Append rejects not already quarantined (by row hash), in one commit."""
     table = store.table(QUARANTINE).create_if_missing()
-    fresh = rejects.dropDuplicates(["row_hash"]).join(table.read().select("row_hash"), "row_hash", "left_anti")
-    return table.append(fresh.select(*QUARANTINE.schema.names))
+    return table.insert_new(rejects.dropDuplicates(["row_hash"]).select(*QUARANTINE.schema.names))

@@ -1,7 +1,7 @@
 """Schemas of every cxatlas table, with column comments (they travel into the Delta schema and show in SQL).
 
-Arrow schemas are the single source of truth: the delta-rs path writes them directly and the Spark schemas are
-derived from them (``spark_schema``), so the two paths can never disagree.
+Arrow schemas are the single source of truth: the Spark schemas are derived from them (``spark_schema``), and the
+independent Delta reader in the tests (``deltalake``) checks the written tables against them.
 """
 from __future__ import annotations
 
@@ -42,13 +42,14 @@ TS = pa.timestamp("us", tz="UTC")
 
 @dataclass(frozen=True)
 class TableSpec:
-    """A table's name, schema, partition columns and (for upserts) key."""
+    """A table's name, schema, partition columns, key (one row per key) and the columns ``optimize`` Z-orders by."""
 
     name: str
     schema: pa.Schema
     partition_by: tuple[str, ...]
     key: tuple[str, ...]
     comment: str
+    zorder_by: tuple[str, ...] = ()
 
     @property
     def data_schema(self) -> pa.Schema:
@@ -124,6 +125,7 @@ VIDEO_EXPRESSIONS = TableSpec(
     ]),
     partition_by=("region",),
     key=("video_id", "model_version"),
+    zorder_by=("lat_bin", "lon_bin"),
     comment=("One row per (video, expression model version): per-window scores averaged per video (the paper's unit). "
              "Models with other label sets add their expr_<label> columns on first write."),
 )
@@ -140,6 +142,7 @@ VIDEO_CONTEXTS = TableSpec(
     ]),
     partition_by=("region",),
     key=("video_id", "model_version", "taxonomy"),
+    zorder_by=("lat_bin", "lon_bin"),
     comment="One row per (video, context model version, taxonomy), scores stored sparsely.",
 )
 

@@ -40,15 +40,31 @@ class SparkSettings:
     app_name: str
     conf: dict
     log_level: str
+    jars_dir: Optional[str]
 
 
 @dataclass(frozen=True)
 class TablesSettings:
     dir: str
-    backend: str
     target_file_rows: int
     vacuum_retention_hours: float
-    fault_fail_task: Optional[int]
+    conflict_retries: int
+
+
+@dataclass(frozen=True)
+class CatalogSettings:
+    database: str
+    metastore: str
+    derby_host: str
+    derby_port: int
+    metastore_dir: str
+    warehouse_dir: str
+
+
+@dataclass(frozen=True)
+class SqlServerSettings:
+    host: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -219,6 +235,8 @@ class Settings:
     data_root: str
     spark: SparkSettings
     tables: TablesSettings
+    catalog: CatalogSettings
+    sql_server: SqlServerSettings
     regions: RegionsSettings
     geo: GeoSettings
     ingest: IngestSettings

@@ -1,17 +1,46 @@
-"""One place that builds the SparkSession from config, for the CLI, spark-submit jobs and tests alike."""
+"""One place that builds the SparkSession from config, for the CLI, spark-submit jobs and tests alike.
+
+Every session has Delta Lake (its jars from ``spark.jars_dir``, which ``make install`` fills from Maven Central, or
+from ``spark-submit --packages`` on a cluster) and a persistent Hive catalog (``catalog.*``: by default a Derby
+metastore under the data root, served by Derby's network server so several processes can use it at once).
+"""
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import sys
 
-from cxatlas.core.config import Config
+from cxatlas.core.config import Config, join_uri
+from cxatlas.core.errors import UserError
+from cxatlas.core.metastore import ensure_server, metastore_conf
 
 log = logging.getLogger(__name__)
+DELTA_CLASS = "io.delta.tables.DeltaTable"
+
+
+def local_jars(jars_dir: str | None) -> list[str]:
+    return sorted(glob.glob(os.path.join(jars_dir, "*.jar"))) if jars_dir else []
+
+
+def session_conf(cfg: Config) -> dict[str, str]:
+    """Everything the session is built with: ``spark.conf``, the local jars and the catalog settings."""
+    s = cfg.settings
+    conf = {key: (str(value).lower() if isinstance(value, bool) else str(value))
+            for key, value in s.spark.conf.items() if value is not None}
+    jars = local_jars(s.spark.jars_dir)
+    if jars:
+        conf["spark.jars"] = ",".join([*jars, *filter(None, conf.get("spark.jars", "").split(","))])
+        # The metastore's JDBC driver must be visible to the driver's own class loader, not only to Spark's.
+        conf["spark.driver.extraClassPath"] = os.pathsep.join(
+            [*jars, *filter(None, conf.get("spark.driver.extraClassPath", "").split(os.pathsep))])
+    metastore = join_uri(cfg.data_root, s.catalog.metastore_dir, "metastore_db")
+    conf.update(metastore_conf(s.catalog, metastore, join_uri(cfg.data_root, s.catalog.warehouse_dir)))
+    return conf
 
 
 def build_spark(cfg: Config, app_suffix: str = ""):
-    """Get or create the session described by ``cfg['spark']``.
+    """Get or create the session described by ``cfg``.
 
     Under spark-submit the master and resources come from the command line and win: ``spark.master`` in the
     config is only applied when nothing set one. Python workers use the driver's interpreter unless
@@ -22,20 +51,40 @@ def build_spark(cfg: Config, app_suffix: str = ""):
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    section = cfg.settings.spark
-    builder = SparkSession.builder.appName(f"{section.app_name}{app_suffix}")
+    s = cfg.settings.spark
+    if cfg.settings.catalog.metastore == "derby-server":
+        ensure_server(cfg.settings.catalog, s.jars_dir)
+    builder = SparkSession.builder.appName(f"{s.app_name}{app_suffix}")
     if os.environ.get("PYSPARK_GATEWAY_PORT"):
         # Under spark-submit the JVM already holds the command line's settings; start the gateway first so
         # SparkConf() below sees them and the config file never overrides what the user typed.
         SparkContext._ensure_initialized()
     existing = SparkConf()
-    master = section.master
-    if master and not existing.contains("spark.master"):
-        builder = builder.master(str(master))
-    for key, value in section.conf.items():
-        if value is None or existing.contains(key):
-            continue
-        builder = builder.config(key, str(value).lower() if isinstance(value, bool) else str(value))
+    if s.master and not existing.contains("spark.master"):
+        builder = builder.master(str(s.master))
+    for key, value in session_conf(cfg).items():
+        if not existing.contains(key):
+            builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(section.log_level)
+    spark.sparkContext.setLogLevel(s.log_level)
+    require_delta(spark, s.jars_dir)
     return spark
+
+
+def require_delta(spark, jars_dir: str | None) -> None:
+    """Refuse to go on without Delta Lake's classes, saying how to get them."""
+    try:
+        spark.sparkContext._jvm.java.lang.Class.forName(DELTA_CLASS)
+    except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException in its own error types
+        raise UserError(f"Delta Lake's jars are not on Spark's classpath (looked in spark.jars_dir={jars_dir}): run "
+                        f"`make jars`, or pass spark-submit --packages io.delta:delta-spark_2.13:<version> "
+                        f"(conf/jars.txt)") from None
+
+
+def remove_path(spark, uri: str) -> None:
+    """Delete a folder (local path or any Hadoop URI) through Spark's Hadoop file system, if it exists."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if fs.exists(path):
+        fs.delete(path, True)

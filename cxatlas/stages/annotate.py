@@ -3,9 +3,10 @@ expression scores and one row of context scores (or a quarantine row with its re
 
 Flow: uploads LEFT ANTI (rows already annotated for these versions, and videos already quarantined for them) ->
 repartition over ``annotate.partitions`` -> ``mapInPandas(cxatlas.udfs.annotate.AnnotateBatches)`` on the executors ->
-persisted results -> ``video_expressions`` (one commit), ``video_contexts`` (one commit), ``quarantine`` (one
-commit). A rerun therefore does nothing, and a crash loses nothing: the tables stay at their previous versions and
-the next run picks up the same videos. Checkpoints are validated on the driver BEFORE any work starts.
+results staged as Parquet under ``<data_root>/_staging`` -> ``video_expressions`` (one commit),
+``video_contexts`` (one commit), ``quarantine`` (one commit), each a MERGE that inserts only keys still missing.
+A rerun therefore does nothing, and a crash loses nothing: the tables stay at their previous versions and the next
+run picks up the same videos. Checkpoints are validated on the driver BEFORE any work starts.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from cxatlas.core.config import Config
+from cxatlas.core.catalog import register_catalog
+from cxatlas.core.config import Config, join_uri
+from cxatlas.core.spark import remove_path
 from cxatlas.core.quarantine import to_quarantine_rows, write_quarantine
 from cxatlas.core.runs import RunReport
 from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
@@ -25,6 +28,7 @@ from cxatlas.udfs.annotate import ANNOTATED, OUTPUT_SCHEMA, QUARANTINED, Annotat
 
 log = logging.getLogger(__name__)
 STAGE = "annotate"
+STAGING_DIR = "_staging"  # under data_root: a run's UDF output, deleted when the run ends
 
 
 @dataclass
@@ -81,7 +85,7 @@ class _Progress:
             for stage_id in sorted(self.tracker.getActiveStageIds()):
                 info = self.tracker.getStageInfo(stage_id)
                 # Stages with one task per annotate partition: the first decodes and scores; later ones (over the
-                # persisted result) write the tables, so their counts start again from 0.
+                # staged result) write the tables, so their counts start again from 0.
                 if info is None or info.numTasks != self.n_tasks:
                     continue
                 phase = phases.setdefault(stage_id, "annotated" if not phases else "written")
@@ -102,7 +106,6 @@ class _Progress:
 
 def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
     """Annotate every upload not yet annotated (or quarantined) for the configured model versions."""
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     settings = cfg.settings.annotate
@@ -134,13 +137,37 @@ def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
 
     n_parts = settings.partitions
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", settings.videos_per_batch)
-    results = (todo.repartition(n_parts, "video_id").mapInPandas(AnnotateBatches(settings), OUTPUT_SCHEMA)
-               .join(todo.select("video_id", "uri", "region", "lat_bin", "lon_bin"), "video_id")
-               .persist(StorageLevel.MEMORY_AND_DISK))
+    annotated = (todo.repartition(n_parts, "video_id").mapInPandas(AnnotateBatches(settings), OUTPUT_SCHEMA)
+                 .join(todo.select("video_id", "uri", "region", "lat_bin", "lon_bin"), "video_id"))
+    # The UDF's output is staged as Parquet before any table is written: every later step (counts, three commits,
+    # MERGE's own reads of its source) reads these files instead of decoding the videos again, and a lost executor
+    # cannot take a cached result with it.
+    staging = join_uri(cfg.data_root, STAGING_DIR, f"annotate-{report.run_id}")
     with _Progress(spark, n_parts):
-        counts = results.groupBy("status", "reason").agg(
-            F.count("*").alias("n"), F.sum(F.when(F.col("n_windows") == 0, 1).otherwise(0)).alias("no_face"),
-            F.sum("n_windows").alias("windows"), F.sum("frames_decoded").alias("frames")).collect()
+        annotated.write.mode("overwrite").parquet(staging)
+    try:
+        _write_outputs(store, settings, report, spark.read.parquet(staging), (done_expr, done_ctx),
+                       (expressions, contexts), columns, versions_key)
+    finally:
+        remove_path(spark, staging)
+    register_catalog(store)  # the expression_scores view follows the columns a new model added
+    report.finish()
+    log.info("annotate run %s finished in %.1fs", report.run_id, report.seconds)
+    return report
+
+
+def _write_outputs(store: TableStore, settings: AnnotateSettings, report: AnnotateReport, results, done,
+                   tables, columns, versions_key: str) -> None:
+    """Count the staged results into the report, then one commit each to the two annotation tables and quarantine."""
+    from pyspark.sql import functions as F
+
+    done_expr, done_ctx = done
+    expressions, contexts = tables
+    expression_version, context_version = report.expression_version, report.context_version
+    taxonomy = settings.context.taxonomy
+    counts = results.groupBy("status", "reason").agg(
+        F.count("*").alias("n"), F.sum(F.when(F.col("n_windows") == 0, 1).otherwise(0)).alias("no_face"),
+        F.sum("n_windows").alias("windows"), F.sum("frames_decoded").alias("frames")).collect()
     for row in counts:
         if row["status"] == ANNOTATED:
             report.annotated += row["n"]
@@ -174,10 +201,6 @@ def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
         stage=STAGE, reason_col="reason", detail_col="detail", source_row_col="_source_row", source_col="_from",
         run_id=report.run_id)
 
-    report.commits["video_expressions"] = expressions.append(expr_rows, evolve_schema=True)
-    report.commits["video_contexts"] = contexts.append(ctx_rows.select(*VIDEO_CONTEXTS.schema.names))
+    report.commits["video_expressions"] = expressions.insert_new(expr_rows, evolve_schema=True)
+    report.commits["video_contexts"] = contexts.insert_new(ctx_rows.select(*VIDEO_CONTEXTS.schema.names))
     report.commits["quarantine"] = write_quarantine(store, rejects)
-    results.unpersist()
-    report.finish()
-    log.info("annotate run %s finished in %.1fs", report.run_id, report.seconds)
-    return report

@@ -97,6 +97,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
+from cxatlas.core.catalog import register_catalog
 from cxatlas.core.config import Config
 from cxatlas.core.errors import UserError
 from cxatlas.core.quarantine import to_quarantine_rows, write_quarantine
@@ -692,7 +693,7 @@ def run_import(spark, cfg: Config, store: TableStore, input_path: str, model_ver
                  "upload_time": F.lit(None), "title": F.lit(None), "description": F.lit(None),
                  "text_flags": F.lit(None), "source": F.lit(input_path), "ingest_time": now}
     new_uploads = valid.filter(F.col("_stored_region").isNull())
-    report.commits[UPLOADS.name] = uploads.append(shape_to_schema(new_uploads, UPLOADS.schema, up_values))
+    report.commits[UPLOADS.name] = uploads.insert_new(shape_to_schema(new_uploads, UPLOADS.schema, up_values))
 
     # video_expressions: the table's columns, plus any label column new to it (schema evolution, same commit).
     from pyspark.sql.types import FloatType, StructField, StructType
@@ -704,7 +705,7 @@ def run_import(spark, cfg: Config, store: TableStore, input_path: str, model_ver
                    "n_faces": F.lit(None)}
     expr_values.update({dst: F.col(f"_e{i}") for i, dst in enumerate(cols.expr.values())})
     expr_rows = shape_to_schema(valid.filter(~F.col("_has_expr")), target, expr_values)
-    report.commits[VIDEO_EXPRESSIONS.name] = expressions.append(expr_rows, evolve_schema=bool(new_cols))
+    report.commits[VIDEO_EXPRESSIONS.name] = expressions.insert_new(expr_rows, evolve_schema=bool(new_cols))
 
     # video_contexts: non-zero scores, sparse, highest first.
     labels = F.array(*[F.lit(label) for label in cols.ctx.values()])
@@ -713,13 +714,14 @@ def run_import(spark, cfg: Config, store: TableStore, input_path: str, model_ver
                           lambda a, b: F.when(a.score > b.score, -1).when(a.score < b.score, 1).otherwise(0))
     ctx_values = {**lineage, "model_version": F.lit(ctx_version), "taxonomy": F.lit(taxonomy), "contexts": sparse}
     ctx_rows = shape_to_schema(valid.filter(~F.col("_has_ctx")), VIDEO_CONTEXTS.schema, ctx_values)
-    report.commits[VIDEO_CONTEXTS.name] = contexts.append(ctx_rows)
+    report.commits[VIDEO_CONTEXTS.name] = contexts.insert_new(ctx_rows)
 
     rejects = checked.filter(F.col("_reason").isNotNull()).withColumn("_source", F.lit(input_path))
     report.commits["quarantine"] = write_quarantine(store, to_quarantine_rows(
         rejects, stage=STAGE, reason_col="_reason", detail_col="_detail", source_row_col="_source_row",
         source_col="_source", run_id=run_id, video_id_col="_vid"))
     checked.unpersist()
+    register_catalog(store)  # the expression_scores view follows the columns this import added
     report.finish()
     log.info("import %s finished in %.1fs: %d imported, %d unchanged, %d quarantined", input_path, report.seconds,
              report.imported, report.unchanged, report.quarantined)

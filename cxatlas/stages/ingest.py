@@ -515,10 +515,17 @@ def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | 
     quarantine_rows = to_quarantine_rows(rejects, source_col="source", **common).unionByName(
         to_quarantine_rows(replaced.withColumn("_from", F.lit("uploads")), source_col="_from", **common))
 
-    if report.updated:
-        report.commits["uploads"] = uploads.upsert(accepted)
-    else:  # only new keys: a blind append, no file needs rewriting
-        report.commits["uploads"] = uploads.append(accepted) if report.new else CommitResult(UPLOADS.name, None)
+    if report.new or report.updated:
+        # One MERGE: new keys inserted, later uploads replace older ones. Never a blind append: if another ingest
+        # commits the same keys first, Delta makes this commit conflict and retry, and the retry's own counts (what
+        # it inserted and replaced) are the ones reported; rows the other writer already stored count as unchanged.
+        commit = uploads.upsert(accepted, update_when="s.upload_time >= t.upload_time")
+        planned = report.new + report.updated
+        report.new, report.updated = commit.rows_inserted, commit.rows_updated
+        report.unchanged += planned - report.new - report.updated
+        report.commits["uploads"] = commit
+    else:
+        report.commits["uploads"] = CommitResult(UPLOADS.name, None)
     report.commits["quarantine"] = write_quarantine(store, quarantine_rows)
     checked.unpersist()
     classified.unpersist()
