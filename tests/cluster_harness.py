@@ -34,6 +34,7 @@ from typing import Iterator, Mapping, Sequence
 
 import pyspark
 
+REPO = Path(__file__).resolve().parents[1]
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -231,7 +232,12 @@ def submit_argv(script: str | Path, args: Sequence[str], master: str, conf: Mapp
 
     The event log is what proves where tasks ran (executor id per finished task), independent of log levels.
     """
+    # Delta Lake's jars (and Derby's client driver for the metastore), the way a cluster user passes them: on the
+    # spark-submit command line, so the driver JVM starts with them and the executors fetch them (`make jars`).
+    jars = sorted(str(p) for p in (REPO / ".jars").glob("*.jar"))
     base = {
+        "spark.jars": ",".join(jars),
+        "spark.driver.extraClassPath": ":".join(jars),
         "spark.pyspark.python": python,
         "spark.pyspark.driver.python": python,
         "spark.executorEnv.PYSPARK_PYTHON": python,

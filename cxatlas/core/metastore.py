@@ -27,9 +27,10 @@ START_TIMEOUT_S = 120.0
 
 
 def pyspark_jars_dir() -> Path:
-    import pyspark
+    """Spark's own jars (``$SPARK_HOME/jars``; under spark-submit pyspark itself is imported from a zip)."""
+    from pyspark.find_spark_home import _find_spark_home
 
-    return Path(pyspark.__file__).parent / "jars"
+    return Path(_find_spark_home()) / "jars"
 
 
 def derby_classpath(jars_dir: str | None) -> list[str]:
