@@ -56,18 +56,26 @@ def cli_args(cfg) -> list[str]:
     return ["--data", cfg.data_root, "--set", f"catalog.database={cfg.settings.catalog.database}"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def metastore_server():
+    """The test run's Derby metastore server (its port is this run's own, see above), stopped when the run ends,
+    whoever started it: this fixture, a CLI subprocess or a spark-submit driver."""
+    from cxatlas.core.config import load_config
+    from cxatlas.core.metastore import ensure_server, stop_server
+
+    cfg = load_config()
+    ensure_server(cfg.settings.catalog, cfg.settings.spark.jars_dir)
+    yield
+    stop_server(cfg.settings.catalog, cfg.settings.spark.jars_dir)
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from cxatlas.core.metastore import ensure_server, stop_server
     from cxatlas.core.spark import build_spark
 
-    cfg = make_config(tmp_path_factory.mktemp("spark-data"))
-    started = ensure_server(cfg.settings.catalog, cfg.settings.spark.jars_dir)  # shared by CLI subprocesses too
-    session = build_spark(cfg, "-tests")
+    session = build_spark(make_config(tmp_path_factory.mktemp("spark-data")), "-tests")
     yield session
     session.stop()
-    if started:  # leave a server someone else started alone
-        stop_server(cfg.settings.catalog, cfg.settings.spark.jars_dir)
 
 
 @pytest.fixture

@@ -383,8 +383,9 @@ def kill_worker_mid_task(cluster: StandaloneCluster, running: RunningSubmit, vic
                 break
         time.sleep(0.05)
     killed = cluster.kill_worker(victim)
-    # The worker JVM, its executor JVM and the Python side (PySpark daemon, busy worker) all die together.
-    assert len(killed) >= 3 and not live_session_members(cluster.workers[victim].pid)
+    # The worker JVM and its executor JVM (and the Python side, when the running task is a Python one: with Delta on
+    # Spark many of the job's tasks are JVM-only table reads and MERGE stages) all die together.
+    assert len(killed) >= 2 and not live_session_members(cluster.workers[victim].pid)
     return killed
 
 
