@@ -25,7 +25,7 @@ setup(
     # Versions are pinned in requirements.txt / constraints.txt (the stack known to run together); setup.py only
     # names what the code imports so `pip install .` into a prepared image does not fight its pins.
     install_requires=[
-        "pyspark>=4.0", "pyarrow", "numpy", "pandas", "scipy", "deltalake", "pyyaml", "fsspec",
+        "pyspark>=4.0", "delta-spark>=4.0,<4.1", "pyarrow", "numpy", "pandas", "scipy", "pyyaml", "fsspec",
         "torch", "torchvision", "av", "h5py", "reverse-geocode", "matplotlib", "psutil",
     ],
 )
