@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxatlas import simulate  # noqa: E402
+from cxatlas.sim import simulate  # noqa: E402
 from cxatlas.core.settings import AnalyzeSettings  # noqa: E402
 from cxatlas.sim.world import import_simulated, world_params_from_config  # noqa: E402
 from cxatlas.stages.analyze import run_analyze  # noqa: E402
