@@ -165,11 +165,9 @@ class Table:
         outside cxatlas) would otherwise be multiplied silently by every join downstream.
         Raises :class:`DuplicateKeyError` naming the table and a few keys.
         """
-        from pyspark.sql import functions as F
-
         df = self.read(version)
         key = list(self.spec.key)
-        dup = df.groupBy(*key).count().filter(F.col("count") > 1).limit(examples).collect()
+        dup = self._duplicate_keys(df, examples)
         if dup:
             shown = "; ".join(", ".join(f"{k}={row[k]!r}" for k in key) + f" ({row['count']} rows)" for row in dup)
             raise DuplicateKeyError(
@@ -321,14 +319,17 @@ class Table:
         if missing:
             raise TableError(f"{op} into '{self.spec.name}': the DataFrame lacks column(s) {missing}")
 
-    def _check_unique_keys(self, df, op: str) -> None:
+    def _duplicate_keys(self, df, limit: int) -> list:
+        """Up to ``limit`` keys of the spec that occur more than once in ``df``, with their ``count``."""
         from pyspark.sql import functions as F
 
-        key = list(self.spec.key)
-        dup = df.groupBy(*key).count().filter(F.col("count") > 1).limit(1).collect()
+        return df.groupBy(*self.spec.key).count().filter(F.col("count") > 1).limit(limit).collect()
+
+    def _check_unique_keys(self, df, op: str) -> None:
+        dup = self._duplicate_keys(df, 1)
         if dup:
-            raise TableError(f"{op} into '{self.spec.name}': key {key} is not unique in the input, e.g. "
-                             f"{dup[0].asDict()}")
+            raise TableError(f"{op} into '{self.spec.name}': key {list(self.spec.key)} is not unique in the input, "
+                             f"e.g. {dup[0].asDict()}")
 
 
 @dataclass

@@ -146,8 +146,8 @@ def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
     with _Progress(spark, n_parts):
         annotated.write.mode("overwrite").parquet(staging)
     try:
-        _write_outputs(store, settings, report, spark.read.parquet(staging), (done_expr, done_ctx),
-                       (expressions, contexts), columns, versions_key)
+        _write_outputs(store, settings, report, spark.read.parquet(staging), (expressions, contexts), columns,
+                       versions_key)
     finally:
         remove_path(spark, staging)
     register_catalog(store)  # the expression_scores view follows the columns a new model added
@@ -156,12 +156,11 @@ def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
     return report
 
 
-def _write_outputs(store: TableStore, settings: AnnotateSettings, report: AnnotateReport, results, done,
-                   tables, columns, versions_key: str) -> None:
+def _write_outputs(store: TableStore, settings: AnnotateSettings, report: AnnotateReport, results, tables, columns,
+                   versions_key: str) -> None:
     """Count the staged results into the report, then one commit each to the two annotation tables and quarantine."""
     from pyspark.sql import functions as F
 
-    done_expr, done_ctx = done
     expressions, contexts = tables
     expression_version, context_version = report.expression_version, report.context_version
     taxonomy = settings.context.taxonomy
@@ -184,13 +183,14 @@ def _write_outputs(store: TableStore, settings: AnnotateSettings, report: Annota
     common = [F.col("video_id"), F.col("region"), F.col("lat_bin"), F.col("lon_bin"),
               F.lit(settings.expression.model).alias("model_name"), now.alias("annotate_time"),
               F.lit(report.run_id).alias("run_id")]
-    expr_rows = ok.join(done_expr, "video_id", "left_anti").select(
+    # insert_new keeps only keys the tables do not hold yet (a video scored by a concurrent run is skipped there).
+    expr_rows = ok.select(
         *common, F.lit(expression_version).alias("model_version"),
         F.col("n_windows"), F.col("n_faces"),
         *[F.col("scores")[i].alias(col) for i, col in enumerate(columns)])
     for missing in [c for c in VIDEO_EXPRESSIONS.schema.names if c not in expr_rows.columns]:
         expr_rows = expr_rows.withColumn(missing, F.lit(None).cast("float"))  # other models' label columns
-    ctx_rows = ok.join(done_ctx, "video_id", "left_anti").select(
+    ctx_rows = ok.select(
         *common[:4], F.lit(f"text:{settings.context.mode}").alias("model_name"), *common[5:],
         F.lit(context_version).alias("model_version"), F.lit(taxonomy).alias("taxonomy"),
         F.coalesce(F.col("contexts"), F.array().cast("array<struct<label:string,score:float>>")).alias("contexts"))
