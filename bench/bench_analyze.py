@@ -188,7 +188,11 @@ def numpy_sums(X, C, region, h, key, lat, lon, settings: AnalyzeSettings, thresh
         total = part if total is None else total + part
     mask = key <= np.asarray(thresholds, dtype=np.int64)[region]
     cca = accumulate_cca(X[mask], C[mask], region[mask], R)
-    bins = GeobinSums.from_rows(np.floor(lat / bin_deg).astype(np.int64), np.floor(lon / bin_deg).astype(np.int64), X)
+    if settings.cca.fit_region_sample == "all":  # the one-region CCA uses every video of its region
+        fit = region == REGION_IDS.index(settings.cca.fit_region)
+        cca += accumulate_cca(X[fit], C[fit], region[fit], R, all_videos=True)
+    bins = GeobinSums.from_rows(np.floor(lat / bin_deg).astype(np.int64), np.floor(lon / bin_deg).astype(np.int64), X,
+                                C)
     seconds = time.time() - t
     del cca, bins
     return total, seconds
@@ -337,7 +341,7 @@ def _thresholds_numpy(key: np.ndarray, region: np.ndarray, per_region: int) -> l
 
 def _max_rel_diff(a: Moments, b: Moments) -> float:
     worst = 0.0
-    for name in ("n", "sx", "sxx", "sc", "scc", "sxc", "occurred"):
+    for name in ("n", "sx", "sxx", "sc", "scc", "sxc", "occurred", "so"):
         x, y = getattr(a, name), getattr(b, name)
         scale = max(np.abs(y).max(), 1e-300)
         worst = max(worst, float(np.abs(x - y).max() / scale))

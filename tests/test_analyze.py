@@ -31,8 +31,9 @@ from cxatlas.sim.world import import_simulated, run_simulate, world_params_from_
 from cxatlas.stages.analyze import Inputs, compute_results, compute_sums, prepare_input, run_analyze
 from cxatlas.stages.import_annotations import ImportFormatError, run_import
 from cxatlas.core.regions import REGION_IDS
-from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_TESTS, CONTEXT_EXPRESSION_CORRELATIONS, GEOBIN_VARIATES,
-                             REGION_SIMILARITY, REGION_VS_WORLD)
+from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_LOADINGS, CCA_TESTS, CONTEXT_EXPRESSION_CORRELATIONS,
+                                         GEOBIN_VARIATES, HEADLINE_NUMBERS, REGION_SIMILARITY, REGION_VS_WORLD,
+                                         SIGN_AGREEMENT)
 from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
 from cxatlas.stats import accumulate, accumulate_cca, bootstrap_summary, partial_correlations, poisson_weights
 from cxatlas.core.tables import TableStore
@@ -67,7 +68,7 @@ def world(spark, tmp_path_factory):
     report = run_analyze(spark, cfg, store, analysis_id="world-1")
     tables = {spec.name: store.table(spec).read().toPandas() for spec in
               (CONTEXT_EXPRESSION_CORRELATIONS, REGION_SIMILARITY, REGION_VS_WORLD, CCA_HELDOUT, CCA_TESTS,
-               GEOBIN_VARIATES, ANALYSES)}
+               GEOBIN_VARIATES, SIGN_AGREEMENT, CCA_LOADINGS, HEADLINE_NUMBERS, ANALYSES)}
     return dict(cfg=cfg, store=store, commits=commits, report=report, tables=tables, params=params,
                 population=simulate.population_truth(params))
 
@@ -109,7 +110,10 @@ def _numpy_sums(mem, settings: AnalyzeSettings):
                           else np.iinfo(np.int64).max)
     mask = mem["k"] <= np.array(thresholds)[mem["region"]]
     cm = accumulate_cca(mem["X"][mask], mem["C"][mask], mem["region"][mask], R)
-    bins = GeobinSums.from_rows(mem["lat_bin"], mem["lon_bin"], mem["X"])
+    if settings.cca.fit_region_sample == "all":  # the one-region CCA's region: every video, in the *_all sums
+        fit = mem["region"] == REGION_IDS.index(settings.cca.fit_region)
+        cm += accumulate_cca(mem["X"][fit], mem["C"][fit], mem["region"][fit], R, all_videos=True)
+    bins = GeobinSums.from_rows(mem["lat_bin"], mem["lon_bin"], mem["X"], mem["C"])
     return m, cm, bins, int(mask.sum())
 
 
@@ -170,6 +174,9 @@ def test_spark_path_equals_numpy_on_the_same_rows(world, in_memory):
     assert _moments_rel_diff(report.cca_moments, cm) <= 1e-10
     np.testing.assert_array_equal(report.geobins.key, bins.key)
     np.testing.assert_allclose(report.geobins.sx, bins.sx, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(report.geobins.sc, bins.sc, rtol=0, atol=1e-9)
+    us = REGION_IDS.index("us_canada")
+    assert report.cca_moments.n_all[us] == np.sum(in_memory["region"] == us) > CCA_PER_REGION
 
     frames = compute_results(m, cm, bins, in_memory["expr_cols"], in_memory["labels"], settings)
     t = world["tables"]
@@ -180,6 +187,11 @@ def test_spark_path_equals_numpy_on_the_same_rows(world, in_memory):
     _assert_frames_close(t[CCA_HELDOUT.name], frames.cca_heldout, ["variant", "dimension", "heldout_region"])
     _assert_frames_close(t[CCA_TESTS.name], frames.cca_tests, ["variant", "dimension"])
     _assert_frames_close(t[GEOBIN_VARIATES.name], frames.geobins, ["lat_bin", "lon_bin"], tol=1e-9)
+    _assert_frames_close(t[SIGN_AGREEMENT.name], frames.sign_agreement, ["expression"])
+    _assert_frames_close(t[CCA_LOADINGS.name], frames.cca_loadings, ["variant", "dimension", "side", "feature"])
+    _assert_frames_close(t[HEADLINE_NUMBERS.name], frames.headline, ["name"])
+    assert {"same_sign_share", "universality", "leave_one_region_out_dims_positive_everywhere",
+            "geobin_expression_variance_share", "bartlett_chi2_last"} <= set(t[HEADLINE_NUMBERS.name]["name"])
     # The tables hold what the paper reports: every region, all 12 x 12 pairs, 16 dimensions per variant.
     assert set(t[REGION_VS_WORLD.name]["region"]) == set(REGION_IDS)
     assert len(t[REGION_SIMILARITY.name]) == 144
@@ -298,6 +310,49 @@ def test_recovers_region_similarity_and_world_fit(world):
     z_n = (sim["r"].to_numpy()[off] - exp_sim[off]) / sim["se"].to_numpy()[off]
     assert np.mean(np.abs(z_n) <= 3) >= 0.9, np.sort(np.abs(z_n))[-10:]
     assert np.all(np.abs((world_fit["r2"].to_numpy() - expected.world_r2) / world_fit["se"].to_numpy()) <= 3.5)
+
+
+def test_recovers_summary_numbers_at_the_simulated_size(world):
+    """Same-sign share and universality against what the simulator's population implies at this size.
+
+    A cell keeps one sign in all 12 regions with probability prod_r Phi(rho_r / se_r) + prod_r Phi(-rho_r / se_r)
+    (independent regions, normal estimates), so sampling noise lowers the share below the population's; the
+    universality estimate is compared with sqrt(min) of the region similarities expected at this size."""
+    from scipy.stats import norm
+
+    pop, t = world["population"], world["tables"]
+    head = t[HEADLINE_NUMBERS.name].set_index("name")
+    corr = t[CONTEXT_EXPRESSION_CORRELATIONS.name]
+    truth = pop.correlation_frame()
+    truth["expression"] = [simulate.expression_column(e) for e in truth["expression"]]
+    merged = corr.merge(truth, on=["region", "context", "expression"], suffixes=("", "_true"))
+    z = (merged["r_true"] / merged["se"]).to_numpy()
+    cells = merged.assign(pos=np.log(norm.cdf(z)), neg=np.log(norm.cdf(-z))).groupby(["context", "expression"])
+    expected_share = float((np.exp(cells["pos"].sum()) + np.exp(cells["neg"].sum())).mean())
+    share, share_se = head.loc["same_sign_share", ["value", "se"]]
+    assert abs(share - expected_share) <= 3 * share_se, (share, expected_share, share_se)
+    pop_share = np.mean(np.all(pop.pcorr > 0, axis=0) | np.all(pop.pcorr < 0, axis=0))
+    assert share < pop_share  # noise only ever breaks agreement
+
+    expected = simulate.expected_at_size(pop, world["params"].region_weights, N_VIDEOS)
+    sim = expected.region_similarity[np.triu_indices(len(REGION_IDS), 1)]
+    u, u_se = head.loc["universality", ["value", "se"]]
+    assert abs(u - math.sqrt(sim.min())) <= 3 * u_se, (u, math.sqrt(sim.min()), u_se)
+    assert head.loc["leave_one_region_out_dims_positive_everywhere", "value"] >= 1
+    assert head.loc["fit_on_us_canada_n_videos", "value"] == world["report"].videos_per_region["us_canada"]
+
+
+def test_report_command_writes_the_page_for_the_analysis(world, tmp_path):
+    from cxatlas.cli.main import main
+    from cxatlas.stages.report import SECTIONS
+    from tests.conftest import cli_args
+
+    out = tmp_path / "r.html"
+    assert main([*cli_args(world["cfg"]), "report", "world-1", "--out", str(out)]) == 0
+    page = out.read_text()
+    assert all(f"<section id='{s}'>" in page for s in SECTIONS)
+    assert page.count("data:image/png;base64,") == len(world["report"].figures)
+    assert "<td>same_sign_share</td>" in page and "<td>universality</td>" in page
 
 
 def test_poisson_bootstrap_se_matches_exact_multinomial_bootstrap(world, in_memory):

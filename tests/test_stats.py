@@ -46,7 +46,8 @@ def dense_moments(X, C, region, W, R, thr):
     K = Cd.shape[1]
     B1 = W.shape[1]
     out = {k: np.zeros(s) for k, s in dict(n=(R, B1), sx=(R, B1, E), sxx=(R, B1, E, E), sc=(R, B1, K),
-                                            scc=(R, B1, K), sxc=(R, B1, E, K), occurred=(R, K)).items()}
+                                            scc=(R, B1, K), sxc=(R, B1, E, K), occurred=(R, K),
+                                            so=(R, B1, K)).items()}
     for r in range(R):
         rows = region == r
         Xr, Cr = X[rows], Cd[rows]
@@ -59,6 +60,7 @@ def dense_moments(X, C, region, W, R, thr):
             out["sc"][r, b] = (w[:, None] * Cr).sum(0)
             out["scc"][r, b] = (w[:, None] * Cr ** 2).sum(0)
             out["sxc"][r, b] = np.einsum("i,ie,ik->ek", w, Xr, Cr)
+            out["so"][r, b] = w @ (Cr >= thr)
     return out
 
 
@@ -276,8 +278,14 @@ def test_prevalence_and_analysed_contexts():
     X, C, region = make_videos(rng, n=300, E=2, K=5, R=3)
     m = cs.accumulate(X, C, region, cs.poisson_weights(np.arange(300), 3, 0), 3, occur_threshold=0.5)
     Cd = C.toarray()
+    W = cs.poisson_weights(np.arange(300), 3, 0)
     for r in range(3):
-        np.testing.assert_allclose(cs.prevalence(m)[r, 0], Cd[region == r].mean(axis=0), rtol=1e-12)
+        # "the proportion of times that the context occurred": the occurrence event of the filter, per replicate
+        for b in range(4):
+            w = W[region == r, b]
+            np.testing.assert_allclose(cs.prevalence(m)[r, b], w @ (Cd[region == r] >= 0.5) / w.sum(), rtol=1e-12)
+        np.testing.assert_allclose(cs.mean_context_score(m)[r, 0], Cd[region == r].mean(axis=0), rtol=1e-12)
+    assert not np.allclose(cs.prevalence(m)[:, 0], cs.mean_context_score(m)[:, 0])  # continuous scores: they differ
     counts = (Cd >= 0.5).sum(axis=0)
     thr = int(np.median(counts))
     np.testing.assert_array_equal(cs.analysed_contexts(m, min_occurrences=thr), counts >= thr)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -54,7 +54,11 @@ def _encode_bins(lat_bin: np.ndarray, lon_bin: np.ndarray) -> np.ndarray:
 
 @dataclass(eq=False)
 class GeobinSums:
-    """Per geographic bin: number of videos and the sum of their expression scores (additive, sorted by key).
+    """Per geographic bin: number of videos, sums and sums of squares of their expression scores, and sums of their
+    context scores (additive, sorted by key).
+
+    Why the context side: the paper maps the canonical variates of both sides per 0.5-degree bin (Fig. 4), and the
+    share of expression variance between bins needs the sums of squares.
 
     Attributes
     ----------
@@ -62,25 +66,45 @@ class GeobinSums:
         ``(lat_bin << 32) | (lon_bin & 0xffffffff)``, sorted, unique.
     n : ndarray of float64, shape (G,)
     sx : ndarray of float64, shape (G, E)
+    sxx : ndarray of float64, shape (G, E)
+        Sum of squared expression scores.
+    sc : ndarray of float64, shape (G, K)
+        Sum of context scores.
     """
 
     key: np.ndarray
     n: np.ndarray
     sx: np.ndarray
+    sxx: np.ndarray
+    sc: np.ndarray
+
+    _SUMS: ClassVar[tuple[str, ...]] = ("n", "sx", "sxx", "sc")
 
     @classmethod
-    def empty(cls, n_expr: int) -> "GeobinSums":
-        return cls(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, n_expr)))
+    def empty(cls, n_expr: int, n_ctx: int = 0) -> "GeobinSums":
+        return cls(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, n_expr)), np.zeros((0, n_expr)),
+                   np.zeros((0, n_ctx)))
 
     @classmethod
-    def from_rows(cls, lat_bin: np.ndarray, lon_bin: np.ndarray, X: np.ndarray) -> "GeobinSums":
-        """Sums of the rows of ``X`` per bin (rows are videos with a bin)."""
+    def from_rows(cls, lat_bin: np.ndarray, lon_bin: np.ndarray, X: np.ndarray,
+                  C: sp.spmatrix | np.ndarray | None = None) -> "GeobinSums":
+        """Sums of the rows of ``X`` (and of the context matrix ``C``, if given) per bin (rows are videos with a
+        bin)."""
         keys = _encode_bins(np.asarray(lat_bin), np.asarray(lon_bin))
         uniq, inverse = np.unique(keys, return_inverse=True)
-        n = np.bincount(inverse, minlength=uniq.size).astype(np.float64)
-        sx = np.zeros((uniq.size, X.shape[1]))
+        G = uniq.size
+        n = np.bincount(inverse, minlength=G).astype(np.float64)
+        sx = np.zeros((G, X.shape[1]))
+        sxx = np.zeros((G, X.shape[1]))
         np.add.at(sx, inverse, X)
-        return cls(uniq, n, sx)
+        np.add.at(sxx, inverse, X * X)
+        if C is None:
+            sc = np.zeros((G, 0))
+        else:
+            member = sp.csr_matrix((np.ones(inverse.size), (inverse, np.arange(inverse.size))),
+                                   shape=(G, inverse.size))
+            sc = (member @ sp.csr_matrix(C, dtype=np.float64)).toarray()
+        return cls(uniq, n, sx, sxx, sc)
 
     @property
     def lat_bin(self) -> np.ndarray:
@@ -93,6 +117,10 @@ class GeobinSums:
     def __add__(self, other: "GeobinSums") -> "GeobinSums":
         return GeobinSums.total([self, other])
 
+    def __neg__(self) -> "GeobinSums":
+        """Every sum negated (the keys stay): adding it removes these videos again."""
+        return GeobinSums(self.key.copy(), *[-getattr(self, f) for f in self._SUMS])
+
     @classmethod
     def total(cls, parts: Iterable["GeobinSums"]) -> "GeobinSums":
         parts = list(parts)
@@ -100,26 +128,32 @@ class GeobinSums:
             raise ValueError("GeobinSums.total needs at least one part")
         keys = np.concatenate([p.key for p in parts])
         uniq, inverse = np.unique(keys, return_inverse=True)
-        n = np.zeros(uniq.size)
-        sx = np.zeros((uniq.size, parts[0].sx.shape[1]))
-        np.add.at(n, inverse, np.concatenate([p.n for p in parts]))
-        np.add.at(sx, inverse, np.concatenate([p.sx for p in parts]))
-        return cls(uniq, n, sx)
+        out = []
+        for f in cls._SUMS:
+            arrays = [getattr(p, f) for p in parts]
+            acc = np.zeros((uniq.size,) + arrays[0].shape[1:])
+            np.add.at(acc, inverse, np.concatenate(arrays))
+            out.append(acc)
+        return cls(uniq, *out)
+
+    def select(self, mask: np.ndarray) -> "GeobinSums":
+        """The bins where ``mask`` is true."""
+        return GeobinSums(self.key[mask], *[getattr(self, f)[mask] for f in self._SUMS])
 
     def shard(self, n_shards: int) -> list["GeobinSums"]:
         """Split by ``key mod n_shards`` so several executors can combine the bins in parallel."""
         which = np.mod(self.key, n_shards)
-        return [GeobinSums(self.key[which == s], self.n[which == s], self.sx[which == s]) for s in range(n_shards)]
+        return [self.select(which == s) for s in range(n_shards)]
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
-        np.savez(buf, key=self.key, n=self.n, sx=self.sx)
+        np.savez(buf, key=self.key, **{f: getattr(self, f) for f in self._SUMS})
         return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "GeobinSums":
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return cls(z["key"], z["n"], z["sx"])
+            return cls(z["key"], *[z[f] for f in cls._SUMS])
 
 
 def _region_part(obj, r: int):
@@ -270,6 +304,9 @@ class MomentsPass:
         their candidate rows (:class:`SampleRows`), the combine step keeps the global bottom-k and forms the sums.
         ``None``: every video goes into the CCA sums (regions are then re-weighted to equal mass on the driver
         instead of subsampled).
+    cca_all_regions : regions whose every video also goes into the CCA's ``*_all`` sums (the region a one-region
+        CCA is fitted on: the paper fits its USA/Canada CCA on all US/Canada videos). Only used with a balanced
+        sample (``cca_per_region`` set); without one every video is in the CCA sums already.
     occur_threshold : a context "occurred" in a video when its score is >= this.
     batch_rows : rows folded per :func:`cxatlas.stats.accumulate` call. Arrow batches are small (Spark's
         maxRecordsPerBatch); buffering them amortises the per-call cost of the (R, B1, E, K) result.
@@ -283,6 +320,7 @@ class MomentsPass:
     n_replicates: int
     seed: int = 0
     cca_per_region: int | None = 25_000
+    cca_all_regions: Sequence[int] = ()
     occur_threshold: float = 0.5
     batch_rows: int = 20_000
     chunk_rows: int = 4_096
@@ -290,7 +328,7 @@ class MomentsPass:
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         label_set = pa.array(list(self.labels), pa.string())
-        state: dict = {"moments": None, "cca": None, "geobins": [],
+        state: dict = {"moments": None, "cca": None, "geobins": [], "cca_all": {},
                        "sample": None if self.cca_per_region is None else
                        [_BottomK(self.cca_per_region) for _ in range(self.n_regions)]}
         pending: list[pa.RecordBatch] = []
@@ -305,6 +343,7 @@ class MomentsPass:
         if pending:
             self._fold(pa.Table.from_batches(pending), label_set, state)
         moments, cca, geobins, sample = state["moments"], state["cca"], state["geobins"], state["sample"]
+        cca_all = state["cca_all"]
         if moments is None:
             return
         rows = []
@@ -313,6 +352,8 @@ class MomentsPass:
         if cca is not None:
             for r in np.flatnonzero(cca.n > 0):
                 rows.append((KIND_CCA, int(r), _region_part(cca, int(r)).to_bytes()))
+        for r, part in sorted(cca_all.items()):
+            rows.append((KIND_CCA, int(r), part.to_bytes()))
         if sample is not None:
             for r, buf in enumerate(sample):
                 cand = buf.result()
@@ -351,12 +392,19 @@ class MomentsPass:
             for r in np.unique(region):
                 sel = np.flatnonzero(region == r)
                 state["sample"][r].add(SampleRows(keys[sel], hashes[sel], X[sel], C[sel], self.cca_per_region))
+                if int(r) in self.cca_all_regions:  # one-region sums, emitted under the region's key
+                    part = accumulate_cca(X[sel], C[sel], np.zeros(sel.size, dtype=np.int64), 1, all_videos=True)
+                    if int(r) in state["cca_all"]:
+                        state["cca_all"][int(r)] += part
+                    else:
+                        state["cca_all"][int(r)] = part
         lat, lon = table.column("lat_bin"), table.column("lon_bin")
         has_bin = ~(lat.is_null().to_numpy() | lon.is_null().to_numpy())
         if has_bin.any():
             geobins = state["geobins"]
             geobins.append(GeobinSums.from_rows(lat.to_numpy()[has_bin].astype(np.int64),
-                                                lon.to_numpy()[has_bin].astype(np.int64), X[has_bin]))
+                                                lon.to_numpy()[has_bin].astype(np.int64), X[has_bin],
+                                                C[np.flatnonzero(has_bin)]))
             if len(geobins) > 8:  # keep the list short: the same bins recur batch after batch
                 geobins[:] = [GeobinSums.total(geobins)]
 
@@ -406,5 +454,5 @@ def assemble(rows: Iterable[tuple[str, int, bytes]], n_regions: int, n_boot1: in
             bins.append(GeobinSums.from_bytes(bytes(payload)))
         else:
             raise ValueError(f"unknown partial kind {kind!r}")
-    geobins = GeobinSums.total(bins) if bins else GeobinSums.empty(n_expr)
+    geobins = GeobinSums.total(bins) if bins else GeobinSums.empty(n_expr, n_ctx)
     return moments, cca, geobins

@@ -67,6 +67,14 @@ def cmd_analyze(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.report import write_report
+
+    spark, store = open_store(cfg, "report")
+    print(write_report(spark, cfg, store, args.analysis_id, args.out).summary())
+    return 0
+
+
 def cmd_ppca(args: argparse.Namespace, cfg: Config) -> int:
     from cxatlas.stages.ppca import run_ppca
 

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "region similarity, region vs world, bootstrap SEs, CCA, geobin maps, figures.")
     p.add_argument("--analysis-id", help="id of this analysis (default: UTC timestamp + random suffix)")
 
+    p = add("report", c.cmd_report, "One self-contained HTML page for an analysis: settings, counts, every headline "
+                                    "number next to the paper's value with its SE, the tables and figures.")
+    p.add_argument("analysis_id", nargs="?", help="the analysis (default: the latest)")
+    p.add_argument("--out", help="HTML file (default <data>/<analyze.report_dir>/<analysis_id>.html)")
+
     p = add("ppca", c.cmd_ppca, "Principal preserved components (Brooks et al., iScience 2024): the dimensions two "
                                 "(PPCA) or more (G-PPCA) datasets rating the same stimuli share, with cross-validated "
                                 "significance, varimax rotation and a loadings heatmap.")

@@ -23,9 +23,11 @@ CONTEXT_EXPRESSION_CORRELATIONS = TableSpec(
         _f("context", pa.string(), "context label of the analysis' taxonomy"),
         _f("expression", pa.string(), "expression column, expr_<label>"),
         _f("r", pa.float64(), "partial correlation of the context score with the expression, controlling for the "
-                              "other expressions, over the region's videos (NaN: the context is constant there)"),
+                              "other expressions, over the region's videos (semi-partial: only the expression "
+                              "residualised, with analyze.correlation=semipartial; NaN: the context is constant)"),
         _f("se", pa.float64(), "bootstrap standard error of r (sd over the Poisson bootstrap replicates)"),
-        _f("prevalence", pa.float64(), "mean context score in the region (share of videos showing the context)"),
+        _f("prevalence", pa.float64(), "share of the region's videos in which the context occurred (score >= "
+                                       "analyze.occur_threshold), the weight p of the similarity statistics"),
         _f("prevalence_se", pa.float64(), "bootstrap standard error of the prevalence"),
         _f("occurrences", pa.int64(), "videos of the region whose context score reached analyze.occur_threshold"),
         _f("n_videos", pa.int64(), "videos of the region in the analysis"),
@@ -61,6 +63,9 @@ REGION_VS_WORLD = TableSpec(
         _f("se", pa.float64(), "bootstrap standard error of r2"),
         _f("best_match_region", pa.string(), "the single other region whose associations share the most variance"),
         _f("best_match_r2", pa.float64(), "squared region_similarity.r with that region"),
+        _f("best_match_se", pa.float64(), "bootstrap standard error of best_match_r2 (the same pair in every "
+                                          "replicate)"),
+        _f("best_match_agreement", pa.float64(), "share of bootstrap replicates whose best match is the same region"),
     ]),
     partition_by=(),
     key=("analysis_id", "region"),
@@ -89,11 +94,13 @@ CCA_TESTS = TableSpec(
         _f("variant", pa.string(), "leave_one_region_out / fit_on_<region> (Wilcoxon across held-out regions) or "
                                    "balanced_fit (Bartlett's test of the in-sample fit)"),
         _f("dimension", pa.int32(), "canonical dimension, 1 = strongest"),
-        _f("test", pa.string(), "wilcoxon_signed_rank (one-sided, r > 0) or bartlett_chi2 (dims k..D all zero)"),
+        _f("test", pa.string(), "wilcoxon_signed_rank (one-sided, r > 0), or bartlett_chi2 / lawley_chi2 "
+                                "(sequential: dims k..D all zero, df (E-k+1)(K-k+1); analyze.cca.bartlett)"),
         _f("statistic", pa.float64(), "W+ (sum of positive ranks) or the chi-square statistic"),
         _f("df", pa.float64(), "degrees of freedom of the chi-square test; null for Wilcoxon"),
         _f("p", pa.float64(), "p-value"),
-        _f("q", pa.float64(), "Benjamini-Hochberg q-value over the dimensions of the same variant"),
+        _f("q", pa.float64(), "Benjamini-Hochberg q-value over the dimensions of the same variant (Bartlett rows: "
+                              "only with analyze.cca.bartlett_fdr)"),
         _f("rho", pa.float64(), "in-sample canonical correlation of the balanced fit (balanced_fit rows), or the "
                                 "median held-out correlation (other variants)"),
     ]),
@@ -112,10 +119,59 @@ GEOBIN_VARIATES = TableSpec(
         _f("variate_1", pa.float64(), "mean score of the videos on expression canonical variate 1 (balanced fit)"),
         _f("variate_2", pa.float64(), "mean score on expression canonical variate 2"),
         _f("variate_3", pa.float64(), "mean score on expression canonical variate 3"),
+        _f("context_variate_1", pa.float64(), "mean score of the videos on context canonical variate 1"),
+        _f("context_variate_2", pa.float64(), "mean score on context canonical variate 2"),
+        _f("context_variate_3", pa.float64(), "mean score on context canonical variate 3"),
     ]),
     partition_by=(),
     key=("analysis_id", "lat_bin", "lon_bin"),
     comment="Mean canonical variate scores per geographic bin, mapped as RGB in Fig. 4.",
+)
+
+SIGN_AGREEMENT = TableSpec(
+    name="sign_agreement",
+    schema=pa.schema([
+        _ID,
+        _f("expression", pa.string(), "expression column, or 'all' for every context-expression pair"),
+        _f("share", pa.float64(), "share of analysed contexts whose correlation with the expression has the same "
+                                  "sign in every region (49.6% / 33.5% overall in the paper's experiments 1 / 2)"),
+        _f("se", pa.float64(), "bootstrap standard error of share"),
+        _f("n_contexts", pa.int64(), "contexts with a finite correlation in every region (the denominator)"),
+    ]),
+    partition_by=(),
+    key=("analysis_id", "expression"),
+    comment="How often a context-expression association points the same way in all regions.",
+)
+
+CCA_LOADINGS = TableSpec(
+    name="cca_loadings",
+    schema=pa.schema([
+        _ID,
+        _f("variant", pa.string(), "balanced_fit (all regions' balanced sample) or fit_on_<region>"),
+        _f("dimension", pa.int32(), "canonical dimension, 1 = strongest"),
+        _f("side", pa.string(), "expression or context"),
+        _f("feature", pa.string(), "expression column or context label"),
+        _f("weight", pa.float64(), "canonical weight (variates have unit variance on the fit sample)"),
+        _f("correlation", pa.float64(), "correlation of the feature with its side's canonical variate (structure "
+                                        "coefficient; what drives the dimension, Extended Data Fig. 3)"),
+    ]),
+    partition_by=(),
+    key=("analysis_id", "variant", "dimension", "side", "feature"),
+    comment="What each canonical dimension is made of, on both sides.",
+)
+
+HEADLINE_NUMBERS = TableSpec(
+    name="headline_numbers",
+    schema=pa.schema([
+        _ID,
+        _f("name", pa.string(), "which number (same_sign_share, universality, ..., see README statistics)"),
+        _f("value", pa.float64(), "the estimate on the observed data"),
+        _f("se", pa.float64(), "bootstrap standard error (null where the number has none, e.g. counts)"),
+        _f("detail", pa.string(), "what it is, and e.g. which region pair it comes from"),
+    ]),
+    partition_by=(),
+    key=("analysis_id", "name"),
+    comment="The paper's summary numbers of one analysis, for the replication report.",
 )
 
 ANALYSES = TableSpec(
@@ -146,5 +202,5 @@ ANALYSES = TableSpec(
 
 RESULT_TABLES: tuple[TableSpec, ...] = (
     CONTEXT_EXPRESSION_CORRELATIONS, REGION_SIMILARITY, REGION_VS_WORLD, CCA_HELDOUT, CCA_TESTS, GEOBIN_VARIATES,
-    ANALYSES,
+    SIGN_AGREEMENT, CCA_LOADINGS, HEADLINE_NUMBERS, ANALYSES,
 )

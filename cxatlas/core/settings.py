@@ -168,6 +168,9 @@ class CcaSettings:
     sample_seed: int
     ridge: float
     fit_region: str
+    fit_region_sample: str
+    bartlett: str
+    bartlett_fdr: bool
 
 
 @dataclass(frozen=True)
@@ -190,8 +193,10 @@ class AnalyzeSettings:
     occur_threshold: float
     min_occurrences: int
     min_occurrences_per_region: bool
+    correlation: str
     cca: CcaSettings
     geobin_min_videos: int
+    report_dir: str
     partitions: int
     broadcast_max_rows: int
     batch_rows: int

@@ -9,21 +9,26 @@ pyspark.
 from .bootstrap import bootstrap_summary, poisson_weights, stable_hash
 from .cca import (CcaFit, CovarianceBlocks, balanced_covariance, bartlett_test, canonical_correlations_on, cca_fit,
                   context_variates, expression_variates, fit_on_one_region, leave_one_region_out, rao_f_test)
-from .correlation import (analysed_contexts, fisher_mean, partial_correlations, prevalence, region_similarity,
+from .correlation import (CORRELATION_KINDS, analysed_contexts, context_expression_correlations, fisher_mean,
+                          mean_context_score, partial_correlations, prevalence, region_similarity,
                           region_similarity_batched, region_vs_world, region_vs_world_batched,
                           semipartial_correlations, weighted_pearson)
 from .moments import (CcaMoments, CovarianceParts, Moments, accumulate, accumulate_cca, covariance_from_sums,
                       covariance_parts, variance_from_sums)
+from .summaries import (dims_positive_everywhere, geobin_variance_share, same_sign_share, structure_correlations,
+                        universality)
 from .tests import bh_qvalues, signed_rank_tests
 
 __all__ = [
     "poisson_weights", "stable_hash", "bootstrap_summary",
     "Moments", "CcaMoments", "CovarianceParts", "accumulate", "accumulate_cca", "covariance_parts",
     "covariance_from_sums", "variance_from_sums",
-    "partial_correlations", "semipartial_correlations", "prevalence", "analysed_contexts", "weighted_pearson",
+    "partial_correlations", "semipartial_correlations", "prevalence", "mean_context_score", "CORRELATION_KINDS",
+    "context_expression_correlations", "analysed_contexts", "weighted_pearson",
     "fisher_mean", "region_similarity", "region_similarity_batched", "region_vs_world", "region_vs_world_batched",
     "CcaFit", "CovarianceBlocks", "cca_fit", "canonical_correlations_on", "balanced_covariance",
     "leave_one_region_out", "fit_on_one_region", "bartlett_test", "rao_f_test", "expression_variates",
     "context_variates",
     "signed_rank_tests", "bh_qvalues",
+    "same_sign_share", "universality", "dims_positive_everywhere", "structure_correlations", "geobin_variance_share",
 ]

@@ -228,24 +228,40 @@ def leave_one_region_out(cm: CcaMoments, ridge: float = 0.0, equal_mass: bool = 
     return out
 
 
-def fit_on_one_region(cm: CcaMoments, region_index: int, ridge: float = 0.0) -> np.ndarray:
-    """Fit CCA on one region and evaluate the variates on every other region.
+def fit_on_one_region(cm: CcaMoments, region_index: int, ridge: float = 0.0, all_videos: bool = False,
+                      return_fit: bool = False) -> np.ndarray | tuple[np.ndarray, CcaFit]:
+    """Fit CCA on one region and evaluate the variates on every other region's (balanced) sample.
+
+    Parameters
+    ----------
+    cm : CcaMoments
+    region_index : int
+        The region the CCA is fitted on.
+    ridge : float
+        See :func:`cca_fit`.
+    all_videos : bool
+        True: fit on every video of the region (``cm``'s ``*_all`` sums; the paper fits its USA/Canada CCA on all
+        333,226 US/Canada videos). If those sums are empty (e.g. every video is in the sample anyway) the sample is
+        used. False: fit on the region's balanced sample.
+    return_fit : bool
+        Also return the fit.
 
     Returns
     -------
     ndarray, shape (R, D)
-        NaN for the fit region itself and for empty regions.
+        NaN for the fit region itself and for empty regions. With ``return_fit``: ``(heldout, fit)``.
     """
     R, E, K = cm.shape
     out = np.full((R, min(E, K)), np.nan)
-    train = balanced_covariance(cm, [region_index])
+    source = cm.all_videos() if all_videos and cm.n_all[region_index] > 0 else cm
+    train = balanced_covariance(source, [region_index])
     fit = cca_fit(train.cov_xx, train.cov_cc, train.cov_xc, ridge)
     for r in range(R):
         if r == region_index or cm.n[r] <= 0:
             continue
         test = balanced_covariance(cm, [r])
         out[r] = canonical_correlations_on(fit, test.cov_xx, test.cov_cc, test.cov_xc)
-    return out
+    return (out, fit) if return_fit else out
 
 
 def _wilks_tail(rho: np.ndarray) -> np.ndarray:
@@ -254,13 +270,18 @@ def _wilks_tail(rho: np.ndarray) -> np.ndarray:
     return np.cumprod((1.0 - r2)[::-1])[::-1]
 
 
-def bartlett_test(rho: np.ndarray, n: float, p: int, q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bartlett_test(rho: np.ndarray, n: float, p: int, q: int,
+                  lawley: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bartlett's sequential chi-square test that canonical correlations k..D are all zero.
 
     ``chi2_k = -(n - 1 - (p + q + 1) / 2) * ln(prod_{j >= k} (1 - rho_j**2))`` with ``(p - k)(q - k)`` degrees of
     freedom (0-based ``k``; Bartlett 1938/1941). This is the test the paper reports for the 16 dimensions
-    (Extended Data Fig. 3). statsmodels' ``CanCorr.corr_test`` uses the same Wilks' lambda with Rao's F
-    approximation instead (:func:`rao_f_test`).
+    (Extended Data Fig. 3; its chi2 = 860.4 for the 16th variate has df (16 - 15)(653 - 15)). statsmodels'
+    ``CanCorr.corr_test`` uses the same Wilks' lambda with Rao's F approximation instead (:func:`rao_f_test`).
+
+    ``lawley=True`` uses Lawley's (1959) modification of the multiplier for the k-th test, which corrects the
+    bias of the later tests by the dimensions already removed:
+    ``-(n - 1 - k - (p + q + 1) / 2 + sum_{j < k} 1 / rho_j**2) * ln(prod_{j >= k} (1 - rho_j**2))``.
 
     Parameters
     ----------
@@ -270,6 +291,8 @@ def bartlett_test(rho: np.ndarray, n: float, p: int, q: int) -> tuple[np.ndarray
         Number of observations.
     p, q : int
         Number of variables on each side.
+    lawley : bool
+        Lawley's multiplier instead of Bartlett's.
 
     Returns
     -------
@@ -277,8 +300,13 @@ def bartlett_test(rho: np.ndarray, n: float, p: int, q: int) -> tuple[np.ndarray
     """
     lam = _wilks_tail(rho)
     k = np.arange(lam.size)
-    factor = n - 1.0 - (p + q + 1) / 2.0
-    with np.errstate(divide="ignore"):
+    factor = np.full(lam.size, n - 1.0 - (p + q + 1) / 2.0)
+    if lawley:
+        r2 = np.clip(np.asarray(rho, dtype=np.float64), 0.0, 1.0) ** 2
+        with np.errstate(divide="ignore"):
+            inv = np.where(r2 > 0, 1.0 / np.where(r2 > 0, r2, 1.0), np.inf)
+        factor = factor - k + np.concatenate([[0.0], np.cumsum(inv)[:-1]])
+    with np.errstate(divide="ignore", invalid="ignore"):
         chi2 = -factor * np.log(lam)
     df = ((p - k) * (q - k)).astype(np.float64)
     return chi2, df, scipy.stats.chi2.sf(chi2, df)

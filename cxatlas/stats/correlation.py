@@ -24,7 +24,8 @@ import numpy as np
 from .moments import Moments, covariance_parts
 
 __all__ = [
-    "partial_correlations", "semipartial_correlations", "prevalence", "analysed_contexts", "weighted_pearson",
+    "partial_correlations", "semipartial_correlations", "prevalence", "mean_context_score", "CORRELATION_KINDS",
+    "context_expression_correlations", "analysed_contexts", "weighted_pearson",
     "fisher_mean", "region_similarity", "region_similarity_batched", "region_vs_world", "region_vs_world_batched",
 ]
 
@@ -123,7 +124,24 @@ def semipartial_correlations(m: Moments, rtol: float = 1e-12) -> np.ndarray:
 
 
 def prevalence(m: Moments) -> np.ndarray:
-    """Mean context score per region and replicate (the proportion of videos showing the context).
+    """The proportion of videos in which the context occurred, per region and replicate.
+
+    The paper weights contexts by "the proportion of times that the context occurred in each region" (Methods);
+    "occurred" is the same event as in the minimum-occurrence filter (:func:`analysed_contexts`): the context's
+    score reached ``occur_threshold`` (see :func:`cxatlas.stats.moments.accumulate`). With binary scores this is the
+    mean score; with continuous scores (a classifier's probabilities) it is not, and the mean score is available
+    as :func:`mean_context_score`. Counts are bootstrap-weighted, so every replicate has its own prevalence.
+
+    Returns
+    -------
+    ndarray, shape (R, B1, K); NaN for a region/replicate with no weight.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(m.n[..., None] > 0, m.so / m.n[..., None], np.nan)
+
+
+def mean_context_score(m: Moments) -> np.ndarray:
+    """Mean context score per region and replicate (equals :func:`prevalence` only for binary scores).
 
     Returns
     -------
@@ -131,6 +149,24 @@ def prevalence(m: Moments) -> np.ndarray:
     """
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(m.n[..., None] > 0, m.sc / m.n[..., None], np.nan)
+
+
+CORRELATION_KINDS = ("partial", "semipartial")
+
+
+def context_expression_correlations(m: Moments, kind: str = "partial", rtol: float = 1e-12) -> np.ndarray:
+    """:func:`partial_correlations` (``kind="partial"``, the Methods' definition) or
+    :func:`semipartial_correlations` (``"semipartial"``, what the authors' released per-region tables hold).
+
+    Returns
+    -------
+    ndarray, shape (R, B1, K, E)
+    """
+    if kind == "partial":
+        return partial_correlations(m, rtol)
+    if kind == "semipartial":
+        return semipartial_correlations(m, rtol)
+    raise ValueError(f"correlation kind must be one of {CORRELATION_KINDS}, got {kind!r}")
 
 
 def analysed_contexts(m: Moments, min_occurrences: int = 30, per_region: bool = False) -> np.ndarray:

@@ -139,6 +139,10 @@ class Moments(_AdditiveSums):
     occurred : ndarray, shape (R, K)
         Unweighted count of videos whose context score reached the occurrence threshold (for the paper's minimum
         occurrence filter, which must not fluctuate with bootstrap weights).
+    so : ndarray, shape (R, B1, K)
+        Weighted count of the same occurrences per replicate (``so[:, 0] == occurred``): the numerator of the
+        paper's prevalence, "the proportion of times that the context occurred in each region", so the prevalence
+        weights use the same definition of occurrence as the filter and get bootstrap SEs.
     """
 
     n: np.ndarray
@@ -148,8 +152,9 @@ class Moments(_AdditiveSums):
     scc: np.ndarray
     sxc: np.ndarray
     occurred: np.ndarray
+    so: np.ndarray
 
-    _format: ClassVar[str] = "cxatlas.stats.Moments/1"
+    _format: ClassVar[str] = "cxatlas.stats.Moments/2"
 
     @classmethod
     def zeros(cls, n_regions: int, n_boot1: int, n_expr: int, n_ctx: int) -> "Moments":
@@ -158,6 +163,7 @@ class Moments(_AdditiveSums):
         return cls(
             n=np.zeros((R, B1)), sx=np.zeros((R, B1, E)), sxx=np.zeros((R, B1, E, E)), sc=np.zeros((R, B1, K)),
             scc=np.zeros((R, B1, K)), sxc=np.zeros((R, B1, E, K)), occurred=np.zeros((R, K)),
+            so=np.zeros((R, B1, K)),
         )
 
     @property
@@ -173,7 +179,10 @@ class CcaMoments(_AdditiveSums):
 
     The CCA needs the full K x K context covariance, too large to carry per bootstrap replicate; the Spark job feeds
     :func:`accumulate_cca` a balanced subsample (by default 25,000 videos per region, chosen by hash), as the paper
-    did for its CCA (Cowen et al. 2021, Methods and Extended Data Fig. 3).
+    did for its leave-one-region-out CCA (Cowen et al. 2021, Methods and Extended Data Fig. 3). The paper's
+    USA/Canada-trained CCA is fitted on *every* US/Canada video (333,226) instead: regions whose every video is
+    needed get their sums in the ``*_all`` fields too (:func:`accumulate_cca` with ``all_videos=True``); they stay
+    zero for the others.
 
     Attributes
     ----------
@@ -183,6 +192,7 @@ class CcaMoments(_AdditiveSums):
     sxx : ndarray, shape (R, E, E)
     sxc : ndarray, shape (R, E, K)
     scc_full : ndarray, shape (R, K, K)
+    n_all, sx_all, sc_all, sxx_all, sxc_all, scc_all : the same sums over all videos of the region (or zeros).
     """
 
     n: np.ndarray
@@ -191,20 +201,42 @@ class CcaMoments(_AdditiveSums):
     sxx: np.ndarray
     sxc: np.ndarray
     scc_full: np.ndarray
+    n_all: np.ndarray
+    sx_all: np.ndarray
+    sc_all: np.ndarray
+    sxx_all: np.ndarray
+    sxc_all: np.ndarray
+    scc_all: np.ndarray
 
-    _format: ClassVar[str] = "cxatlas.stats.CcaMoments/1"
+    _format: ClassVar[str] = "cxatlas.stats.CcaMoments/2"
+    _SAMPLE_FIELDS: ClassVar[tuple[str, ...]] = ("n", "sx", "sc", "sxx", "sxc", "scc_full")
+    _ALL_FIELDS: ClassVar[tuple[str, ...]] = ("n_all", "sx_all", "sc_all", "sxx_all", "sxc_all", "scc_all")
 
     @classmethod
     def zeros(cls, n_regions: int, n_expr: int, n_ctx: int) -> "CcaMoments":
         R, E, K = n_regions, n_expr, n_ctx
-        return cls(n=np.zeros(R), sx=np.zeros((R, E)), sc=np.zeros((R, K)), sxx=np.zeros((R, E, E)),
+        one = dict(n=np.zeros(R), sx=np.zeros((R, E)), sc=np.zeros((R, K)), sxx=np.zeros((R, E, E)),
                    sxc=np.zeros((R, E, K)), scc_full=np.zeros((R, K, K)))
+        return cls(**one, **{a: np.zeros_like(one[s]) for s, a in zip(cls._SAMPLE_FIELDS, cls._ALL_FIELDS)})
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """``(R, E, K)``."""
         R, E, K = self.sxc.shape
         return R, E, K
+
+    def all_videos(self) -> "CcaMoments":
+        """A view whose sample sums are the ``*_all`` sums (for fits that use every video of a region)."""
+        arrays = {a: getattr(self, a) for a in self._ALL_FIELDS}
+        return CcaMoments(**{s: arrays[a] for s, a in zip(self._SAMPLE_FIELDS, self._ALL_FIELDS)}, **arrays)
+
+    def select_contexts(self, keep: np.ndarray) -> "CcaMoments":
+        """The sums restricted to the contexts ``keep`` (a boolean mask of length K or an index array)."""
+        out = {}
+        for group in (self._SAMPLE_FIELDS, self._ALL_FIELDS):
+            n, sx, sc, sxx, sxc, scc = (getattr(self, f) for f in group)
+            out.update(zip(group, (n, sx, sc[:, keep], sxx, sxc[:, :, keep], scc[:, keep][:, :, keep])))
+        return CcaMoments(**out)
 
 
 def as_csr(C: Any, n_rows: int | None = None) -> sp.csr_matrix:
@@ -244,13 +276,22 @@ def _region_blocks(region: np.ndarray, n_regions: int) -> tuple[np.ndarray, np.n
 
 def _occurrence_counts(C: sp.csr_matrix, threshold: float) -> np.ndarray:
     """Per-column count of rows with value >= threshold, counting implicit zeros when ``threshold <= 0``."""
-    K = C.shape[1]
-    hit = C.data >= threshold
-    counts = np.bincount(C.indices[hit], minlength=K).astype(np.float64)
-    if threshold <= 0:
-        stored = np.bincount(C.indices, minlength=K)
-        counts += C.shape[0] - stored
-    return counts
+    return _weighted_occurrences(C, threshold, np.ones((C.shape[0], 1)))[0]
+
+
+def _weighted_occurrences(C: sp.csr_matrix, threshold: float, W: np.ndarray) -> np.ndarray:
+    """``(B1, K)``: per replicate, the summed weight of the rows whose value in the column is >= ``threshold``.
+
+    Implicit zeros occur too when ``threshold <= 0``; then the count is every row's weight minus the weight of the
+    stored values below the threshold.
+    """
+    below = threshold <= 0
+    hit = (C.data < threshold) if below else (C.data >= threshold)
+    ind = sp.csr_matrix((hit.astype(np.float64), C.indices, C.indptr), shape=C.shape)
+    out = np.asarray((ind.T @ W).T)
+    if below:
+        out = W.sum(axis=0)[:, None] - out
+    return out
 
 
 def accumulate(X: np.ndarray, C: Any, region: np.ndarray, weights: np.ndarray | None, n_regions: int,
@@ -271,7 +312,8 @@ def accumulate(X: np.ndarray, C: Any, region: np.ndarray, weights: np.ndarray | 
     n_regions : int
         ``R``.
     occur_threshold : float
-        A context "occurred" in a video when its score is ``>= occur_threshold`` (counted unweighted).
+        A context "occurred" in a video when its score is ``>= occur_threshold`` (counted unweighted in
+        ``occurred``, weighted per replicate in ``so``).
     chunk_rows : int
         Rows per sparse-dense product; bounds the ``chunk_rows x B1 x E`` temporary (27 MB at 4,096 x 51 x 16).
 
@@ -307,6 +349,7 @@ def accumulate(X: np.ndarray, C: Any, region: np.ndarray, weights: np.ndarray | 
         Cr = C[lo:hi]
         out.sc[r] = (Cr.T @ Wr).T
         out.scc[r] = (C2[lo:hi].T @ Wr).T
+        out.so[r] = _weighted_occurrences(Cr, occur_threshold, Wr)
         out.occurred[r] = _occurrence_counts(Cr, occur_threshold)
         sxc_kbe[:] = 0.0
         for a in range(lo, hi, chunk_rows):
@@ -318,7 +361,7 @@ def accumulate(X: np.ndarray, C: Any, region: np.ndarray, weights: np.ndarray | 
 
 
 def accumulate_cca(X: np.ndarray, C: Any, region: np.ndarray, n_regions: int,
-                   weight: np.ndarray | None = None) -> CcaMoments:
+                   weight: np.ndarray | None = None, all_videos: bool = False) -> CcaMoments:
     """Per-region sums, including the full context cross-product matrix, for the CCA.
 
     Parameters
@@ -329,6 +372,9 @@ def accumulate_cca(X: np.ndarray, C: Any, region: np.ndarray, n_regions: int,
     n_regions : int
     weight : ndarray, shape (n,), optional
         Per-video weight (e.g. to re-balance regions); default 1.
+    all_videos : bool
+        False: fill the (balanced-sample) sums ``n, sx, ...``. True: fill the ``*_all`` sums instead (the rows are
+        all videos of their region; see :class:`CcaMoments`).
 
     Returns
     -------
@@ -344,6 +390,8 @@ def accumulate_cca(X: np.ndarray, C: Any, region: np.ndarray, n_regions: int,
     out = CcaMoments.zeros(n_regions, E, K)
     if n == 0:
         return out
+    o_n, o_sx, o_sc, o_sxx, o_sxc, o_scc = (getattr(out, f) for f in (
+        CcaMoments._ALL_FIELDS if all_videos else CcaMoments._SAMPLE_FIELDS))
     order, bounds = _region_blocks(region, n_regions)
     X, w, C = X[order], w[order], C[order]
     for r in range(n_regions):
@@ -352,12 +400,12 @@ def accumulate_cca(X: np.ndarray, C: Any, region: np.ndarray, n_regions: int,
             continue
         Xr, wr, Cr = X[lo:hi], w[lo:hi], C[lo:hi]
         WXr = Xr * wr[:, None]
-        out.n[r] = wr.sum()
-        out.sx[r] = wr @ Xr
-        out.sc[r] = Cr.T @ wr
-        out.sxx[r] = WXr.T @ Xr
-        out.sxc[r] = (Cr.T @ WXr).T
-        out.scc_full[r] = (Cr.T @ sp.diags(wr) @ Cr).toarray()
+        o_n[r] = wr.sum()
+        o_sx[r] = wr @ Xr
+        o_sc[r] = Cr.T @ wr
+        o_sxx[r] = WXr.T @ Xr
+        o_sxc[r] = (Cr.T @ WXr).T
+        o_scc[r] = (Cr.T @ sp.diags(wr) @ Cr).toarray()
     return out
 
 

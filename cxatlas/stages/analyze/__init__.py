@@ -13,7 +13,7 @@ Data flow (only small partial sums and the result rows ever reach the driver)::
 
 Definitions follow the paper's Methods (Cowen et al. 2021, Nature 589:251) as implemented in :mod:`cxatlas.stats`:
 per region, the partial correlation of each context with each expression controlling for the other expressions;
-prevalence = mean context score; a context is analysed when it occurred (score >= ``analyze.occur_threshold``) at
+prevalence = share of videos where the context occurred; a context is analysed when it occurred (score >= ``analyze.occur_threshold``) at
 least ``analyze.min_occurrences`` times over all regions; region similarity and region-vs-world are weighted
 correlations of the regions' context x expression matrices; CCA is fitted on a balanced sample (25,000 videos per
 region, or all videos with regions re-weighted to equal mass) and evaluated on held-out regions. Standard errors
@@ -32,8 +32,9 @@ import pandas as pd
 from cxatlas import __version__
 from cxatlas.core.config import Config, join_uri
 from cxatlas.core.regions import REGION_IDS
-from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_TESTS, CONTEXT_EXPRESSION_CORRELATIONS,
-                                         GEOBIN_VARIATES, REGION_SIMILARITY, REGION_VS_WORLD)
+from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_LOADINGS, CCA_TESTS,
+                                         CONTEXT_EXPRESSION_CORRELATIONS, GEOBIN_VARIATES, HEADLINE_NUMBERS,
+                                         REGION_SIMILARITY, REGION_VS_WORLD, SIGN_AGREEMENT)
 from cxatlas.core.settings import AnalyzeSettings
 from cxatlas.core.tables import TableStore
 from cxatlas.stages.analyze.results import ResultFrames, _to_spark, compute_results, write_figures
@@ -108,9 +109,12 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
 
     for spec, pdf in ((CONTEXT_EXPRESSION_CORRELATIONS, frames.correlations), (REGION_SIMILARITY, frames.similarity),
                       (REGION_VS_WORLD, frames.world), (CCA_HELDOUT, frames.cca_heldout),
-                      (CCA_TESTS, frames.cca_tests), (GEOBIN_VARIATES, frames.geobins)):
+                      (CCA_TESTS, frames.cca_tests), (GEOBIN_VARIATES, frames.geobins),
+                      (SIGN_AGREEMENT, frames.sign_agreement), (CCA_LOADINGS, frames.cca_loadings),
+                      (HEADLINE_NUMBERS, frames.headline)):
         table = store.table(spec).create_if_missing()
-        report.commits[spec.name] = table.append(_to_spark(spark, spec, pdf, analysis_id))
+        # evolve_schema: tables made by an older cxatlas gain the newer columns (their old rows read null there).
+        report.commits[spec.name] = table.append(_to_spark(spark, spec, pdf, analysis_id), evolve_schema=True)
     t = stage("write_tables", t)
 
     figures_dir = join_uri(cfg.data_root, settings.figures.dir, analysis_id)

@@ -108,6 +108,8 @@ def heatmap_contexts(
     title: str = "Context-expression correlations in 12 world regions",
     figsize: tuple[float, float] | None = None,
     dpi: int = 150,
+    zscore_rows: bool = False,
+    marginals: bool = False,
 ) -> Path:
     """Contexts (rows) x expressions (columns); each cell a ``mosaic`` grid with one tile per region.
 
@@ -122,6 +124,10 @@ def heatmap_contexts(
     mosaic : (rows, cols) of the per-cell region grid; rows * cols must hold all regions present.
     vmax : colour limit (symmetric around 0); None: the ``clip_percentile`` percentile of |value| drawn.
     figsize : inches; None sizes the figure to the number of contexts and expressions.
+    zscore_rows : colour by the values z-scored within each context row (over its regions and expressions), as the
+        paper's Fig. 2 does, so each context's pattern shows whatever its overall strength.
+    marginals : add the marginal means of the (raw) values: per expression above (over the drawn contexts and
+        regions), per context on the right (over expressions and regions).
     """
     _require(corr_df, ["region", "context", "expression", value], "heatmap_contexts")
     contexts = [str(c) for c in contexts]
@@ -144,15 +150,27 @@ def heatmap_contexts(
     ej = df["expression"].astype(str).map(e_idx).to_numpy()
     rk = df["region"].astype(str).map(r_idx).to_numpy()
     image[ci * m_rows + rk // m_cols, ej * m_cols + rk % m_cols] = df[value].to_numpy(dtype=float)
+    raw = image.copy()
+    if zscore_rows:
+        image = _zscore_rows(image, m_rows)
 
     lim = vmax if vmax is not None else _symmetric_limit(image, clip_percentile)
     cmap = colormaps[_DIVERGING].with_extremes(bad="#d9d9d9")
     if figsize is None:
         label_in = 0.6 + 0.075 * max(len(c) for c in contexts)  # room for the context labels
-        figsize = (label_in + 0.5 * n_expr + 2.4, max(4.5, 2.0 + 0.4 * n_ctx))
+        figsize = (label_in + 0.5 * n_expr + 2.4 + (1.2 if marginals else 0.0),
+                   max(4.5, 2.0 + 0.4 * n_ctx) + (1.0 if marginals else 0.0))
     fig = _new_figure(figsize, dpi, layout="constrained")
-    grid = fig.add_gridspec(2, 2, width_ratios=[0.5 * n_expr, 1.2], height_ratios=[1.0, 1.0])
-    ax = fig.add_subplot(grid[:, 0])
+    if marginals:
+        grid = fig.add_gridspec(3, 3, width_ratios=[0.5 * n_expr, 1.0, 1.2],
+                                height_ratios=[0.25 * figsize[1], 0.5 * figsize[1], 0.5 * figsize[1]])
+        ax = fig.add_subplot(grid[1:, 0])
+        side, top = fig.add_subplot(grid[1:, 1], sharey=ax), fig.add_subplot(grid[0, 0], sharex=ax)
+        cax_spec, key_spec = grid[1, 2], grid[2, 2]
+    else:
+        grid = fig.add_gridspec(2, 2, width_ratios=[0.5 * n_expr, 1.2], height_ratios=[1.0, 1.0])
+        ax = fig.add_subplot(grid[:, 0])
+        cax_spec, key_spec = grid[0, 1], grid[1, 1]
     im = ax.imshow(image, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest",
                    extent=(0, n_expr, n_ctx, 0))
     ax.vlines(np.arange(1, n_expr), 0, n_ctx, colors="white", linewidth=2.0)
@@ -162,14 +180,17 @@ def heatmap_contexts(
     ax.tick_params(length=0)
     ax.set_xlabel("Facial expression")
     ax.set_ylabel("Context")
-    ax.set_title(title)
+    (top if marginals else ax).set_title(title)
+    if marginals:
+        _marginal_bars(top, side, raw, m_rows, m_cols, value)
 
-    cax = fig.add_subplot(grid[0, 1])
+    cax = fig.add_subplot(cax_spec)
     cax.set_box_aspect(6)
     bar = fig.colorbar(im, cax=cax)
-    bar.set_label(f"{value} (partial correlation)" if value == "r" else value)
+    label = f"{value} (partial correlation)" if value == "r" else value
+    bar.set_label(f"{value}, z-scored per context" if zscore_rows else label)
 
-    key = fig.add_subplot(grid[1, 1])
+    key = fig.add_subplot(key_spec)
     key.set_title("Tile = region", fontsize=8)
     for k, reg in enumerate(region_list):
         row, col = divmod(k, m_cols)
@@ -180,6 +201,44 @@ def heatmap_contexts(
     key.set_aspect("equal")
     key.axis("off")
     return _save(fig, out, dpi)
+
+
+def _zscore_rows(image: np.ndarray, m_rows: int) -> np.ndarray:
+    """Z-score each context's block of ``m_rows`` image rows (all its regions x expressions), NaN kept."""
+    out = np.full(image.shape, np.nan)
+    for a in range(0, image.shape[0], m_rows):
+        block = image[a:a + m_rows]
+        ok = np.isfinite(block)
+        if ok.sum() >= 2 and np.std(block[ok]) > 0:
+            out[a:a + m_rows] = (block - block[ok].mean()) / block[ok].std()
+    return out
+
+
+def _marginal_bars(top, side, raw: np.ndarray, m_rows: int, m_cols: int, value: str) -> None:
+    """Means of the raw values per expression (bars above the heatmap) and per context (bars to its right)."""
+    def block_means(a: np.ndarray, size: int) -> np.ndarray:  # mean of each block of `size` rows, NaN if empty
+        blocks = a.reshape(a.shape[0] // size, -1)
+        ok = np.isfinite(blocks)
+        return np.where(ok.any(axis=1), np.where(ok, blocks, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1),
+                        np.nan)
+
+    per_ctx = block_means(raw, m_rows)
+    per_expr = block_means(raw.T, m_cols)
+    n_ctx, n_expr = per_ctx.size, per_expr.size
+    cmap = colormaps[_DIVERGING]
+    lim = max(np.nanmax(np.abs(np.r_[per_expr, per_ctx, 1e-12])), 1e-12)
+    top.bar(np.arange(n_expr) + 0.5, np.nan_to_num(per_expr), width=0.8,
+            color=cmap(0.5 + 0.5 * np.nan_to_num(per_expr) / lim))
+    top.axhline(0, color="#555555", linewidth=0.6)
+    top.set_ylabel(f"mean {value}", fontsize=7)
+    top.tick_params(axis="x", labelbottom=False, length=0)
+    top.tick_params(axis="y", labelsize=6)
+    side.barh(np.arange(n_ctx) + 0.5, np.nan_to_num(per_ctx), height=0.8,
+              color=cmap(0.5 + 0.5 * np.nan_to_num(per_ctx) / lim))
+    side.axvline(0, color="#555555", linewidth=0.6)
+    side.set_xlabel(f"mean {value}", fontsize=7)
+    side.tick_params(axis="y", labelleft=False, length=0)
+    side.tick_params(axis="x", labelsize=6)
 
 
 def _tile(x: float, y: float) -> Rectangle:

@@ -5,6 +5,7 @@ import logging
 import os
 import tempfile
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,9 +18,11 @@ from cxatlas.core.settings import AnalyzeSettings
 from cxatlas.stages.analyze.settings import BALANCED_FIT, LORO
 from cxatlas.core.config import join_uri
 from cxatlas.stats import (CcaMoments, Moments, analysed_contexts, balanced_covariance, bartlett_test, bh_qvalues,
-                           bootstrap_summary, cca_fit, expression_variates, fisher_mean, fit_on_one_region,
-                           leave_one_region_out, partial_correlations, prevalence, region_similarity_batched,
-                           region_vs_world_batched, signed_rank_tests)
+                           bootstrap_summary, cca_fit, context_expression_correlations, context_variates,
+                           dims_positive_everywhere, expression_variates, fisher_mean, fit_on_one_region,
+                           geobin_variance_share, leave_one_region_out, prevalence, region_similarity_batched,
+                           region_vs_world_batched, same_sign_share, signed_rank_tests, structure_correlations,
+                           universality)
 from cxatlas.udfs.moments import GeobinSums
 
 log = logging.getLogger(__name__)
@@ -40,11 +43,12 @@ class ResultFrames:
     geobins: pd.DataFrame
     analysed: np.ndarray  # (K,) bool
     figure_contexts: list[str]
+    sign_agreement: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    cca_loadings: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    headline: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
 
-def _subset_cca(cm: CcaMoments, keep: np.ndarray) -> CcaMoments:
-    return CcaMoments(n=cm.n, sx=cm.sx, sc=cm.sc[:, keep], sxx=cm.sxx, sxc=cm.sxc[:, :, keep],
-                      scc_full=cm.scc_full[:, keep][:, :, keep])
+ALL_EXPRESSIONS = "all"  # the sign_agreement row over every expression
 
 
 def _wilcoxon_rows(variant: str, heldout: np.ndarray) -> list[dict]:
@@ -76,8 +80,8 @@ def compute_results(m: Moments, cm: CcaMoments, geobins: GeobinSums, expr_column
     keep = analysed_contexts(m, settings.min_occurrences, settings.min_occurrences_per_region)
     ka = np.flatnonzero(keep)
     labels_a = [labels[k] for k in ka]
-    pc = partial_correlations(m)[:, :, ka]                  # (R, B1, Ka, E)
-    prev = prevalence(m)[:, :, ka]                           # (R, B1, Ka)
+    pc = context_expression_correlations(m, settings.correlation)[:, :, ka]   # (R, B1, Ka, E)
+    prev = prevalence(m)[:, :, ka]                           # (R, B1, Ka): share of videos where it occurred
     r_point, r_se = bootstrap_summary(np.moveaxis(pc, 1, 0))   # (R, Ka, E)
     p_point, p_se = bootstrap_summary(np.moveaxis(prev, 1, 0))  # (R, Ka)
 
@@ -91,8 +95,10 @@ def compute_results(m: Moments, cm: CcaMoments, geobins: GeobinSums, expr_column
         "occurrences": np.repeat(m.occurred[present][:, ka].ravel(), E).astype(np.int64),
         "n_videos": np.repeat(n_videos[present], Ka * E).astype(np.int64),
     })
+    headline = [_headline("n_videos", float(n_videos.sum())), _headline("n_regions", float(Rp)),
+                _headline("n_contexts", float(K)), _headline("n_contexts_analysed", float(Ka))]
 
-    sim_rows, world_rows = [], []
+    sim_rows, world_rows, sign_rows = [], [], []
     if Rp >= 2 and Ka >= 1:
         pcp = np.moveaxis(pc[present], 1, 0)                  # (B1, Rp, Ka, E)
         prp = np.moveaxis(prev[present], 1, 0)                # (B1, Rp, Ka)
@@ -104,51 +110,161 @@ def compute_results(m: Moments, cm: CcaMoments, geobins: GeobinSums, expr_column
         for i, a in enumerate(names):
             for j, b in enumerate(names):
                 sim_rows.append(dict(region_a=a, region_b=b, r=s_point[i, j], se=s_se[i, j]))
+            j0 = best[0, i]
+            # SE of the squared similarity with the replicate-0 best match; how often a resample picks the same one.
+            bm_se = float(bootstrap_summary(sims[:, i, j0] ** 2)[1]) if j0 >= 0 else np.nan
             world_rows.append(dict(region=a, r2=w_point[i], se=w_se[i],
-                                   best_match_region=names[best[0, i]] if best[0, i] >= 0 else None,
-                                   best_match_r2=best_r2[0, i]))
+                                   best_match_region=names[j0] if j0 >= 0 else None,
+                                   best_match_r2=best_r2[0, i], best_match_se=bm_se,
+                                   best_match_agreement=float(np.mean(best[1:, i] == j0)) if B1 > 1 else np.nan))
+        sign_rows, sign_head = _sign_agreement(pcp, expr_columns)
+        headline += sign_head
+        headline += _similarity_headline(sims, w_point, w_se, r2, names)
 
-    heldout_rows, test_rows, geo = [], [], pd.DataFrame(columns=["lat_bin", "lon_bin", "n_videos", "variate_1",
-                                                                  "variate_2", "variate_3"])
+    heldout_rows, test_rows, loading_rows = [], [], []
+    geo = pd.DataFrame(columns=GEOBIN_COLUMNS)
     if Ka >= 1 and Rp >= 1:
-        cm_a = _subset_cca(cm, keep)
+        cm_a = cm.select_contexts(keep)
         equal_mass = settings.cca.balance == "reweight"
         sample_regions = np.flatnonzero(cm_a.n > 0)
         if sample_regions.size >= 2:
             loro = leave_one_region_out(cm_a, settings.cca.ridge, equal_mass)
             heldout_rows += _heldout_rows(LORO, loro, region_ids)
             test_rows += _wilcoxon_rows(LORO, loro)
+            headline += _dims_headline(LORO, loro, test_rows[-loro.shape[1]:])
         fit_idx = region_ids.index(settings.cca.fit_region)
         if cm_a.n[fit_idx] > 0 and sample_regions.size >= 2:
             variant = f"fit_on_{settings.cca.fit_region}"
-            one = fit_on_one_region(cm_a, fit_idx, settings.cca.ridge)
+            one, one_fit = fit_on_one_region(cm_a, fit_idx, settings.cca.ridge,
+                                             all_videos=settings.cca.fit_region_sample == "all", return_fit=True)
             heldout_rows += _heldout_rows(variant, one, region_ids)
             test_rows += _wilcoxon_rows(variant, one)
+            headline += _dims_headline(variant, one, test_rows[-one.shape[1]:])
+            src = cm_a.all_videos() if settings.cca.fit_region_sample == "all" and cm_a.n_all[fit_idx] > 0 else cm_a
+            headline.append(_headline(f"{variant}_n_videos", float(src.n[fit_idx]),
+                                      detail="videos the one-region CCA was fitted on"))
+            loading_rows += _loading_rows(variant, one_fit, balanced_covariance(src, [fit_idx]), expr_columns,
+                                          labels_a)
         if sample_regions.size >= 1:
             blocks = balanced_covariance(cm_a, sample_regions, equal_mass)
             fit = cca_fit(blocks.cov_xx, blocks.cov_cc, blocks.cov_xc, settings.cca.ridge)
-            chi2, df, p = bartlett_test(fit.rho, blocks.n, E, Ka)
-            q = bh_qvalues(p)
-            test_rows += [dict(variant=BALANCED_FIT, dimension=d + 1, test="bartlett_chi2", statistic=chi2[d],
+            lawley = settings.cca.bartlett == "lawley"
+            chi2, df, p = bartlett_test(fit.rho, blocks.n, E, Ka, lawley=lawley)
+            q = bh_qvalues(p) if settings.cca.bartlett_fdr else np.full(p.shape, np.nan)
+            test = "lawley_chi2" if lawley else "bartlett_chi2"
+            test_rows += [dict(variant=BALANCED_FIT, dimension=d + 1, test=test, statistic=chi2[d],
                                df=df[d], p=p[d], q=q[d], rho=fit.rho[d]) for d in range(fit.rho.size)]
-            ok = geobins.n >= max(1, settings.geobin_min_videos)
-            if ok.any():
-                means = geobins.sx[ok] / geobins.n[ok, None]
-                v = expression_variates(fit, means, blocks.mean_x, dims=3)
-                v = np.pad(v, ((0, 0), (0, 3 - v.shape[1])), constant_values=np.nan)
-                geo = pd.DataFrame({"lat_bin": geobins.lat_bin[ok], "lon_bin": geobins.lon_bin[ok],
-                                    "n_videos": geobins.n[ok].astype(np.int64), "variate_1": v[:, 0],
-                                    "variate_2": v[:, 1], "variate_3": v[:, 2]})
+            if fit.rho.size:
+                headline.append(_headline(f"{test}_last", float(chi2[-1]),
+                                          detail=f"dimension {fit.rho.size}, df {df[-1]:.0f}, p {p[-1]:.3g}"))
+            loading_rows += _loading_rows(BALANCED_FIT, fit, blocks, expr_columns, labels_a)
+            geo, geo_head = _geobin_frame(geobins, fit, blocks, keep, settings)
+            headline += geo_head
 
     return ResultFrames(
         correlations=corr, similarity=pd.DataFrame(sim_rows, columns=["region_a", "region_b", "r", "se"]),
-        world=pd.DataFrame(world_rows, columns=["region", "r2", "se", "best_match_region", "best_match_r2"]),
+        world=pd.DataFrame(world_rows, columns=["region", "r2", "se", "best_match_region", "best_match_r2",
+                                                "best_match_se", "best_match_agreement"]),
         cca_heldout=pd.DataFrame(heldout_rows, columns=["variant", "dimension", "heldout_region", "r"]),
         cca_tests=pd.DataFrame(test_rows, columns=["variant", "dimension", "test", "statistic", "df", "p", "q",
                                                    "rho"]),
         geobins=geo, analysed=keep,
         figure_contexts=_figure_contexts(r_point[present], labels_a, settings),
+        sign_agreement=pd.DataFrame(sign_rows, columns=["expression", "share", "se", "n_contexts"]),
+        cca_loadings=pd.DataFrame(loading_rows, columns=["variant", "dimension", "side", "feature", "weight",
+                                                         "correlation"]),
+        headline=pd.DataFrame(headline, columns=["name", "value", "se", "detail"]),
     )
+
+
+GEOBIN_COLUMNS = ["lat_bin", "lon_bin", "n_videos", "variate_1", "variate_2", "variate_3", "context_variate_1",
+                  "context_variate_2", "context_variate_3"]
+
+
+def _headline(name: str, value: float, se: float = np.nan, detail: str = "") -> dict:
+    return dict(name=name, value=float(value), se=float(se), detail=detail)
+
+
+def _sign_agreement(pcp: np.ndarray, expr_columns: Sequence[str]) -> tuple[list[dict], list[dict]]:
+    """Rows of ``sign_agreement`` (one per expression and ``all``) and the overall share as a headline number."""
+    overall, per_expr, counted = same_sign_share(pcp)
+    o_point, o_se = bootstrap_summary(overall)
+    e_point, e_se = bootstrap_summary(per_expr)
+    rows = [dict(expression=ALL_EXPRESSIONS, share=float(o_point), se=float(o_se),
+                 n_contexts=int(counted[0].max(initial=0)))]
+    rows += [dict(expression=c, share=e_point[i], se=e_se[i], n_contexts=int(counted[0, i]))
+             for i, c in enumerate(expr_columns)]
+    return rows, [_headline("same_sign_share", o_point, o_se,
+                            detail="share of context-expression correlations with one sign in every region")]
+
+
+def _similarity_headline(sims: np.ndarray, w_point: np.ndarray, w_se: np.ndarray, r2: np.ndarray,
+                         names: list[str]) -> list[dict]:
+    est, minimum, pair = universality(sims)
+    u_point, u_se = bootstrap_summary(est)
+    m_point, m_se = bootstrap_summary(minimum)
+    Rp = sims.shape[1]
+    iu = np.triu_indices(Rp, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_sim = np.nanmean(sims[:, iu[0], iu[1]], axis=1)
+        mean_r2 = np.nanmean(r2, axis=1)
+    ms_point, ms_se = bootstrap_summary(mean_sim)
+    mw_point, mw_se = bootstrap_summary(mean_r2)
+    a, b = names[pair[0, 0]], names[pair[0, 1]]
+    return [_headline("universality", u_point, u_se, detail=f"sqrt of the lowest region similarity ({a} / {b})"),
+            _headline("min_region_similarity", m_point, m_se, detail=f"{a} / {b}"),
+            _headline("mean_region_similarity", ms_point, ms_se, detail="mean over region pairs"),
+            _headline("mean_region_vs_world_r2", mw_point, mw_se, detail="mean over regions")]
+
+
+def _dims_headline(variant: str, heldout: np.ndarray, wilcoxon_rows: list[dict]) -> list[dict]:
+    count, _ = dims_positive_everywhere(heldout)
+    q = np.array([r["q"] for r in wilcoxon_rows], dtype=float)
+    D = heldout.shape[1]
+    return [_headline(f"{variant}_dims_positive_everywhere", count,
+                      detail=f"of {D} canonical dimensions, > 0 in every held-out region"),
+            _headline(f"{variant}_dims_significant", float(np.sum(q < 0.05)),
+                      detail=f"of {D}: one-sided Wilcoxon across held-out regions, BH q < 0.05")]
+
+
+def _loading_rows(variant: str, fit, blocks, expr_columns: Sequence[str], labels_a: Sequence[str]) -> list[dict]:
+    """Canonical weights and variate-feature correlations (structure coefficients) of both sides of a fit."""
+    rows = []
+    for side, W, cov, names in (("expression", fit.A, blocks.cov_xx, expr_columns),
+                                ("context", fit.B, blocks.cov_cc, labels_a)):
+        corr = structure_correlations(W, cov)
+        for d in range(W.shape[1]):
+            rows += [dict(variant=variant, dimension=d + 1, side=side, feature=names[i], weight=W[i, d],
+                          correlation=corr[i, d]) for i in range(W.shape[0])]
+    return rows
+
+
+def _geobin_frame(geobins: GeobinSums, fit, blocks, keep: np.ndarray,
+                  settings: AnalyzeSettings) -> tuple[pd.DataFrame, list[dict]]:
+    """Per 0.5-degree bin, the mean expression-side and context-side scores on the first three canonical variates
+    of the balanced fit (Fig. 4), and the share of expression variance between bins."""
+    ok = geobins.n >= max(1, settings.geobin_min_videos)
+    head: list[dict] = []
+    if geobins.n.size:
+        share, _ = geobin_variance_share(geobins.n, geobins.sx, geobins.sxx)
+        head.append(_headline("geobin_expression_variance_share", share,
+                              detail=f"{geobins.n.size} bins, {int(geobins.n.sum())} videos with coordinates"))
+    if not ok.any():
+        return pd.DataFrame(columns=GEOBIN_COLUMNS), head
+    n = geobins.n[ok, None]
+    v = expression_variates(fit, geobins.sx[ok] / n, blocks.mean_x, dims=3)
+    v = np.pad(v, ((0, 0), (0, 3 - v.shape[1])), constant_values=np.nan)
+    if geobins.sc.shape[1] == keep.size:
+        c = context_variates(fit, geobins.sc[ok][:, keep] / n, blocks.mean_c, dims=3)
+        c = np.pad(c, ((0, 0), (0, 3 - c.shape[1])), constant_values=np.nan)
+    else:  # sums without the context side (older partials)
+        c = np.full((int(ok.sum()), 3), np.nan)
+    geo = pd.DataFrame({"lat_bin": geobins.lat_bin[ok], "lon_bin": geobins.lon_bin[ok],
+                        "n_videos": geobins.n[ok].astype(np.int64), "variate_1": v[:, 0], "variate_2": v[:, 1],
+                        "variate_3": v[:, 2], "context_variate_1": c[:, 0], "context_variate_2": c[:, 1],
+                        "context_variate_3": c[:, 2]})
+    return geo, head
 
 
 def _figure_contexts(r_point: np.ndarray, labels_a: list[str], settings: AnalyzeSettings) -> list[str]:
@@ -191,6 +307,10 @@ def write_figures(frames: ResultFrames, out_dir: str, bin_deg: float, dpi: int) 
     jobs = [
         ("fig2_context_expression_heatmap", not frames.correlations.empty and bool(frames.figure_contexts),
          lambda p: figures.heatmap_contexts(frames.correlations, frames.figure_contexts, p, dpi=dpi)),
+        ("fig2_zscored_with_marginal_means", not frames.correlations.empty and bool(frames.figure_contexts),
+         lambda p: figures.heatmap_contexts(frames.correlations, frames.figure_contexts, p, dpi=dpi,
+                                            zscore_rows=True, marginals=True,
+                                            title="Context-expression correlations, z-scored within each context")),
         ("fig3a_region_similarity", not frames.similarity.empty,
          lambda p: figures.region_similarity_matrix(frames.similarity, p, dpi=dpi)),
         ("fig3b_region_vs_world", not frames.world.empty,

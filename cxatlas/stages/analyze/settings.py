@@ -13,10 +13,12 @@ from cxatlas.core.regions import REGION_IDS
 from cxatlas.core.runs import new_run_id
 from cxatlas.core.settings import AnalyzeSettings
 from cxatlas.core.tables import CommitResult
-from cxatlas.stats import CcaMoments, Moments
+from cxatlas.stats import CORRELATION_KINDS, CcaMoments, Moments
 from cxatlas.udfs.moments import GeobinSums
 
 CCA_BALANCE = ("subsample", "reweight")
+CCA_FIT_REGION_SAMPLE = ("all", "per_region")
+BARTLETT_VARIANTS = ("bartlett", "lawley")
 LORO = "leave_one_region_out"
 BALANCED_FIT = "balanced_fit"
 
@@ -29,6 +31,11 @@ def check_settings(settings: AnalyzeSettings) -> AnalyzeSettings:
     """Refuse settings that type-check but cannot work, naming the setting."""
     if settings.cca.balance not in CCA_BALANCE:
         raise AnalyzeError(f"analyze.cca.balance must be one of {CCA_BALANCE}, got {settings.cca.balance!r}")
+    for value, allowed, name in ((settings.cca.fit_region_sample, CCA_FIT_REGION_SAMPLE, "cca.fit_region_sample"),
+                                 (settings.cca.bartlett, BARTLETT_VARIANTS, "cca.bartlett"),
+                                 (settings.correlation, CORRELATION_KINDS, "correlation")):
+        if value not in allowed:
+            raise AnalyzeError(f"analyze.{name} must be one of {allowed}, got {value!r}")
     if settings.replicates < 0:
         raise AnalyzeError("analyze.replicates must be >= 0")
     if settings.cca.fit_region not in REGION_IDS:
@@ -61,6 +68,7 @@ class AnalyzeReport:
     commits: dict[str, CommitResult] = field(default_factory=dict)
     figures: dict[str, str] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    sums: dict = field(default_factory=dict)  # incremental runs: mode (current | incremental | full), changed, reason
     seconds: float = 0.0
     moments: Moments | None = field(default=None, repr=False)
     cca_moments: CcaMoments | None = field(default=None, repr=False)

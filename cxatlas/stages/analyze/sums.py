@@ -162,8 +162,11 @@ def compute_sums(prepared, expr_columns: Sequence[str], labels: Sequence[str], s
     """
     n_regions = len(REGION_IDS)
     per_region = settings.cca.per_region if settings.cca.balance == "subsample" else None
+    # The one-region CCA is fitted on every video of its region unless analyze.cca.fit_region_sample=per_region.
+    all_regions = [REGION_IDS.index(settings.cca.fit_region)] if settings.cca.fit_region_sample == "all" else []
     task = MomentsPass(expr_columns=list(expr_columns), labels=list(labels), n_regions=n_regions,
                        n_replicates=settings.replicates, seed=settings.seed, cca_per_region=per_region,
+                       cca_all_regions=all_regions,
                        occur_threshold=settings.occur_threshold, batch_rows=settings.batch_rows,
                        chunk_rows=settings.chunk_rows, geobin_shards=settings.geobin_shards)
     partials = prepared.coalesce(settings.partitions).mapInArrow(task, PARTIAL_SCHEMA)

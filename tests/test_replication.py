@@ -1,0 +1,397 @@
+"""The paper's Methods read literally, and its summary numbers, against direct computations (no Spark).
+
+One small world of 12 regions with CONTINUOUS context scores (a classifier's probabilities, not 0/1) goes through
+the executor pass exactly as Spark runs it (:class:`cxatlas.udfs.moments.MomentsPass` on Arrow batches in two
+"tasks", :func:`combine_partials` per ``(kind, key)``, :func:`assemble`) and through :func:`compute_results`; each
+result is then recomputed here from the per-video rows or from the per-region matrices with plain numpy:
+
+* prevalence = share of videos where the context occurred (score >= occur_threshold), per bootstrap replicate, the
+  same event as the minimum-occurrence filter, and the weight of the region similarity;
+* the USA/Canada-trained CCA uses every US/Canada video (``analyze.cca.fit_region_sample=all``), evaluated on the
+  other regions' balanced samples;
+* the sequential Bartlett test (and Lawley's variant), BH on it only when asked, semi-partial correlations;
+* same-sign share, universality, best match with SE, dimensions positive everywhere, CCA loadings, the geobin
+  context side and the share of expression variance between geobins.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import scipy.sparse as sp
+from statsmodels.multivariate.cancorr import CanCorr
+from statsmodels.stats.multitest import multipletests
+
+import cxatlas.stats as cs
+from cxatlas.core.regions import REGION_IDS
+from cxatlas.stages.analyze.results import compute_results
+from cxatlas.stages.analyze.settings import check_settings
+from cxatlas.udfs.moments import MomentsPass, assemble, combine_partials
+from tests.conftest import make_config
+
+R, E, K, PER_REGION, SAMPLE, B = len(REGION_IDS), 4, 9, 260, 150, 30
+THR, MIN_OCC = 0.5, 100
+US = REGION_IDS.index("us_canada")
+TOL = 1e-8
+
+
+def _world(seed: int = 3):
+    """Expressions and sparse continuous context scores that depend on them; the US has 3x the videos."""
+    rng = np.random.default_rng(seed)
+    sizes = np.full(R, PER_REGION)
+    sizes[US] = 3 * PER_REGION
+    region = np.repeat(np.arange(R), sizes)
+    n = region.size
+    X = rng.normal(size=(n, E)) + 0.3 * rng.normal(size=(n, 1))
+    beta = rng.normal(size=(E, K)) + 0.4 * rng.normal(size=(R, E, K))[region].mean(axis=0)
+    z = np.einsum("ne,nek->nk", X, beta[None] + 0.3 * rng.normal(size=(R, E, K))[region]) + rng.normal(size=(n, K))
+    offset = np.linspace(0.5, 3.0, K)
+    offset[-1] = 4.2  # a rare context: filtered out by MIN_OCC
+    score = 1 / (1 + np.exp(-(z - offset)))
+    score[score < 0.15] = 0.0  # sparse, continuous where present
+    C = sp.csr_matrix(score)
+    h = rng.integers(-2**63, 2**63 - 1, size=n, dtype=np.int64)
+    key = rng.integers(-2**63, 2**63 - 1, size=n, dtype=np.int64)
+    lat_bin = rng.integers(0, 6, n) + 10 * region
+    lon_bin = rng.integers(-3, 3, n)
+    return dict(X=X, C=C, region=region, h=h, key=key, lat_bin=lat_bin, lon_bin=lon_bin,
+                labels=[f"ctx {k}" for k in range(K)], expr=[f"expr_e{e}" for e in range(E)])
+
+
+def _batches(w: dict, rows: np.ndarray, size: int = 300):
+    """Arrow batches in the layout of ``prepare_input`` (contexts as list<struct<label, score>>)."""
+    labels = pa.array(w["labels"], pa.string())
+    for a in range(0, rows.size, size):
+        idx = rows[a:a + size]
+        C = w["C"][idx]
+        structs = pa.StructArray.from_arrays([labels.take(pa.array(C.indices.astype(np.int32))),
+                                              pa.array(C.data.astype(np.float64))], names=["label", "score"])
+        cols = {"_region": pa.array(w["region"][idx].astype(np.int32)), "_hash": pa.array(w["h"][idx]),
+                "_key": pa.array(w["key"][idx]), "lat_bin": pa.array(w["lat_bin"][idx].astype(np.int32)),
+                "lon_bin": pa.array(w["lon_bin"][idx].astype(np.int32)),
+                **{c: pa.array(w["X"][idx, j]) for j, c in enumerate(w["expr"])},
+                "contexts": pa.ListArray.from_arrays(pa.array(C.indptr.astype(np.int32)), structs)}
+        yield pa.RecordBatch.from_arrays(list(cols.values()), names=list(cols))
+
+
+def _sums(w: dict, settings, all_regions=(US,)):
+    """The executor pass in two tasks, the combine step per (kind, key), and the driver's assembly."""
+    task = MomentsPass(expr_columns=w["expr"], labels=w["labels"], n_regions=R, n_replicates=settings.replicates,
+                       seed=settings.seed, cca_per_region=SAMPLE, cca_all_regions=list(all_regions),
+                       occur_threshold=settings.occur_threshold, batch_rows=500, chunk_rows=256, geobin_shards=2)
+    order = np.random.default_rng(0).permutation(w["region"].size)
+    parts = [b for half in np.array_split(order, 2) for b in task(_batches(w, half))]
+    pdf = pa.Table.from_batches(parts).to_pandas()
+    combined = pd.concat([combine_partials(g) for _, g in pdf.groupby(["kind", "key"])])
+    return assemble(combined.itertuples(index=False), R, settings.replicates + 1, E, K)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = _world()
+    cfg = make_config(tmp_path_factory.mktemp("repl"), f"analyze.replicates={B}", f"analyze.occur_threshold={THR}",
+                      f"analyze.min_occurrences={MIN_OCC}", f"analyze.cca.per_region={SAMPLE}")
+    settings = check_settings(cfg.settings.analyze)
+    m, cm, bins = _sums(w, settings)
+    frames = compute_results(m, cm, bins, w["expr"], w["labels"], settings)
+    W = cs.poisson_weights(w["h"], B, settings.seed)
+    occ = (w["C"].toarray() >= THR)
+    keep = occ.sum(axis=0) >= MIN_OCC
+    # the balanced sample: per region the SAMPLE videos with the smallest key
+    sample = np.zeros(w["region"].size, dtype=bool)
+    for r in range(R):
+        rows = np.flatnonzero(w["region"] == r)
+        sample[rows[np.argsort(w["key"][rows])[:SAMPLE]]] = True
+    return dict(w=w, settings=settings, m=m, cm=cm, bins=bins, frames=frames, W=W, occ=occ, keep=keep, sample=sample)
+
+
+def _matrices(frames, column: str = "r") -> np.ndarray:
+    """(R, Ka, E) from the long correlations table, regions in REGION_IDS order, contexts in label order."""
+    c = frames.correlations
+    ctx = list(dict.fromkeys(c["context"]))
+    return np.stack([c[c["region"] == r].pivot(index="context", columns="expression", values=column)
+                     .loc[ctx].to_numpy() for r in REGION_IDS])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 1. Prevalence: one definition of occurrence
+# ------------------------------------------------------------------------------------------------------------------
+def test_prevalence_is_the_share_of_videos_where_the_context_occurred(world):
+    w, f, W, occ, keep = world["w"], world["frames"], world["W"], world["occ"], world["keep"]
+    assert 0 < keep.sum() < K  # the filter bites: the rare context is out
+    np.testing.assert_array_equal(f.analysed, keep)
+    scores = w["C"].toarray()
+    assert np.mean((scores > 0) & (scores < 1)) > 0.2  # the scores really are continuous
+    prev = np.empty((B + 1, R, K))
+    for r in range(R):
+        rows = w["region"] == r
+        prev[:, r] = (W[rows].T @ occ[rows]) / W[rows].sum(axis=0)[:, None]
+    point, se = prev[0], prev[1:].std(axis=0, ddof=1)
+    got = f.correlations.drop_duplicates(["region", "context"])
+    ri = [REGION_IDS.index(r) for r in got["region"]]
+    ki = [w["labels"].index(c) for c in got["context"]]
+    np.testing.assert_allclose(got["prevalence"], point[ri, ki], rtol=0, atol=TOL)
+    np.testing.assert_allclose(got["prevalence_se"], se[ri, ki], rtol=0, atol=TOL)
+    mean_score = np.stack([scores[w["region"] == r].mean(axis=0) for r in range(R)])
+    assert np.abs(point - mean_score).max() > 0.05  # the old definition would differ materially
+
+    # ... and that p weights the region similarity: sqrt(p_a(1-p_a) p_b(1-p_b)) per context
+    mats = _matrices(f)
+    sd = np.sqrt(point * (1 - point))[:, keep]
+    sim = f.similarity.pivot(index="region_a", columns="region_b", values="r").loc[REGION_IDS, REGION_IDS]
+    for a, b in [(0, 1), (US, 3), (5, 11)]:
+        wt = np.repeat(sd[a] * sd[b], E)
+        x, y = mats[a].ravel(), mats[b].ravel()
+        xm, ym = x - np.average(x, weights=wt), y - np.average(y, weights=wt)
+        want = np.sum(wt * xm * ym) / np.sqrt(np.sum(wt * xm ** 2) * np.sum(wt * ym ** 2))
+        assert sim.iloc[a, b] == pytest.approx(want, abs=TOL)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 2. The USA/Canada-trained CCA uses every US/Canada video
+# ------------------------------------------------------------------------------------------------------------------
+def _corr_on(Xs, Cs, A, Bw) -> np.ndarray:
+    U, V = Xs @ A, Cs @ Bw
+    return np.array([np.corrcoef(U[:, j], V[:, j])[0, 1] for j in range(A.shape[1])])
+
+
+def test_us_canada_fit_uses_every_us_canada_video(world):
+    w, cm, f, sample, keep = world["w"], world["cm"], world["frames"], world["sample"], world["keep"]
+    us = w["region"] == US
+    assert cm.n_all[US] == us.sum() == 3 * PER_REGION and cm.n[US] == SAMPLE
+    assert np.all(np.delete(cm.n_all, US) == 0) and np.all(cm.n == SAMPLE)
+    head = f.headline.set_index("name")
+    assert head.loc["fit_on_us_canada_n_videos", "value"] == us.sum()
+    Cd = w["C"].toarray()[:, keep]
+    ref = CanCorr(Cd[us], w["X"][us])  # statsmodels, on every US/Canada row
+    got = f.cca_heldout[f.cca_heldout["variant"] == "fit_on_us_canada"]
+    assert set(got["heldout_region"]) == set(REGION_IDS) - {"us_canada"}
+    for r in (0, 4, 11):
+        rows = sample & (w["region"] == r)  # evaluated on the other regions' balanced samples
+        want = _corr_on(w["X"][rows], Cd[rows], ref.x_cancoef, ref.y_cancoef)
+        g = got[got["heldout_region"] == REGION_IDS[r]].sort_values("dimension")["r"].to_numpy()
+        np.testing.assert_allclose(g, want, atol=TOL)
+    # analyze.cca.fit_region_sample=per_region: the fit uses the balanced sample, as leave-one-region-out does
+    s = world["settings"]
+    per = dataclasses.replace(s, cca=dataclasses.replace(s.cca, fit_region_sample="per_region"))
+    m2, cm2, bins2 = _sums(w, per, all_regions=())
+    assert cm2.n_all.sum() == 0
+    f2 = compute_results(m2, cm2, bins2, w["expr"], w["labels"], per)
+    assert f2.headline.set_index("name").loc["fit_on_us_canada_n_videos", "value"] == SAMPLE
+    ref2 = CanCorr(Cd[us & sample], w["X"][us & sample])
+    rows = sample & (w["region"] == 0)
+    g2 = f2.cca_heldout.query("variant == 'fit_on_us_canada' and heldout_region == @REGION_IDS[0]")
+    np.testing.assert_allclose(g2.sort_values("dimension")["r"], _corr_on(w["X"][rows], Cd[rows], ref2.x_cancoef,
+                                                                          ref2.y_cancoef), atol=TOL)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 3. Bartlett / Lawley, BH only when asked; partial vs semi-partial
+# ------------------------------------------------------------------------------------------------------------------
+def test_sequential_bartlett_lawley_and_bh_only_when_asked(world):
+    f, s, Ka = world["frames"], world["settings"], int(world["keep"].sum())
+    t = f.cca_tests[f.cca_tests["variant"] == "balanced_fit"].sort_values("dimension")
+    assert set(t["test"]) == {"bartlett_chi2"} and t["q"].isna().all()  # no BH unless asked
+    rho, n, D = t["rho"].to_numpy(), R * SAMPLE, min(E, Ka)
+    k = np.arange(D)
+    lam = np.array([np.prod(1 - rho[j:] ** 2) for j in range(D)])
+    np.testing.assert_allclose(t["statistic"], -(n - 1 - (E + Ka + 1) / 2) * np.log(lam), rtol=1e-10)
+    np.testing.assert_array_equal(t["df"], (E - k) * (Ka - k))  # the last: (E - (E-1)) (K - (E-1))
+    head = f.headline.set_index("name")
+    assert head.loc["bartlett_chi2_last", "value"] == pytest.approx(t["statistic"].iloc[-1])
+
+    law = dataclasses.replace(s, cca=dataclasses.replace(s.cca, bartlett="lawley", bartlett_fdr=True))
+    f2 = compute_results(world["m"], world["cm"], world["bins"], world["w"]["expr"], world["w"]["labels"], law)
+    t2 = f2.cca_tests[f2.cca_tests["variant"] == "balanced_fit"].sort_values("dimension")
+    assert set(t2["test"]) == {"lawley_chi2"}
+    factor = np.array([n - 1 - j - (E + Ka + 1) / 2 + np.sum(1 / rho[:j] ** 2) for j in range(D)])
+    np.testing.assert_allclose(t2["statistic"], -factor * np.log(lam), rtol=1e-10)
+    np.testing.assert_allclose(t2["q"], multipletests(t2["p"], method="fdr_bh")[1], rtol=1e-12)
+
+    semi = dataclasses.replace(s, correlation="semipartial")
+    f3 = compute_results(world["m"], world["cm"], world["bins"], world["w"]["expr"], world["w"]["labels"], semi)
+    want = np.moveaxis(cs.semipartial_correlations(world["m"])[:, 0][:, world["keep"]], 0, 0)
+    np.testing.assert_allclose(_matrices(f3), want, atol=1e-12)
+    assert np.abs(_matrices(f3) - _matrices(f)).max() > 1e-3
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 4. Summary tables against the per-region matrices
+# ------------------------------------------------------------------------------------------------------------------
+def _replicate_matrices(world) -> tuple[np.ndarray, np.ndarray]:
+    keep = world["keep"]
+    pc = np.moveaxis(cs.partial_correlations(world["m"])[:, :, keep], 1, 0)   # (B1, R, Ka, E)
+    prev = np.moveaxis(cs.prevalence(world["m"])[:, :, keep], 1, 0)
+    return pc, prev
+
+
+def test_same_sign_share_universality_and_best_match(world):
+    f = world["frames"]
+    mats = _matrices(f)
+    pc, prev = _replicate_matrices(world)
+    np.testing.assert_allclose(pc[0], mats, atol=1e-12)
+
+    def share(M, e=None):
+        cells = [(k, j) for k in range(M.shape[1]) for j in (range(E) if e is None else [e])]
+        same = [np.all(M[:, k, j] > 0) or np.all(M[:, k, j] < 0) for k, j in cells]
+        return np.mean(same)
+
+    reps = np.array([share(pc[b]) for b in range(B + 1)])
+    sa = f.sign_agreement.set_index("expression")
+    assert sa.loc["all", "share"] == pytest.approx(share(mats), abs=TOL)
+    assert sa.loc["all", "se"] == pytest.approx(reps[1:].std(ddof=1), abs=TOL)
+    assert 0 < sa.loc["all", "share"] < 1
+    for e, col in enumerate(world["w"]["expr"]):
+        assert sa.loc[col, "share"] == pytest.approx(share(mats, e), abs=TOL)
+        assert sa.loc[col, "se"] == pytest.approx(np.std([share(pc[b], e) for b in range(1, B + 1)], ddof=1),
+                                                  abs=TOL)
+        assert sa.loc[col, "n_contexts"] == mats.shape[1]
+
+    sims = np.stack([cs.region_similarity(pc[b], prev[b]) for b in range(B + 1)])
+    sim0 = f.similarity.pivot(index="region_a", columns="region_b", values="r").loc[REGION_IDS, REGION_IDS]
+    np.testing.assert_allclose(sim0.to_numpy(), sims[0], atol=TOL)
+    iu = np.triu_indices(R, 1)
+    u = np.sqrt(sims[:, iu[0], iu[1]].min(axis=1))
+    head = f.headline.set_index("name")
+    assert head.loc["universality", "value"] == pytest.approx(u[0], abs=TOL)
+    assert head.loc["universality", "se"] == pytest.approx(u[1:].std(ddof=1), abs=TOL)
+    a, b = np.unravel_index(np.argmin(np.where(np.eye(R, dtype=bool), np.inf, sims[0])), (R, R))
+    assert REGION_IDS[a] in head.loc["universality", "detail"] and REGION_IDS[b] in head.loc["universality", "detail"]
+
+    world_t = f.world.set_index("region")
+    for r in range(R):
+        s2 = np.where(np.arange(R) == r, -np.inf, sims[0, r] ** 2)
+        j = int(np.argmax(s2))
+        row = world_t.loc[REGION_IDS[r]]
+        assert row["best_match_region"] == REGION_IDS[j]
+        assert row["best_match_se"] == pytest.approx((sims[1:, r, j] ** 2).std(ddof=1), abs=TOL)
+        best_b = [int(np.argmax(np.where(np.arange(R) == r, -np.inf, sims[bb, r] ** 2))) for bb in range(1, B + 1)]
+        assert row["best_match_agreement"] == pytest.approx(np.mean(np.array(best_b) == j))
+
+
+def test_dimensions_positive_everywhere_and_cca_loadings(world):
+    f, w, keep, sample = world["frames"], world["w"], world["keep"], world["sample"]
+    head = f.headline.set_index("name")
+    for variant in ("leave_one_region_out", "fit_on_us_canada"):
+        h = f.cca_heldout[f.cca_heldout["variant"] == variant].pivot(index="heldout_region", columns="dimension",
+                                                                     values="r")
+        assert head.loc[f"{variant}_dims_positive_everywhere", "value"] == int((h > 0).all(axis=0).sum())
+    # loadings of the balanced fit: the weights make unit-variance variates on the pooled sample, correlating rho_d;
+    # 'correlation' is the correlation of each feature with its side's variate, computed here on the rows
+    Cd = w["C"].toarray()[:, keep][sample]
+    Xs = w["X"][sample]
+    ld = f.cca_loadings[f.cca_loadings["variant"] == "balanced_fit"]
+    D = min(E, int(keep.sum()))
+    A = ld[ld["side"] == "expression"].pivot(index="feature", columns="dimension", values="weight").loc[w["expr"]]
+    ctx = [c for c, k in zip(w["labels"], keep) if k]
+    Bw = ld[ld["side"] == "context"].pivot(index="feature", columns="dimension", values="weight").loc[ctx]
+    U, V = (Xs - Xs.mean(0)) @ A.to_numpy(), (Cd - Cd.mean(0)) @ Bw.to_numpy()
+    np.testing.assert_allclose(U.var(axis=0), 1.0, atol=1e-9)
+    rho = f.cca_tests.query("variant == 'balanced_fit'").sort_values("dimension")["rho"].to_numpy()
+    np.testing.assert_allclose([np.corrcoef(U[:, d], V[:, d])[0, 1] for d in range(D)], rho, atol=TOL)
+    for side, Z, V_ in (("expression", Xs, U), ("context", Cd, V)):
+        got = ld[ld["side"] == side].pivot(index="feature", columns="dimension", values="correlation")
+        got = got.loc[w["expr"] if side == "expression" else ctx].to_numpy()
+        want = np.array([[np.corrcoef(Z[:, i], V_[:, d])[0, 1] for d in range(D)] for i in range(Z.shape[1])])
+        np.testing.assert_allclose(got, want, atol=TOL)
+    assert set(f.cca_loadings["variant"]) == {"balanced_fit", "fit_on_us_canada"}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 5. Geobin maps: the context side and the share of expression variance between bins
+# ------------------------------------------------------------------------------------------------------------------
+def test_geobin_context_side_and_variance_share(world):
+    f, w, keep, sample = world["frames"], world["w"], world["keep"], world["sample"]
+    Cd = w["C"].toarray()[:, keep]
+    ld = f.cca_loadings[f.cca_loadings["variant"] == "balanced_fit"]
+    ctx = [c for c, k in zip(w["labels"], keep) if k]
+    Bw = ld[ld["side"] == "context"].pivot(index="feature", columns="dimension", values="weight").loc[ctx]
+    A = ld[ld["side"] == "expression"].pivot(index="feature", columns="dimension", values="weight").loc[w["expr"]]
+    # each video's variates, centred on the fit sample's means, averaged per bin
+    cv = (Cd - Cd[sample].mean(0)) @ Bw.to_numpy()[:, :3]
+    ev = (w["X"] - w["X"][sample].mean(0)) @ A.to_numpy()[:, :3]
+    df = pd.DataFrame({"lat_bin": w["lat_bin"], "lon_bin": w["lon_bin"],
+                       **{f"context_variate_{d + 1}": cv[:, d] for d in range(3)},
+                       **{f"variate_{d + 1}": ev[:, d] for d in range(3)}})
+    want = df.groupby(["lat_bin", "lon_bin"]).agg(["mean", "size"])
+    got = f.geobins.set_index(["lat_bin", "lon_bin"]).loc[want.index]
+    assert len(got) == len(want) == len(f.geobins)
+    np.testing.assert_array_equal(got["n_videos"], want[("variate_1", "size")])
+    for col in ("variate_1", "variate_3", "context_variate_1", "context_variate_2", "context_variate_3"):
+        np.testing.assert_allclose(got[col], want[(col, "mean")], atol=1e-9)
+    # share of the expressions' total variance that lies between bins (one-way ANOVA over bins)
+    bins = pd.Series(list(zip(w["lat_bin"], w["lon_bin"])))
+    Xd = pd.DataFrame(w["X"])
+    between = (Xd.groupby(bins.values).transform("mean") - Xd.mean()).pow(2).sum().sum()
+    total = (Xd - Xd.mean()).pow(2).sum().sum()
+    head = f.headline.set_index("name")
+    assert head.loc["geobin_expression_variance_share", "value"] == pytest.approx(between / total, abs=TOL)
+
+
+def test_every_frame_fits_its_result_table_schema(world):
+    """What run_analyze appends must convert to the Delta schema as it is (plain floats, no 0-d arrays)."""
+    from cxatlas.core.result_schemas import (CCA_HELDOUT, CCA_LOADINGS, CCA_TESTS, CONTEXT_EXPRESSION_CORRELATIONS,
+                                             GEOBIN_VARIATES, HEADLINE_NUMBERS, REGION_SIMILARITY, REGION_VS_WORLD,
+                                             SIGN_AGREEMENT)
+
+    f = world["frames"]
+    for spec, pdf in ((CONTEXT_EXPRESSION_CORRELATIONS, f.correlations), (REGION_SIMILARITY, f.similarity),
+                      (REGION_VS_WORLD, f.world), (CCA_HELDOUT, f.cca_heldout), (CCA_TESTS, f.cca_tests),
+                      (GEOBIN_VARIATES, f.geobins), (SIGN_AGREEMENT, f.sign_agreement),
+                      (CCA_LOADINGS, f.cca_loadings), (HEADLINE_NUMBERS, f.headline)):
+        pdf = pdf.assign(analysis_id="a")
+        table = pa.Table.from_pandas(pdf[spec.schema.names], schema=spec.schema, preserve_index=False)
+        assert table.num_rows == len(pdf) > 0, spec.name
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 6. Fig. 2 z-scored within rows, and the replication report
+# ------------------------------------------------------------------------------------------------------------------
+def test_fig2_zscores_within_each_context_row():
+    from cxatlas.stages.analyze.figures import _zscore_rows
+
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(6, 8)) + np.repeat([[0.0], [5.0]], 3, axis=0)
+    image[1, 2] = np.nan
+    z = _zscore_rows(image, 3)
+    for a in (0, 3):
+        block = image[a:a + 3]
+        ok = np.isfinite(block)
+        np.testing.assert_allclose(z[a:a + 3][ok], (block[ok] - block[ok].mean()) / block[ok].std(), atol=1e-12)
+    assert np.isnan(z[1, 2])
+
+
+def test_report_renders_every_section_with_the_papers_values(world, tmp_path):
+    import base64
+    import json
+    import re
+
+    from cxatlas.stages.analyze.results import write_figures
+    from cxatlas.stages.report import SECTIONS, render_html
+
+    f = world["frames"]
+    figs = write_figures(f, str(tmp_path / "fig"), 0.5, 40)
+    assert {"fig2_context_expression_heatmap", "fig2_zscored_with_marginal_means", "fig4_geobin_variates"} <= set(figs)
+    row = dict(analysis_id="a-1", taxonomy="nature2021_exp1", n_videos=int(world["m"].n[:, 0].sum()), n_contexts=K,
+               n_contexts_analysed=int(world["keep"].sum()), n_expressions=E, n_replicates=B,
+               parameters=json.dumps({"correlation": "partial"}))
+    page = render_html(row, {"headline_numbers": f.headline, "sign_agreement": f.sign_agreement,
+                             "region_vs_world": f.world, "cca_tests": f.cca_tests}, figs)
+    for section in SECTIONS:
+        assert f"<section id='{section}'>" in page, section
+    imgs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert len(imgs) == len(figs) and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in imgs)
+    head = f.headline.set_index("name")
+    # each headline number is shown, with its SE and the paper's value beside it
+    same = re.search(r"<td>same_sign_share</td><td>([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td>", page)
+    assert same and float(same.group(1)) == pytest.approx(head.loc["same_sign_share", "value"], rel=1e-3)
+    assert float(same.group(2)) == pytest.approx(head.loc["same_sign_share", "se"], rel=1e-3)
+    assert same.group(3) == "0.496"
+    assert re.search(r"<td>universality</td><td>[^<]+</td><td>[^<]+</td><td>0.7</td><td>0.008</td>", page)
+    for name in head.index:
+        assert f"<td>{name}</td>" in page
+    assert "&quot;correlation&quot;: &quot;partial&quot;" in page  # the settings
+    assert f"<td>n_videos</td><td>{row['n_videos']:,}</td>" in page  # the counts
