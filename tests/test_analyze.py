@@ -503,3 +503,54 @@ def test_import_refuses_wrong_columns_and_labels_outside_a_builtin_taxonomy(spar
                    bad / "p.parquet")
     with pytest.raises(ImportFormatError, match=r"no context column.*unexpected column\(s\) \['extra'\]"):
         run_import(spark, cfg, store, str(bad))
+
+
+def test_compare_experiments_analyses_both_taxonomies_and_writes_the_table(spark, tmp_path):
+    """Two taxonomies over the same videos (the second keeps a subset of the labels): one analysis each, and the
+    headline numbers side by side in experiment_comparison."""
+    from pyspark.sql import functions as F
+
+    from cxatlas.core.result_schemas import EXPERIMENT_COMPARISON
+    from cxatlas.stages.compare import run_compare
+
+    cfg = make_config(tmp_path / "data", "simulate.n_contexts=15", "simulate.seed=2", "analyze.replicates=5",
+                      "analyze.cca.per_region=100", "analyze.figures.enabled=false", "analyze.min_occurrences=5",
+                      "analyze.partitions=2")
+    store = TableStore.from_config(spark, cfg)
+    import_simulated(spark, cfg, store, world_params_from_config(cfg), 3_000, model_version="m", taxonomy="t1")
+    cx = store.table(VIDEO_CONTEXTS).read()
+    store.table(VIDEO_CONTEXTS).append(cx.withColumn("taxonomy", F.lit("t2")).withColumn(
+        "contexts", F.expr("filter(contexts, c -> length(c.label) % 2 = 0)")))
+    rep = run_compare(spark, cfg, store, "t1", "t2", comparison_id="cmp")
+    table = store.table(EXPERIMENT_COMPARISON).read().toPandas().set_index("name")
+    heads = store.table(HEADLINE_NUMBERS).read().toPandas()
+    for i in (1, 2):
+        h = heads[heads["analysis_id"] == f"cmp-exp{i}"].set_index("name")
+        assert (table[f"exp{i}_analysis_id"] == f"cmp-exp{i}").all()
+        np.testing.assert_allclose(table.loc[h.index, f"exp{i}_value"], h["value"], rtol=1e-12)
+    assert table.loc["n_contexts", "exp1_value"] == 15 > table.loc["n_contexts", "exp2_value"]
+    assert table.loc["n_videos", "ratio"] == 1.0
+    assert "same_sign_share" in rep.summary()
+
+
+def test_demo_analyses_a_simulated_world_in_tables_of_its_own(spark, tmp_path, capsys):
+    """The demo's step 5 on a small world: its own tables and database, all 653 contexts, an analysis and a report,
+    the headline numbers printed next to the paper's."""
+    from cxatlas.cli.demo import analyse_simulated_world, simulated_world_config
+    from cxatlas.stages.report import SECTIONS
+
+    cfg = make_config(tmp_path / "data", "demo.simulated_videos=2500", "demo.simulated_replicates=3",
+                      "analyze.cca.per_region=100", "analyze.figures.enabled=false", "analyze.min_occurrences=5",
+                      "analyze.partitions=2")
+    path = analyse_simulated_world(spark, cfg)
+    page = Path(path).read_text()
+    assert all(f"<section id='{s}'>" in page for s in SECTIONS)
+    sim_cfg = simulated_world_config(cfg)
+    assert sim_cfg.settings.catalog.database == cfg.settings.catalog.database + "_simulated"
+    sim_store = TableStore.from_config(spark, sim_cfg)
+    assert sim_store.table(UPLOADS).read().count() == 2_500
+    assert not TableStore.from_config(spark, cfg).table(UPLOADS).exists()  # the real-video tables stay apart
+    row = sim_store.table(ANALYSES).read().toPandas().iloc[0]
+    assert row["n_contexts"] == 653 and row["n_replicates"] == 3
+    out = capsys.readouterr().out
+    assert "same_sign_share" in out and "0.496" in out and "universality" in out

@@ -329,6 +329,9 @@ def test_geobin_context_side_and_variance_share(world):
     total = (Xd - Xd.mean()).pow(2).sum().sum()
     head = f.headline.set_index("name")
     assert head.loc["geobin_expression_variance_share", "value"] == pytest.approx(between / total, abs=TOL)
+    G, N = len(want), len(bins)
+    eps2 = (between - (G - 1) * (total - between) / (N - G)) / total
+    assert head.loc["geobin_expression_variance_share_adjusted", "value"] == pytest.approx(eps2, abs=TOL)
 
 
 def test_every_frame_fits_its_result_table_schema(world):
@@ -395,3 +398,20 @@ def test_report_renders_every_section_with_the_papers_values(world, tmp_path):
         assert f"<td>{name}</td>" in page
     assert "&quot;correlation&quot;: &quot;partial&quot;" in page  # the settings
     assert f"<td>n_videos</td><td>{row['n_videos']:,}</td>" in page  # the counts
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 7. Experiment 1 vs 2
+# ------------------------------------------------------------------------------------------------------------------
+def test_compare_headlines_side_by_side_with_ratio_and_se():
+    from cxatlas.stages.compare import compare_headlines
+
+    h1 = pd.DataFrame({"name": ["mean_region_similarity", "same_sign_share", "only_1"], "value": [0.8, 0.5, 1.0],
+                       "se": [0.02, 0.01, np.nan], "detail": ""})
+    h2 = pd.DataFrame({"name": ["mean_region_similarity", "same_sign_share"], "value": [0.48, 0.3],
+                       "se": [0.03, 0.02], "detail": ""})
+    t = compare_headlines(h1, h2).set_index("name")
+    assert t.loc["mean_region_similarity", "ratio"] == pytest.approx(0.6)
+    assert t.loc["mean_region_similarity", "ratio_se"] == pytest.approx(0.6 * np.hypot(0.02 / 0.8, 0.03 / 0.48))
+    assert t.loc["same_sign_share", "paper_exp1"] == 0.496 and t.loc["same_sign_share", "paper_exp2"] == 0.335
+    assert np.isnan(t.loc["only_1", "exp2_value"]) and np.isnan(t.loc["only_1", "ratio"])

@@ -93,18 +93,11 @@ class GeobinSums:
         keys = _encode_bins(np.asarray(lat_bin), np.asarray(lon_bin))
         uniq, inverse = np.unique(keys, return_inverse=True)
         G = uniq.size
+        member = sp.csr_matrix((np.ones(inverse.size), (inverse, np.arange(inverse.size))), shape=(G, inverse.size))
+        X = np.asarray(X, dtype=np.float64)
         n = np.bincount(inverse, minlength=G).astype(np.float64)
-        sx = np.zeros((G, X.shape[1]))
-        sxx = np.zeros((G, X.shape[1]))
-        np.add.at(sx, inverse, X)
-        np.add.at(sxx, inverse, X * X)
-        if C is None:
-            sc = np.zeros((G, 0))
-        else:
-            member = sp.csr_matrix((np.ones(inverse.size), (inverse, np.arange(inverse.size))),
-                                   shape=(G, inverse.size))
-            sc = (member @ sp.csr_matrix(C, dtype=np.float64)).toarray()
-        return cls(uniq, n, sx, sxx, sc)
+        sc = np.zeros((G, 0)) if C is None else (member @ sp.csr_matrix(C, dtype=np.float64)).toarray()
+        return cls(uniq, n, member @ X, member @ (X * X), sc)
 
     @property
     def lat_bin(self) -> np.ndarray:
@@ -128,12 +121,11 @@ class GeobinSums:
             raise ValueError("GeobinSums.total needs at least one part")
         keys = np.concatenate([p.key for p in parts])
         uniq, inverse = np.unique(keys, return_inverse=True)
-        out = []
-        for f in cls._SUMS:
-            arrays = [getattr(p, f) for p in parts]
-            acc = np.zeros((uniq.size,) + arrays[0].shape[1:])
-            np.add.at(acc, inverse, np.concatenate(arrays))
-            out.append(acc)
+        # rows -> bins as a sparse indicator: one sparse x dense product per field (np.add.at is slow on wide rows)
+        member = sp.csr_matrix((np.ones(inverse.size), (inverse, np.arange(inverse.size))),
+                               shape=(uniq.size, inverse.size))
+        out = [np.asarray(member @ np.concatenate([getattr(p, f) for p in parts]), dtype=np.float64)
+               for f in cls._SUMS]
         return cls(uniq, *out)
 
     def select(self, mask: np.ndarray) -> "GeobinSums":

@@ -75,6 +75,14 @@ def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.compare import run_compare
+
+    spark, store = open_store(cfg, "compare")
+    print(run_compare(spark, cfg, store, args.taxonomy_1, args.taxonomy_2, args.comparison_id).summary())
+    return 0
+
+
 def cmd_ppca(args: argparse.Namespace, cfg: Config) -> int:
     from cxatlas.stages.ppca import run_ppca
 

@@ -31,10 +31,50 @@ def demo_config(cfg: Config) -> Config:
     return out
 
 
+def simulated_world_config(cfg: Config) -> Config:
+    """The demo's simulated world lives in tables of its own (``<tables.dir>_simulated``, catalog database
+    ``<catalog.database>_simulated``) so it never mixes with the real videos; all 653 contexts of experiment 1."""
+    out = cfg.copy()
+    out.set("tables.dir", f"{cfg.settings.tables.dir}_simulated")
+    out.set("catalog.database", f"{cfg.settings.catalog.database}_simulated")
+    out.set("simulate.n_contexts", None)
+    out.set("analyze.replicates", cfg.settings.demo.simulated_replicates)
+    return out
+
+
+def analyse_simulated_world(spark, cfg: Config) -> str | None:
+    """Write (once per data root) and analyse the simulated world, write its report; print the headline numbers
+    next to the paper's. Returns the report's path (None when ``demo.simulated_videos`` is 0)."""
+    from cxatlas.core.schemas import UPLOADS
+    from cxatlas.core.tables import TableStore
+    from cxatlas.sim.world import import_simulated, world_params_from_config
+    from cxatlas.stages.analyze import run_analyze
+    from cxatlas.stages.report import experiment_of, headline_table, write_report
+
+    n = cfg.settings.demo.simulated_videos
+    if n <= 0:
+        return None
+    sim_cfg = simulated_world_config(cfg)
+    store = TableStore.from_config(spark, sim_cfg)
+    uploads = store.table(UPLOADS)
+    if not uploads.exists() or uploads.read().limit(1).count() == 0:
+        import_simulated(spark, sim_cfg, store, world_params_from_config(sim_cfg), n, model_version="simulated",
+                         taxonomy="simulated_exp1")
+    report = run_analyze(spark, sim_cfg, store)
+    print(report.summary())
+    page = write_report(spark, sim_cfg, store, report.analysis_id)
+    table = headline_table(page.headline, experiment_of("simulated_exp1"))
+    cols = ["name", "value", "se", "paper_value", "paper_se"]
+    print(table[cols].to_string(index=False, float_format="%.4g"))
+    print(f"       report: {page.path}")
+    return page.path
+
+
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     from cxatlas.stages.analyze import run_analyze
     from cxatlas.stages.annotate import run_annotate
     from cxatlas.stages.ingest import run_ingest
+    from cxatlas.stages.report import write_report
 
     corpus_dir = join_uri(cfg.data_root, "corpus")
     print(f"[demo] 1. sample corpus -> {corpus_dir}", flush=True)
@@ -49,7 +89,13 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     print(annotated.summary())
     print("[demo] 4. analyze (partial correlations, region similarity, bootstrap SEs, CCA, geobins, figures)",
           flush=True)
-    print(run_analyze(spark, demo_config(cfg), store).summary())
+    analysis = run_analyze(spark, demo_config(cfg), store)
+    print(analysis.summary())
+    print(f"       report: {write_report(spark, cfg, store, analysis.analysis_id).path}")
+    if cfg.settings.demo.simulated_videos > 0:
+        print(f"[demo] 5. a simulated world of {cfg.settings.demo.simulated_videos} videos over 653 contexts "
+              "(known ground truth, cxatlas.sim): import, analyze, report", flush=True)
+        analyse_simulated_world(spark, cfg)
     print(f"[demo] tables are under {cfg.table_root} (query them with: cxatlas --data {cfg.data_root} sql \"...\")")
     for query in DEMO_QUERIES:
         print(f"cxatlas sql \"{query}\"")

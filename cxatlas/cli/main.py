@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("analysis_id", nargs="?", help="the analysis (default: the latest)")
     p.add_argument("--out", help="HTML file (default <data>/<analyze.report_dir>/<analysis_id>.html)")
 
+    p = add("compare-experiments", c.cmd_compare,
+            "Analyse the same annotations against the paper's two context taxonomies (experiment 1: video content; "
+            "experiment 2: titles and descriptions) and write their headline numbers side by side "
+            "(experiment_comparison).")
+    p.add_argument("--taxonomy-1", default="nature2021_exp1", help="taxonomy of experiment 1")
+    p.add_argument("--taxonomy-2", default="nature2021_exp2", help="taxonomy of experiment 2")
+    p.add_argument("--comparison-id", help="id of the comparison (default: UTC timestamp + random suffix)")
+
     p = add("ppca", c.cmd_ppca, "Principal preserved components (Brooks et al., iScience 2024): the dimensions two "
                                 "(PPCA) or more (G-PPCA) datasets rating the same stimuli share, with cross-validated "
                                 "significance, varimax rotation and a loadings heatmap.")

@@ -200,6 +200,27 @@ ANALYSES = TableSpec(
     comment="One row per analysis: inputs, parameters and run time, so every result row can be traced back.",
 )
 
+EXPERIMENT_COMPARISON = TableSpec(
+    name="experiment_comparison",
+    schema=pa.schema([
+        _f("comparison_id", pa.string(), "the comparison (cxatlas compare-experiments)", nullable=False),
+        _f("name", pa.string(), "headline number (headline_numbers.name)"),
+        _f("exp1_analysis_id", pa.string(), "the analysis against the experiment-1 taxonomy"),
+        _f("exp2_analysis_id", pa.string(), "the analysis against the experiment-2 taxonomy"),
+        _f("exp1_value", pa.float64(), "value in experiment 1"),
+        _f("exp1_se", pa.float64(), "its bootstrap SE"),
+        _f("exp2_value", pa.float64(), "value in experiment 2"),
+        _f("exp2_se", pa.float64(), "its bootstrap SE"),
+        _f("ratio", pa.float64(), "exp2_value / exp1_value (the paper: region similarities about 40% lower)"),
+        _f("ratio_se", pa.float64(), "delta-method SE of the ratio, treating the two estimates as independent"),
+        _f("paper_exp1", pa.float64(), "the paper's value in experiment 1, where it gives one"),
+        _f("paper_exp2", pa.float64(), "the paper's value in experiment 2, where it gives one"),
+    ]),
+    partition_by=(),
+    key=("comparison_id", "name"),
+    comment="Headline numbers of the same annotations analysed against the two context taxonomies.",
+)
+
 RESULT_TABLES: tuple[TableSpec, ...] = (
     CONTEXT_EXPRESSION_CORRELATIONS, REGION_SIMILARITY, REGION_VS_WORLD, CCA_HELDOUT, CCA_TESTS, GEOBIN_VARIATES,
     SIGN_AGREEMENT, CCA_LOADINGS, HEADLINE_NUMBERS, ANALYSES,

@@ -231,6 +231,8 @@ class PpcaSettings:
 @dataclass(frozen=True)
 class DemoSettings:
     analyze_overrides: dict
+    simulated_videos: int
+    simulated_replicates: int
 
 
 @dataclass(frozen=True)

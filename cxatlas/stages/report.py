@@ -90,7 +90,7 @@ def _fmt(x: Any) -> str:
     if isinstance(x, float):
         if x != 0 and (abs(x) >= 1e5 or x == round(x)) and abs(x) < 1e15:
             return f"{x:,.0f}"
-        return f"{x:.4g}"
+        return f"{x:,.1f}" if abs(x) >= 1000 else f"{x:.4g}"
     return html.escape(str(x))
 
 

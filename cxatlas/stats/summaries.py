@@ -136,12 +136,17 @@ def structure_correlations(weights: np.ndarray, cov: np.ndarray) -> np.ndarray:
     return np.where((var_z[:, None] > 0) & (var_v[None, :] > 0), np.clip(out, -1.0, 1.0), np.nan)
 
 
-def geobin_variance_share(n: np.ndarray, sx: np.ndarray, sxx_diag: np.ndarray) -> tuple[float, np.ndarray]:
+def geobin_variance_share(n: np.ndarray, sx: np.ndarray, sxx_diag: np.ndarray,
+                          adjusted: bool = False) -> tuple[float, np.ndarray]:
     """Share of the expression variance that lies between geographic bins (a one-way ANOVA's eta squared).
 
     ``between_e = sum_g n_g (mean_ge - mean_e)**2`` and ``total_e = sum over videos (x_e - mean_e)**2``; the
     overall share is ``sum_e between_e / sum_e total_e`` (the expressions' total variance), the per-expression
     share ``between_e / total_e``. Computed from per-bin counts, sums and sums of squares.
+
+    With many small bins the raw share is inflated by noise: without any geographic structure it is about
+    ``(G - 1) / (N - 1)``. ``adjusted=True`` gives epsilon squared instead, ``(between - (G - 1) * within / (N - G))
+    / total``, which is about 0 then.
 
     Parameters
     ----------
@@ -164,6 +169,10 @@ def geobin_variance_share(n: np.ndarray, sx: np.ndarray, sxx_diag: np.ndarray) -
     with np.errstate(invalid="ignore", divide="ignore"):
         bin_mean = np.where(n[:, None] > 0, sx / np.where(n > 0, n, 1.0)[:, None], 0.0)
         between = (n[:, None] * (bin_mean - mean) ** 2).sum(axis=0)
+        if adjusted:
+            G = int(np.sum(n > 0))
+            within_ms = (total - between) / (N - G) if N > G else np.full(total.shape, np.nan)
+            between = between - (G - 1) * within_ms
         per = np.where(total > 0, between / total, np.nan)
         overall = between.sum() / total.sum() if total.sum() > 0 else np.nan
     return float(overall), per

@@ -156,7 +156,7 @@ def compute_results(m: Moments, cm: CcaMoments, geobins: GeobinSums, expr_column
                                df=df[d], p=p[d], q=q[d], rho=fit.rho[d]) for d in range(fit.rho.size)]
             if fit.rho.size:
                 headline.append(_headline(f"{test}_last", float(chi2[-1]),
-                                          detail=f"dimension {fit.rho.size}, df {df[-1]:.0f}, p {p[-1]:.3g}"))
+                                          detail=f"dimension {fit.rho.size}, df {df[-1]:.0f} (p in cca_tests)"))
             loading_rows += _loading_rows(BALANCED_FIT, fit, blocks, expr_columns, labels_a)
             geo, geo_head = _geobin_frame(geobins, fit, blocks, keep, settings)
             headline += geo_head
@@ -250,6 +250,9 @@ def _geobin_frame(geobins: GeobinSums, fit, blocks, keep: np.ndarray,
         share, _ = geobin_variance_share(geobins.n, geobins.sx, geobins.sxx)
         head.append(_headline("geobin_expression_variance_share", share,
                               detail=f"{geobins.n.size} bins, {int(geobins.n.sum())} videos with coordinates"))
+        adj, _ = geobin_variance_share(geobins.n, geobins.sx, geobins.sxx, adjusted=True)
+        head.append(_headline("geobin_expression_variance_share_adjusted", adj,
+                              detail="epsilon squared: the raw share minus what noise alone gives with this many bins"))
     if not ok.any():
         return pd.DataFrame(columns=GEOBIN_COLUMNS), head
     n = geobins.n[ok, None]
@@ -289,11 +292,12 @@ def _figure_contexts(r_point: np.ndarray, labels_a: list[str], settings: Analyze
 # --------------------------------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------------------------------
-def _to_spark(spark, spec: TableSpec, pdf: pd.DataFrame, analysis_id: str):
+def _to_spark(spark, spec: TableSpec, pdf: pd.DataFrame, analysis_id: str, id_column: str = "analysis_id"):
+    """``pdf`` with ``id_column = analysis_id`` in front, typed by ``spec``'s schema, as a Spark DataFrame."""
     import pyarrow as pa
 
     pdf = pdf.copy()
-    pdf.insert(0, "analysis_id", analysis_id)
+    pdf.insert(0, id_column, analysis_id)
     table = pa.Table.from_pandas(pdf[spec.schema.names], schema=spec.schema, preserve_index=False)
     return spark.createDataFrame(table.to_pandas(), schema=spark_schema(spec.schema))
 
