@@ -14,7 +14,13 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install jars demo test test-fast dist bench clean
+# Apache Airflow for the schedule test (tests/test_schedules.py loads conf/schedules/'s DAG with Airflow's DagBag) lives
+# in a venv of its own: Airflow's pins (SQLAlchemy 1.4, Flask 2.2, ...) never touch .venv.
+AIRFLOW_VENV  ?= .airflow-venv
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+AIRFLOW_PIN   := apache-airflow==2.10.5
+
+.PHONY: install jars airflow-venv demo test test-fast dist bench clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,10 +41,17 @@ jars: $(JARS_STAMP)
 
 install: $(STAMP) $(JARS_STAMP)
 
+$(AIRFLOW_STAMP): constraints-airflow.txt
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q $(AIRFLOW_PIN) -c constraints-airflow.txt
+	touch $(AIRFLOW_STAMP)
+
+airflow-venv: $(AIRFLOW_STAMP)
+
 demo: install
 	$(VENV)/bin/cxatlas demo --data $(DATA) --videos $(VIDEOS)
 
-test: install
+test: install $(AIRFLOW_STAMP)
 	$(VENV)/bin/pytest -q tests
 
 dist: $(STAMP)

@@ -17,7 +17,7 @@ setup(
     packages=[*find_packages(include=["cxatlas", "cxatlas.*"]), *MAPPED],
     package_dir=MAPPED,
     package_data={
-        "cxatlas.conf": ["*.yaml", "*.csv", "*.sh"],
+        "cxatlas.conf": ["*.yaml", "*.csv", "*.sh", "schedules/*"],
         "cxatlas.core.taxonomies": ["*.txt", "*.md"],
         "cxatlas.core.published": ["*.csv", "*.md"],
     },
