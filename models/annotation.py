@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from cxatlas.core.settings import AnnotateSettings, fingerprint
+from cxatlas.core.settings import AnnotateSettings, FaceSettings, fingerprint
 from cxatlas.core.taxonomies import load_taxonomy
 from cxatlas.models.context import MixtureOfExpertsContext, TextContextModel
 from cxatlas.models.faces import FaceDetector
@@ -35,14 +35,21 @@ class AnnotationModels:
     device: torch.device
 
 
+def build_face_detector(f: FaceSettings, device: str | torch.device) -> FaceDetector:
+    """MTCNN detection and tracking with the ``annotate.faces`` settings: annotation and the training job
+    (:mod:`cxatlas.udfs.training`) crop faces the same way, so a model trained on those crops sees at inference the
+    kind of crop it was trained on."""
+    return FaceDetector(min_face_size=f.min_face_size, min_prob=f.min_prob, device=device,
+                        batch_size=f.detect_batch_size, thresholds=f.mtcnn_thresholds, factor=f.mtcnn_factor,
+                        detect_stride=f.detect_stride, iou_threshold=f.iou_threshold, max_missed=f.max_missed,
+                        min_track_frames=f.min_track_frames)
+
+
 def build_annotation_models(settings: AnnotateSettings, device: str | torch.device) -> AnnotationModels:
     """Load the expression model, MTCNN face detector/tracker and context model for ``settings`` on ``device``."""
     e, f, c = settings.expression, settings.faces, settings.context
     expression = load_expression_model(e.model, e.checkpoint, device=device, batch_size=e.batch_size)
-    detector = FaceDetector(min_face_size=f.min_face_size, min_prob=f.min_prob, device=device,
-                            batch_size=f.detect_batch_size, thresholds=f.mtcnn_thresholds, factor=f.mtcnn_factor,
-                            detect_stride=f.detect_stride, iou_threshold=f.iou_threshold, max_missed=f.max_missed,
-                            min_track_frames=f.min_track_frames)
+    detector = build_face_detector(f, device)
     taxonomy = load_taxonomy(c.taxonomy)
     text = TextContextModel(taxonomy.labels, label_texts=taxonomy.source_names, head_checkpoint=c.head_checkpoint,
                             cosine_threshold=c.cosine_threshold, temperature=c.temperature,

