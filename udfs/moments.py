@@ -40,11 +40,14 @@ import scipy.sparse as sp
 from cxatlas.stats import CcaMoments, Moments, accumulate, accumulate_cca, poisson_weights
 
 __all__ = ["GeobinSums", "SampleRows", "MomentsPass", "PARTIAL_SCHEMA", "INPUT_COLUMNS", "combine_partials",
-           "assemble", "sparse_contexts", "KIND_MOMENTS", "KIND_CCA", "KIND_GEOBIN", "KIND_SAMPLE"]
+           "assemble", "sparse_contexts", "KIND_MOMENTS", "KIND_CCA", "KIND_GEOBIN", "KIND_SAMPLE",
+           "KIND_CANDIDATES"]
 
 PARTIAL_SCHEMA = "kind string, key int, payload binary"
 INPUT_COLUMNS = ("_region", "_hash", "_key", "lat_bin", "lon_bin", "contexts")
 KIND_MOMENTS, KIND_CCA, KIND_GEOBIN, KIND_SAMPLE = "moments", "cca", "geobin", "cca_sample"
+# The combined bottom-k rows themselves (not their CCA sums): incremental statistics keep them as candidates.
+KIND_CANDIDATES = "cca_candidates"
 
 
 def _encode_bins(lat_bin: np.ndarray, lon_bin: np.ndarray) -> np.ndarray:
@@ -304,6 +307,8 @@ class MomentsPass:
         maxRecordsPerBatch); buffering them amortises the per-call cost of the (R, B1, E, K) result.
     chunk_rows : rows per sparse-dense product inside ``accumulate`` (bounds its temporary).
     geobin_shards : number of key shards the bin sums are emitted in.
+    emit_candidates : emit the bottom-k rows under :data:`KIND_CANDIDATES` so the combine step returns the rows
+        themselves (incremental statistics keep them, with a margin, to update the sample without a rescan).
     """
 
     expr_columns: Sequence[str]
@@ -317,6 +322,7 @@ class MomentsPass:
     batch_rows: int = 20_000
     chunk_rows: int = 4_096
     geobin_shards: int = 4
+    emit_candidates: bool = False  # combine keeps the bottom-k ROWS (KIND_CANDIDATES), not their CCA sums
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         label_set = pa.array(list(self.labels), pa.string())
@@ -350,7 +356,7 @@ class MomentsPass:
             for r, buf in enumerate(sample):
                 cand = buf.result()
                 if cand is not None and len(cand):
-                    rows.append((KIND_SAMPLE, r, cand.to_bytes()))
+                    rows.append((KIND_CANDIDATES if self.emit_candidates else KIND_SAMPLE, r, cand.to_bytes()))
         if geobins:
             for s, part in enumerate(GeobinSums.total(geobins).shard(self.geobin_shards)):
                 if part.key.size:
@@ -412,6 +418,9 @@ def combine_partials(pdf: pd.DataFrame) -> pd.DataFrame:
         total = CcaMoments.total(CcaMoments.from_bytes(bytes(p)) for p in payloads).to_bytes()
     elif kind == KIND_GEOBIN:
         total = GeobinSums.total(GeobinSums.from_bytes(bytes(p)) for p in payloads).to_bytes()
+    elif kind == KIND_CANDIDATES:
+        merged = SampleRows.concat([SampleRows.from_bytes(bytes(p)) for p in payloads])
+        total = merged.bottom(merged.k).to_bytes()
     elif kind == KIND_SAMPLE:
         # The global bottom-k of one region from the tasks' candidates, then its CCA sums (as a one-region
         # CcaMoments, emitted under KIND_CCA with the region as key).

@@ -63,7 +63,7 @@ def cmd_analyze(args: argparse.Namespace, cfg: Config) -> int:
     from cxatlas.stages.analyze import run_analyze
 
     spark, store = open_store(cfg, "analyze")
-    print(run_analyze(spark, cfg, store, analysis_id=args.analysis_id).summary())
+    print(run_analyze(spark, cfg, store, analysis_id=args.analysis_id, incremental=args.incremental).summary())
     return 0
 
 
@@ -263,3 +263,26 @@ def cmd_optimize(args: argparse.Namespace, cfg: Config) -> int:
 
 
 Command = Callable[[argparse.Namespace, Config], int]
+
+
+# -- scheduled operation ---------------------------------------------------------------------------------------------
+def cmd_reprocess(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.reprocess import run_reprocess
+
+    spark, store = open_store(cfg, "reprocess")
+    report = run_reprocess(spark, cfg, store, args.manifest_dir, max_videos=args.max_videos, wait=args.wait)
+    print(report.summary())
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.core.run_log import recent_runs
+
+    spark, store = open_store(cfg, "runs")
+    runs = recent_runs(store, args.limit)
+    if runs is None:
+        print("no runs recorded yet (the runs table is written by `cxatlas reprocess`)")
+        return 0
+    show(runs.select("run_id", "status", "started", "finished", "manifests", "new", "updated", "withdrawn",
+                     "annotated", "quarantined", "remaining", "analysis_id", "error"), args.limit, args.format)
+    return 0

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("analyze", c.cmd_analyze, "Run the paper's statistics on the annotation tables: partial correlations, "
                                       "region similarity, region vs world, bootstrap SEs, CCA, geobin maps, figures.")
     p.add_argument("--analysis-id", help="id of this analysis (default: UTC timestamp + random suffix)")
+    p.add_argument("--incremental", action="store_true",
+                   help="update the stored sums of this configuration from the tables' change feed instead of one "
+                        "full pass (the stat_sums table; a full pass when there are none yet)")
 
     p = add("report", c.cmd_report, "One self-contained HTML page for an analysis: settings, counts, every headline "
                                     "number next to the paper's value with its SE, the tables and figures.")
@@ -135,6 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
                                         "population statistics.")
     p.add_argument("--videos", type=int, required=True, help="number of videos")
     p.add_argument("--out", required=True, help="output folder (Parquet parts + _population)")
+
+    # Scheduled operation.
+    p = add("reprocess", c.cmd_reprocess,
+            "The scheduled entry point: ingest new or changed manifests of a folder, apply withdrawals, annotate "
+            "uploads lacking the configured model versions (bounded), and bring the statistics up to date from "
+            "stored sums. Under a lease: an overlapping run exits (or waits with --wait). Every run is a row in runs.")
+    p.add_argument("--manifest-dir", required=True, help="folder of manifests (CSV, JSON lines, Parquet; any URI); "
+                                                         "files already processed with the same checksum are skipped")
+    p.add_argument("--max-videos", type=int, help="annotate at most this many videos in this run (default: "
+                                                  "reprocess.max_videos; the run says how many are left)")
+    p.add_argument("--wait", action="store_true", help="wait for the lease instead of exiting when another run "
+                                                       "holds it (reprocess.max_wait_seconds bounds the wait)")
+    p = add("runs", c.cmd_runs, "List recent runs from the runs table (newest first).")
+    p.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
+    p.add_argument("--format", choices=c.FORMATS, default="table", help="how results print (default table)")
 
     p = add("demo", cmd_demo, "Run the whole pipeline on the embedded default: sample corpus, ingest, annotate, "
                               "analyze, then print where the tables are and a few SQL results.")

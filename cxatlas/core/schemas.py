@@ -50,6 +50,8 @@ class TableSpec:
     key: tuple[str, ...]
     comment: str
     zorder_by: tuple[str, ...] = ()
+    # Delta's change data feed: incremental statistics read which videos changed between two versions from it.
+    change_feed: bool = False
 
     @property
     def data_schema(self) -> pa.Schema:
@@ -81,10 +83,13 @@ UPLOADS = TableSpec(
            "repairs made to the text: title_truncated, description_truncated, title_invalid_utf8, ..."),
         _f("source", pa.string(), "the manifest this row came from"),
         _f("ingest_time", TS, "when cxatlas ingested this row"),
+        _f("withdrawn", pa.bool_(), "true: a tombstone; the uploader withdrew the video at upload_time, its annotations "
+                                    "were deleted and it counts in no statistic (a later upload brings it back)"),
     ]),
     partition_by=("region",),
     key=("video_id",),
-    comment="One row per validated video upload.",
+    comment="One row per validated video upload (withdrawn videos stay as tombstones).",
+    change_feed=True,
 )
 
 QUARANTINE = TableSpec(
@@ -126,6 +131,7 @@ VIDEO_EXPRESSIONS = TableSpec(
     partition_by=("region",),
     key=("video_id", "model_version"),
     zorder_by=("lat_bin", "lon_bin"),
+    change_feed=True,
     comment=("One row per (video, expression model version): per-window scores averaged per video (the paper's unit). "
              "Models with other label sets add their expr_<label> columns on first write."),
 )
@@ -143,10 +149,21 @@ VIDEO_CONTEXTS = TableSpec(
     partition_by=("region",),
     key=("video_id", "model_version", "taxonomy"),
     zorder_by=("lat_bin", "lon_bin"),
+    change_feed=True,
     comment="One row per (video, context model version, taxonomy), scores stored sparsely.",
 )
 
 CORE_TABLES: tuple[TableSpec, ...] = (UPLOADS, QUARANTINE, VIDEO_EXPRESSIONS, VIDEO_CONTEXTS)
+
+
+def live_uploads(uploads_df):
+    """The uploads that count: tombstones of withdrawn videos left out (tables written before the ``withdrawn``
+    column existed have none)."""
+    from pyspark.sql import functions as F
+
+    if "withdrawn" not in uploads_df.columns:
+        return uploads_df
+    return uploads_df.filter(~F.coalesce(F.col("withdrawn"), F.lit(False)))
 
 
 def spark_schema(schema: pa.Schema):

@@ -229,6 +229,20 @@ class PpcaSettings:
 
 
 @dataclass(frozen=True)
+class IncrementalSettings:
+    candidate_margin: float
+    max_changed_fraction: float
+
+
+@dataclass(frozen=True)
+class ReprocessSettings:
+    lease_ttl_seconds: float
+    wait_poll_seconds: float
+    max_wait_seconds: Optional[float]
+    max_videos: Optional[int]
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     epochs: int
     batch_size: int
@@ -277,6 +291,8 @@ class Settings:
     simulate: SimulateSettings
     ppca: PpcaSettings
     train: TrainSettings
+    incremental: IncrementalSettings
+    reprocess: ReprocessSettings
     demo: DemoSettings
 
 

@@ -33,8 +33,9 @@ CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "Conc
              "ConcurrentTransactionException", "MetadataChangedException", "ProtocolChangedException",
              "ConcurrentWriteException", "DELTA_CONCURRENT_APPEND", "DELTA_CONCURRENT_DELETE_READ",
              "DELTA_CONCURRENT_TRANSACTION", "DELTA_METADATA_CHANGED", "DELTA_CONCURRENT_WRITE")
-SAFE_RETENTION_HOURS = 168.0
-USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"  # tags our own commits in the table's history  # Delta's own default: below it Delta refuses to vacuum unless told it is intended
+SAFE_RETENTION_HOURS = 168.0  # Delta's own default: below it Delta refuses to vacuum unless told it is intended
+USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"  # tags our own commits in the table's history
+CHANGE_FEED = "delta.enableChangeDataFeed"
 
 
 class TableError(RuntimeError):
@@ -60,6 +61,7 @@ class CommitResult:
     rows_written: int = 0
     rows_inserted: int = 0
     rows_updated: int = 0
+    rows_deleted: int = 0
 
     def describe(self) -> str:
         """One line for a job's summary: what this commit changed in its table."""
@@ -128,6 +130,8 @@ class Table:
             return self
         builder = DeltaTable.createIfNotExists(self.spark).tableName(self.name).location(self.path)
         builder = builder.addColumns(spark_schema(self.spec.schema))
+        if self.spec.change_feed:
+            builder = builder.property(CHANGE_FEED, "true")
         self._retry("create", lambda: builder.partitionedBy(*self.spec.partition_by).comment(self.spec.comment)
                     .execute())
         return self
@@ -150,6 +154,34 @@ class Table:
 
     def version(self) -> int:
         return int(self._delta().history(1).collect()[0]["version"])
+
+    # -- change data feed ----------------------------------------------------------------------------------------
+    def change_feed_since(self) -> int | None:
+        """The first version from which the change feed is complete (None: the feed is off).
+
+        Tables written before the feed was switched on by cxatlas get it switched on here (one ALTER TABLE commit);
+        their feed then starts at that commit.
+        """
+        if not self.spec.change_feed or not self.exists():
+            return None
+        for row in self._delta().history().orderBy("version").collect():
+            params = row["operationParameters"] or {}
+            if row["operation"] in ("CREATE TABLE", "CREATE OR REPLACE TABLE", "WRITE") and \
+                    CHANGE_FEED in (params.get("properties") or ""):
+                return int(row["version"])
+            if row["operation"] == "SET TBLPROPERTIES" and CHANGE_FEED in (params.get("properties") or ""):
+                return int(row["version"])
+        self.spark.sql(f"ALTER TABLE delta.`{self.path}` SET TBLPROPERTIES ('{CHANGE_FEED}' = 'true')")
+        return self.version()
+
+    def changed_keys(self, after: int, upto: int, columns: Sequence[str]):
+        """Distinct ``columns`` of the rows inserted, updated or deleted in versions ``(after, upto]``: what changed
+        since a reader last saw version ``after`` (Delta's change data feed; before and after images alike)."""
+        if upto <= after:
+            return self.spark.createDataFrame([], self.read(upto).select(*columns).schema)
+        return (self.spark.read.format("delta").option("readChangeFeed", "true")
+                .option("startingVersion", after + 1).option("endingVersion", upto).load(self.path)
+                .select(*columns).distinct())
 
     # -- reading ---------------------------------------------------------------------------------------------------
     def read(self, version: int | None = None):
@@ -218,6 +250,29 @@ class Table:
         self.create_if_missing()
         return self._commit("delete", lambda: self._delta().delete(condition))
 
+    def replace_where(self, df, condition: str) -> CommitResult:
+        """Replace the rows matching a SQL ``condition`` by ``df`` in ONE commit (Delta's ``replaceWhere``): readers
+        see the old rows or the new ones, never a mix, and a writer killed before the commit changed nothing."""
+        self._check_df(df, "replace")
+        self.create_if_missing()
+        writer = (df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+                  .option("maxRecordsPerFile", self.store.target_file_rows))
+        return self._commit("replace", lambda: writer.save(self.path))
+
+    def delete_matching(self, keys_df, on: Sequence[str]) -> CommitResult:
+        """Delete the rows whose ``on`` columns match a row of ``keys_df`` (``MERGE ... WHEN MATCHED DELETE``): a
+        Delta deletion, so time travel still shows them. Nothing matched: no commit."""
+        self.create_if_missing()
+        keys = keys_df.select(*on).distinct()
+        if keys.join(self.read().select(*on), list(on), "left_semi").limit(1).count() == 0:
+            return CommitResult(self.spec.name, None)
+
+        def run() -> None:
+            cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in on)
+            self._delta().alias("t").merge(keys.alias("s"), cond).whenMatchedDelete().execute()
+
+        return self._commit("delete", run)
+
     def _merge(self, df, evolve_schema: bool, update: bool, update_when: str | None = None) -> CommitResult:
         def run() -> None:
             target = self._delta()
@@ -253,6 +308,7 @@ class Table:
             self.spec.name, int(ours[0]["version"]),
             files_added=m.get("numTargetFilesAdded", 0) + m.get("numFiles", 0) + m.get("numAddedFiles", 0),
             files_removed=m.get("numTargetFilesRemoved", 0) + m.get("numRemovedFiles", 0),
+            rows_deleted=m.get("numTargetRowsDeleted", 0) + m.get("numDeletedRows", 0),
             rows_written=inserted + updated if merged else m.get("numOutputRows", 0),
             rows_inserted=inserted if merged else m.get("numOutputRows", 0), rows_updated=updated)
 

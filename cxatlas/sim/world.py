@@ -66,6 +66,8 @@ class _GenerateRows:
     slice_rows: int
     chunk_rows: int
     bin_deg: float
+    first: int = 0           # rows [first, stop) of the n_videos world
+    stop: int | None = None
 
     def __call__(self, batches):
         import numpy as np
@@ -75,9 +77,10 @@ class _GenerateRows:
         regions = np.asarray(self.params.region_ids, dtype=object)
         for batch in batches:
             for s in batch.column(0).to_numpy():
-                start = int(s) * self.slice_rows
+                start = self.first + int(s) * self.slice_rows
+                stop = min(start + self.slice_rows, self.n_videos if self.stop is None else self.stop)
                 for ch in simulate.iter_sparse_chunks(self.params, self.n_videos, chunk_rows=self.chunk_rows, start=start,
-                                                      stop=start + self.slice_rows):
+                                                      stop=stop):
                     C = ch.C.tocsr()
                     structs = pa.StructArray.from_arrays(
                         [labels.take(pa.array(C.indices.astype(np.int32))), pa.array(C.data.astype(np.float32))],
@@ -95,13 +98,14 @@ class _GenerateRows:
 
 def import_simulated(spark, cfg: Config, store: TableStore, params, n_videos: int, *,
                      model_version: str = "simulated", taxonomy: str = "simulated",
-                     model_name: str = "simulator") -> dict[str, CommitResult]:
+                     model_name: str = "simulator", row_range: tuple[int, int] | None = None) -> dict[str, CommitResult]:
     """Write an ``n_videos`` simulated world (:class:`cxatlas.sim.simulate.WorldParams`) into ``uploads``,
     ``video_expressions`` and ``video_contexts`` (one commit each), generated inside Spark tasks.
 
     The rows equal what :func:`run_import` makes of :func:`cxatlas.sim.simulate.write_import_dataset`'s files, without
     the wide file and its validation (the simulator's rows are valid by construction): the way to build large
     inputs for benchmarks and tests. Meant for fresh tables; it appends without checking for existing keys.
+    ``row_range=(first, stop)`` writes only those rows of the ``n_videos`` world (a world that grows: the rest later).
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -113,8 +117,9 @@ def import_simulated(spark, cfg: Config, store: TableStore, params, n_videos: in
                        *[(c, pa.float32()) for c in params.expression_columns],
                        ("contexts", pa.list_(CONTEXT_SCORE))])
     sim = cfg.settings.simulate
-    n_slices = max(1, -(-n_videos // sim.slice_rows))
-    gen = _GenerateRows(params, n_videos, sim.slice_rows, sim.chunk_rows, cfg.settings.geo.bin_deg)
+    first, stop = row_range or (0, n_videos)
+    n_slices = max(1, -(-(stop - first) // sim.slice_rows))
+    gen = _GenerateRows(params, n_videos, sim.slice_rows, sim.chunk_rows, cfg.settings.geo.bin_deg, first, stop)
     rows = (spark.range(n_slices, numPartitions=n_slices).mapInArrow(gen, spark_schema(arrow))
             .persist(StorageLevel.DISK_ONLY))
     now = F.current_timestamp()

@@ -20,7 +20,7 @@ from cxatlas.core.config import Config, join_uri
 from cxatlas.core.spark import remove_path
 from cxatlas.core.quarantine import to_quarantine_rows, write_quarantine
 from cxatlas.core.runs import RunReport
-from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
+from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, live_uploads
 from cxatlas.core.settings import AnnotateSettings
 from cxatlas.core.tables import TableStore
 from cxatlas.models.annotation import annotation_versions, build_annotation_models
@@ -44,6 +44,7 @@ class AnnotateReport(RunReport):
     face_windows: int = 0
     frames_decoded: int = 0
     skipped_quarantined: int = 0
+    remaining: int = 0  # uploads still waiting after a bounded run (--max-videos)
 
     def headline(self) -> str:
         return f"annotate (run {self.run_id}) with {self.expression_version} / {self.context_version}"
@@ -54,6 +55,9 @@ class AnnotateReport(RunReport):
 
     def details(self) -> list[str]:
         lines = [f"  frames decoded {self.frames_decoded}, face windows scored {self.face_windows}"]
+        if self.remaining:
+            lines.append(f"  {self.remaining} uploads still wait for these model versions (bounded run: the next "
+                         f"run continues)")
         if self.skipped_quarantined:
             lines.append(f"  skipped {self.skipped_quarantined} uploads already quarantined for these model versions "
                          f"(retry them all with --set annotate.retry_quarantined=true; reasons in "
@@ -104,8 +108,13 @@ class _Progress:
         self.thread.join(timeout=5)
 
 
-def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
-    """Annotate every upload not yet annotated (or quarantined) for the configured model versions."""
+def run_annotate(spark, cfg: Config, store: TableStore, max_videos: int | None = None) -> AnnotateReport:
+    """Annotate every upload not yet annotated (or quarantined) for the configured model versions.
+
+    ``max_videos`` bounds the work of one run (a scheduled run drains a backlog over several runs): the uploads
+    with the smallest ``xxhash64(video_id)`` go first, so consecutive runs never pick the same video twice and
+    the choice does not depend on partitioning. ``report.remaining`` says how many still wait.
+    """
     from pyspark.sql import functions as F
 
     settings = cfg.settings.annotate
@@ -122,7 +131,7 @@ def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
     done_expr = expressions.read_unique().filter(F.col("model_version") == expression_version).select("video_id")
     done_ctx = (contexts.read_unique().filter((F.col("model_version") == context_version) &
                                        (F.col("taxonomy") == taxonomy)).select("video_id"))
-    todo = uploads.read_unique().join(done_expr.join(done_ctx, "video_id"), "video_id", "left_anti")
+    todo = live_uploads(uploads.read_unique()).join(done_expr.join(done_ctx, "video_id"), "video_id", "left_anti")
     if not settings.retry_quarantined:
         # Videos this configuration already gave up on are skipped, except for reasons whose cause may have been
         # fixed outside cxatlas (a restored file): those are tried again on every run.
@@ -134,6 +143,10 @@ def run_annotate(spark, cfg: Config, store: TableStore) -> AnnotateReport:
         todo = todo.join(given_up, "video_id", "left_anti")
         report.skipped_quarantined = before.join(given_up, "video_id", "left_semi").count()
     todo = todo.select("video_id", "uri", "title", "description", "region", "lat_bin", "lon_bin")
+    if max_videos is not None:
+        pending = todo.count()
+        todo = todo.orderBy(F.xxhash64("video_id"), "video_id").limit(max_videos)
+        report.remaining = max(0, pending - max_videos)
 
     n_parts = settings.partitions
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", settings.videos_per_batch)

@@ -34,7 +34,10 @@ from cxatlas.core.tables import CommitResult, TableStore
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("video_id", "uri", "lat", "lon", "country", "upload_time", "title", "description")
-OPTIONAL_COLUMNS = ("source",)
+OPTIONAL_COLUMNS = ("source", "withdrawn")
+# A withdrawal (an uploader deleted the video) needs only these; a manifest of withdrawals may hold nothing else.
+WITHDRAWAL_COLUMNS = ("video_id", "upload_time", "withdrawn")
+_TRUE, _FALSE = ("true", "1", "yes", "y", "t"), ("false", "0", "no", "n", "f", "")
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet",
            ".pq": "parquet"}
 CORRUPT = "_corrupt_record"
@@ -70,6 +73,8 @@ class IngestReport(RunReport):
     unchanged: int = 0
     quarantined: int = 0
     replaced_rows_quarantined: int = 0
+    withdrawn: int = 0
+    annotations_deleted: int = 0
 
     def headline(self) -> str:
         return f"ingest {self.manifest} (run {self.run_id})"
@@ -79,9 +84,13 @@ class IngestReport(RunReport):
                                            ("unchanged", self.unchanged), ("quarantined", self.quarantined)]
 
     def details(self) -> list[str]:
-        if not self.replaced_rows_quarantined:
-            return []
-        return [f"  older uploads replaced and moved to quarantine: {self.replaced_rows_quarantined}"]
+        lines = []
+        if self.withdrawn or self.annotations_deleted:
+            lines.append(f"  withdrawals (tombstones among new + updated): {self.withdrawn}; annotation rows deleted: "
+                         f"{self.annotations_deleted}")
+        if self.replaced_rows_quarantined:
+            lines.append(f"  older uploads replaced and moved to quarantine: {self.replaced_rows_quarantined}")
+        return lines
 
 
 def detect_format(path: str, fmt: str | None = None) -> str:
@@ -287,7 +296,8 @@ def check_columns(columns: list[str], allow_extra: bool) -> None:
     if unnamed and not allow_extra:
         problems.append(f"column(s) {', '.join(unnamed)} of the header have no name")
     present = [c for c in header if c]
-    missing = [c for c in REQUIRED_COLUMNS if c not in present]
+    required = WITHDRAWAL_COLUMNS[:2] if "withdrawn" in present else REQUIRED_COLUMNS
+    missing = [c for c in required if c not in present]
     extra = [c for c in dict.fromkeys(present) if c not in known and counts[c.lower()] == 1]
     if missing:
         problems.append(f"missing required column(s): {', '.join(missing)}")
@@ -328,6 +338,9 @@ def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg
     max_title, max_desc = ing.max_title_chars, ing.max_description_chars
     original = [c for c in raw.columns if c not in (CORRUPT, "_order")]
     df = raw if CORRUPT in raw.columns else raw.withColumn(CORRUPT, F.lit(None).cast("string"))
+    for column in (*REQUIRED_COLUMNS, "withdrawn"):  # a manifest of withdrawals lacks the content columns
+        if column not in df.columns:
+            df = df.withColumn(column, F.lit(None).cast("string"))
     if "source" not in df.columns:
         df = df.withColumn("source", F.lit(source))
     df = df.withColumn("_source_row", F.to_json(F.struct(*[F.col(c) for c in original]), KEEP_NULLS)) \
@@ -344,7 +357,9 @@ def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg
         lon_raw.try_cast("double").alias("_lon"),
         F.upper(F.trim(F.col("country"))).alias("_country"),
         F.try_to_timestamp(F.trim(F.col("upload_time"))).alias("_time"),
+        F.lower(F.trim(F.col("withdrawn").cast("string"))).alias("_withdrawn_text"),
     )
+    withdrawn = F.coalesce(F.col("_withdrawn_text").isin(list(_TRUE)), F.lit(False))
     unparseable = ((lat_raw.isNotNull() & (lat_raw != "") & F.col("_lat").isNull()) |
                    (lon_raw.isNotNull() & (lon_raw != "") & F.col("_lon").isNull()))
     geo_reason = geo_reason_udf(country_regions, geo)(F.col("_lat"), F.col("_lon"), F.col("_country"))
@@ -352,12 +367,18 @@ def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg
               .when(F.col("_vid").isNull(), "missing_video_id")
               .when(F.col("upload_time").isNull() | (F.trim(F.col("upload_time")) == ""), "missing_upload_time")
               .when(F.col("_time").isNull(), "malformed_upload_time")
+              .when(F.col("_withdrawn_text").isNotNull() & ~F.col("_withdrawn_text").isin(list(_TRUE + _FALSE)),
+                    "invalid_withdrawn")
+              .when(withdrawn, F.lit(None).cast("string"))  # a tombstone needs only video_id and upload_time
               .when(F.col("_lat").isNull() | F.col("_lon").isNull(),
                     F.when(unparseable, "invalid_coordinates").otherwise("missing_coordinates"))
               .otherwise(geo_reason))
     detail = (F.when(reason == "malformed_record", F.lit("the reader could not parse this line"))
               .when(reason == "malformed_upload_time",
                     F.concat(F.lit("upload_time '"), F.col("upload_time"), F.lit("' is not an ISO-8601 timestamp")))
+              .when(reason == "invalid_withdrawn",
+                    F.concat(F.lit("withdrawn '"), F.col("withdrawn").cast("string"),
+                             F.lit("' is not true/false (also accepted: 1/0, yes/no)")))
               .when(reason == "invalid_coordinates",
                     F.concat(F.lit("lat/lon '"), F.coalesce(F.col("lat"), F.lit("")), F.lit("', '"),
                              F.coalesce(F.col("lon"), F.lit("")), F.lit("' are not numbers")))
@@ -387,20 +408,26 @@ def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg
     ))
     lat_bin = F.floor(F.col("_lat") / F.lit(bin_deg)).cast("int")
     lon_bin = F.floor(F.col("_lon") / F.lit(bin_deg)).cast("int")
+
+    def live(column, name: str):
+        """A tombstone keeps only video_id, upload_time and source: it carries no content to analyse."""
+        return F.when(withdrawn, None).otherwise(column).alias(name)
+
     return df.select(
         F.col("_vid").alias("video_id"),
-        F.col("uri"),
-        F.col("_country").alias("country"),
-        region_map[F.col("_country")].alias("region"),
-        F.col("_lat").alias("lat"),
-        F.col("_lon").alias("lon"),
-        lat_bin.alias("lat_bin"),
-        lon_bin.alias("lon_bin"),
+        live(F.col("uri"), "uri"),
+        live(F.col("_country"), "country"),
+        live(region_map[F.col("_country")], "region"),
+        live(F.col("_lat"), "lat"),
+        live(F.col("_lon"), "lon"),
+        live(lat_bin, "lat_bin"),
+        live(lon_bin, "lon_bin"),
         F.col("_time").alias("upload_time"),
-        F.substring(F.col("title"), 1, max_title).alias("title"),
-        F.substring(F.col("description"), 1, max_desc).alias("description"),
-        flags.alias("text_flags"),
+        live(F.substring(F.col("title"), 1, max_title), "title"),
+        live(F.substring(F.col("description"), 1, max_desc), "description"),
+        live(flags, "text_flags"),
         F.col("source"),
+        withdrawn.alias("withdrawn"),
         reason.alias("_reason"),
         detail.alias("_detail"),
         F.col("_source_row"),
@@ -408,7 +435,7 @@ def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg
     )
 
 
-_CONTENT = ("uri", "country", "lat", "lon", "upload_time", "title", "description")
+_CONTENT = ("uri", "country", "lat", "lon", "upload_time", "title", "description", "withdrawn")
 
 
 def classify(valid, existing):
@@ -422,7 +449,10 @@ def classify(valid, existing):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    content_hash = F.sha2(F.to_json(F.struct(*[F.col(c) for c in _CONTENT])), 256)
+    if "withdrawn" not in existing.columns:  # a table written before withdrawals existed
+        existing = existing.withColumn("withdrawn", F.lit(False))
+    content_hash = F.sha2(F.to_json(F.struct(*[F.coalesce(F.col(c), F.lit(False)) if c == "withdrawn" else F.col(c)
+                                               for c in _CONTENT])), 256)
     w = Window.partitionBy("video_id").orderBy(F.col("upload_time").desc(), F.col("_order").desc())
     ranked = (valid.withColumn("_rank", F.row_number().over(w)).withColumn("_hash", content_hash)
               .withColumn("_winner_time", F.max("upload_time").over(Window.partitionBy("video_id"))))
@@ -457,6 +487,32 @@ def _in_manifest_detail():
                                 F.lit(") is in the same manifest"))))
 
 
+def apply_withdrawals(store: TableStore, commits: dict | None = None) -> int:
+    """Delete the annotation rows of every withdrawn video (Delta deletions: time travel still shows them).
+
+    Idempotent and cheap when there is nothing to do (no commit), so a scheduled run calls it every time: a run
+    killed between writing a tombstone and deleting the annotations is completed by the next run. Returns the
+    number of annotation rows deleted.
+    """
+    from pyspark.sql import functions as F
+
+    from cxatlas.core.schemas import VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
+
+    uploads = store.table(UPLOADS)
+    if not uploads.exists() or "withdrawn" not in uploads.read().columns:
+        return 0
+    gone = uploads.read().filter(F.col("withdrawn")).select("video_id")
+    deleted = 0
+    for spec in (VIDEO_EXPRESSIONS, VIDEO_CONTEXTS):
+        table = store.table(spec)
+        if table.exists():
+            commit = table.delete_matching(gone, ["video_id"])
+            deleted += commit.rows_deleted
+            if commits is not None and commit.version is not None:
+                commits[spec.name] = commit
+    return deleted
+
+
 def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | None = None) -> IngestReport:
     """Ingest one manifest into ``uploads`` and ``quarantine``; returns the reconciled counts."""
     from pyspark import StorageLevel
@@ -487,7 +543,10 @@ def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | 
 
     invalid_counts = {r["_reason"]: r["count"] for r in
                       checked.filter(F.col("_reason").isNotNull()).groupBy("_reason").count().collect()}
-    status_counts = {r["_status"]: r["count"] for r in classified.groupBy("_status").count().collect()}
+    status_counts, tombstones = {}, 0
+    for r in classified.groupBy("_status", "withdrawn").count().collect():
+        status_counts[r["_status"]] = status_counts.get(r["_status"], 0) + r["count"]
+        tombstones += r["count"] if r["withdrawn"] and r["_status"] in ("new", "updated") else 0
     duplicates = status_counts.get("quarantined", 0)
     report.rows_in = sum(invalid_counts.values()) + sum(status_counts.values())
     report.new, report.updated = status_counts.get("new", 0), status_counts.get("updated", 0)
@@ -498,15 +557,20 @@ def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | 
     ingest_time = F.lit(utc_timestamp(report.started)).cast("timestamp")
     accepted = (classified.filter(F.col("_status").isin("new", "updated"))
                 .withColumn("ingest_time", ingest_time).select(*UPLOADS.schema.names))
-    incoming = classified.filter(F.col("_status") == "updated").select("video_id",
-                                                                         F.col("upload_time").alias("_new_time"))
-    replaced = (uploads.read(read_version).join(incoming, "video_id")
-                .withColumn("_source_row", F.to_json(F.struct(*UPLOADS.schema.names), KEEP_NULLS))
-                .withColumn("_reason", F.lit("duplicate"))
-                .withColumn("_detail", F.when(F.col("_new_time") == F.col("upload_time"), F.lit(
+    incoming = classified.filter(F.col("_status") == "updated").select(
+        "video_id", F.col("upload_time").alias("_new_time"), F.col("withdrawn").alias("_new_withdrawn"))
+    stored = uploads.read(read_version)
+    replaced = (stored.join(incoming, "video_id")
+                .withColumn("_source_row", F.to_json(F.struct(*[c for c in UPLOADS.schema.names
+                                                                if c in stored.columns]), KEEP_NULLS))
+                .withColumn("_reason", F.when(F.col("_new_withdrawn"), F.lit("withdrawn"))
+                            .otherwise(F.lit("duplicate")))
+                .withColumn("_detail", F.when(F.col("_new_withdrawn"), F.concat(F.lit(
+                    "the uploader withdrew this video at "), F.col("_new_time").cast("string"), F.lit(
+                    "; this was its row in uploads"))).when(F.col("_new_time") == F.col("upload_time"), F.lit(
                     "replaced in uploads by a new row of this video_id with the same upload_time (ties: the newer "
                     "ingest wins)")).otherwise(F.lit("replaced in uploads by a later upload of this video_id")))
-                .drop("_new_time"))
+                .drop("_new_time", "_new_withdrawn"))
     report.replaced_rows_quarantined = report.updated
     rejects = (checked.filter(F.col("_reason").isNotNull())
                .unionByName(classified.filter(F.col("_status") == "quarantined").select(*checked.columns)))
@@ -519,7 +583,7 @@ def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | 
         # One MERGE: new keys inserted, later uploads replace older ones. Never a blind append: if another ingest
         # commits the same keys first, Delta makes this commit conflict and retry, and the retry's own counts (what
         # it inserted and replaced) are the ones reported; rows the other writer already stored count as unchanged.
-        commit = uploads.upsert(accepted, update_when="s.upload_time >= t.upload_time")
+        commit = uploads.upsert(accepted, update_when="s.upload_time >= t.upload_time", evolve_schema=True)
         planned = report.new + report.updated
         report.new, report.updated = commit.rows_inserted, commit.rows_updated
         report.unchanged += planned - report.new - report.updated
@@ -527,6 +591,9 @@ def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | 
     else:
         report.commits["uploads"] = CommitResult(UPLOADS.name, None)
     report.commits["quarantine"] = write_quarantine(store, quarantine_rows)
+    report.withdrawn = tombstones
+    if tombstones:
+        report.annotations_deleted = apply_withdrawals(store, report.commits)
     checked.unpersist()
     classified.unpersist()
     report.finish()

@@ -61,6 +61,13 @@ class _AdditiveSums:
             v += getattr(other, k)
         return self
 
+    def __neg__(self: _S) -> _S:
+        """The sums with every field negated: subtracting a set of videos (incremental statistics) is adding this."""
+        return type(self)(**{k: -v for k, v in self._arrays().items()})
+
+    def __sub__(self: _S, other: _S) -> _S:
+        return self + (-other)
+
     def copy(self: _S) -> _S:
         return type(self)(**{k: v.copy() for k, v in self._arrays().items()})
 

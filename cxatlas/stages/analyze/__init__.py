@@ -49,7 +49,7 @@ __all__ = ["AnalyzeError", "AnalyzeReport", "AnalyzeSettings", "BALANCED_FIT", "
 
 
 def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None = None,
-                settings: AnalyzeSettings | None = None) -> AnalyzeReport:
+                settings: AnalyzeSettings | None = None, incremental: bool = False) -> AnalyzeReport:
     """Run one analysis from the annotation tables to the result tables and figures.
 
     Parameters
@@ -93,7 +93,14 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
                              broadcast=expr_rows <= settings.broadcast_max_rows)
     t = stage("inputs", t)
 
-    m, cm, geobins = compute_sums(prepared, expr_columns, labels, settings)
+    if incremental:  # the stored sums of this configuration, brought up to date (cxatlas.stages.analyze.incremental)
+        from cxatlas.stages.analyze.incremental import current_sums, selection
+
+        sel = selection(expr_version, ctx_version, taxonomy, expr_columns, labels)
+        m, cm, geobins, report.sums = current_sums(store, inputs, sel, settings, cfg.settings.incremental,
+                                                   analysis_id, full_prepared=prepared)
+    else:
+        m, cm, geobins = compute_sums(prepared, expr_columns, labels, settings)
     report.moments, report.cca_moments, report.geobins = m, cm, geobins
     report.videos_per_region = {r: int(n) for r, n in zip(REGION_IDS, m.n[:, 0]) if n > 0}
     if not report.videos_per_region:

@@ -93,6 +93,9 @@ class AnalyzeReport:
                if self.settings.cca.balance == "subsample" else "all videos, regions re-weighted to equal mass")
             + f", ridge {self.settings.cca.ridge}",
         ]
+        if self.sums:
+            lines.append(f"  sums: {self.sums.get('mode')} ({self.sums.get('reason')}); stored under stat_sums key "
+                         f"{self.sums.get('sums_key')}")
         for name, commit in self.commits.items():
             lines.append(f"  {name}: " + (f"version {commit.version}, {commit.rows_written} rows"
                                           if commit.version is not None else "no rows"))

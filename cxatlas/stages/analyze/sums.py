@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from cxatlas.core.regions import REGION_IDS
-from cxatlas.core.schemas import EXPR_PREFIX, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
+from cxatlas.core.schemas import EXPR_PREFIX, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, live_uploads
 from cxatlas.core.settings import AnalyzeSettings
 from cxatlas.core.tables import TableStore
 from cxatlas.stages.analyze.settings import AnalyzeError
@@ -135,7 +135,7 @@ def prepare_input(inputs: Inputs, expr_version: str, ctx_version: str, taxonomy:
                                                                                             *expr_columns)
     cx = (inputs.contexts.filter((F.col("model_version") == ctx_version) & (F.col("taxonomy") == taxonomy))
           .select("video_id", "contexts"))
-    up = inputs.uploads.filter(F.col("region").isin(list(REGION_IDS))).select("video_id", "region", "lat_bin",
+    up = live_uploads(inputs.uploads).filter(F.col("region").isin(list(REGION_IDS))).select("video_id", "region", "lat_bin",
                                                                               "lon_bin")
     region_code = F.create_map(*[x for i, r in enumerate(REGION_IDS) for x in (F.lit(r), F.lit(i))])
     if broadcast:
@@ -162,14 +162,27 @@ def compute_sums(prepared, expr_columns: Sequence[str], labels: Sequence[str], s
     """
     n_regions = len(REGION_IDS)
     per_region = settings.cca.per_region if settings.cca.balance == "subsample" else None
+    rows = combined_partials(prepared, expr_columns, labels, settings, per_region)
+    return assemble(rows, n_regions, settings.replicates + 1, len(expr_columns), len(labels))
+
+
+def combined_partials(prepared, expr_columns: Sequence[str], labels: Sequence[str], settings: AnalyzeSettings,
+                      cca_per_region: int | None, emit_candidates: bool = False) -> list[tuple[str, int, bytes]]:
+    """The heavy pass itself: ``(kind, key, payload)`` rows, one per (kind, key), combined on the executors.
+
+    ``cca_per_region`` is the bottom-k size per region (None: every video in the CCA sums); ``emit_candidates``
+    returns the bottom-k rows themselves instead of their CCA sums (see :mod:`.incremental`).
+    """
+    n_regions = len(REGION_IDS)
+    per_region = cca_per_region
     # The one-region CCA is fitted on every video of its region unless analyze.cca.fit_region_sample=per_region.
     all_regions = [REGION_IDS.index(settings.cca.fit_region)] if settings.cca.fit_region_sample == "all" else []
     task = MomentsPass(expr_columns=list(expr_columns), labels=list(labels), n_regions=n_regions,
                        n_replicates=settings.replicates, seed=settings.seed, cca_per_region=per_region,
                        cca_all_regions=all_regions,
                        occur_threshold=settings.occur_threshold, batch_rows=settings.batch_rows,
-                       chunk_rows=settings.chunk_rows, geobin_shards=settings.geobin_shards)
+                       chunk_rows=settings.chunk_rows, geobin_shards=settings.geobin_shards,
+                       emit_candidates=emit_candidates)
     partials = prepared.coalesce(settings.partitions).mapInArrow(task, PARTIAL_SCHEMA)
     combined = partials.groupBy("kind", "key").applyInPandas(combine_partials, PARTIAL_SCHEMA)
-    rows = [(r["kind"], int(r["key"]), r["payload"]) for r in combined.collect()]
-    return assemble(rows, n_regions, settings.replicates + 1, len(expr_columns), len(labels))
+    return [(r["kind"], int(r["key"]), bytes(r["payload"])) for r in combined.collect()]

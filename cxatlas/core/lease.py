@@ -1,0 +1,132 @@
+"""A run lease in a Delta table: at most one scheduled run works at a time, with no lock server.
+
+Why Delta: the tables are the only thing every driver of a site shares (local disk, HDFS, S3 alike). Taking the
+lease is one ``MERGE`` into ``leases`` conditioned on the lease being free; two runs that try at once both read the
+same table version, Delta's optimistic concurrency lets one commit and makes the other conflict, and the loser's
+retry re-reads the table and finds the lease held. The holder is then read back from the committed table, so the
+answer never rests on a local belief.
+
+A lease is free when it expired (``expires`` passed: the holder is gone or stuck), or when its holder ran on this
+host and its process is dead (a SIGKILLed run frees its lease at once for a restart on the same machine). A live
+holder renews it (:meth:`Lease.renew`) between steps of its run.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from cxatlas.core.errors import UserError
+from cxatlas.core.run_schemas import LEASES
+from cxatlas.core.runs import utc_timestamp
+from cxatlas.core.tables import TableStore
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(UserError):
+    """This run's lease expired or was taken over: it stops before writing anything more."""
+
+
+@dataclass
+class Holder:
+    holder: str
+    host: str
+    pid: int
+    expires: float
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host is alive (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class Lease:
+    """The lease ``name`` for run ``run_id``; ``ttl_seconds`` is how long it lasts without a renewal."""
+
+    def __init__(self, store: TableStore, name: str, run_id: str, ttl_seconds: float):
+        self.store, self.name, self.run_id, self.ttl = store, name, run_id, float(ttl_seconds)
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.table = store.table(LEASES)
+        self.held = False
+        self.displaced: Holder | None = None  # the dead or expired holder this run took the lease from
+
+    def current(self) -> Holder | None:
+        """The recorded holder (expired or not), or None."""
+        from pyspark.sql import functions as F
+
+        if not self.table.exists():
+            return None
+        rows = self.table.read().filter(F.col("name") == self.name).collect()
+        if not rows:
+            return None
+        r = rows[0]
+        return Holder(r["holder"], r["host"], int(r["pid"] or 0), r["expires"].timestamp())
+
+    def is_free(self, holder: Holder | None, now: float) -> bool:
+        if holder is None or holder.holder == self.run_id or holder.expires <= now:
+            return True
+        return holder.host == self.host and not pid_alive(holder.pid)
+
+    def acquire(self, wait: bool = False, poll_seconds: float = 5.0, max_wait_seconds: float | None = None) -> bool:
+        """Take the lease if it is free; ``wait`` polls until it is (or ``max_wait_seconds`` passed)."""
+        started = time.time()
+        while True:
+            holder = self.current()
+            if self.is_free(holder, time.time()) and self._take(holder):
+                self.held = True
+                if holder is not None and holder.holder != self.run_id:
+                    self.displaced = holder
+                return True
+            if not wait or (max_wait_seconds is not None and time.time() - started > max_wait_seconds):
+                return False
+            log.info("lease %s is held by run %s; waiting", self.name, holder.holder if holder else "?")
+            time.sleep(poll_seconds)
+
+    def _take(self, seen: Holder | None) -> bool:
+        """Compare-and-swap: replace exactly the holder we saw (or insert when there was none)."""
+        now = time.time()
+        spark = self.store.spark
+        row = [(self.name, self.run_id, self.host, self.pid, utc_timestamp(now), utc_timestamp(now + self.ttl))]
+        source = spark.createDataFrame(row, "name string, holder string, host string, pid long, acquired string, "
+                                            "expires string").selectExpr(
+            "name", "holder", "host", "pid", "cast(acquired as timestamp) acquired", "cast(expires as timestamp) expires")
+        self.table.create_if_missing()
+        expected = "t.holder IS NULL" if seen is None else f"t.holder = '{seen.holder}'"
+        self.table.upsert(source, update_when=expected)
+        got = self.current()
+        return got is not None and got.holder == self.run_id
+
+    def holder_description(self) -> str:
+        holder = self.current()
+        if holder is None:
+            return "nobody"
+        return f"run {holder.holder} (host {holder.host}, pid {holder.pid}, until {utc_timestamp(holder.expires)} UTC)"
+
+    def renew(self) -> None:
+        """Extend the lease; raises :class:`LeaseLost` if another run holds it now."""
+        holder = self.current()
+        if holder is None or holder.holder != self.run_id:
+            self.held = False
+            raise LeaseLost(f"run {self.run_id} lost the lease '{self.name}' to "
+                            f"{holder.holder if holder else 'nobody'}; stopping")
+        self._take(holder)
+
+    def release(self) -> None:
+        """Give the lease back (delete our row; a row another run took over is left alone)."""
+        if not self.held:
+            return
+        self.table.delete(f"name = '{self.name}' AND holder = '{self.run_id}'")
+        self.held = False

@@ -1,0 +1,319 @@
+"""Incremental statistics: keep the heavy pass's sums current at a cost proportional to what changed.
+
+Why this works: every statistic depends on the videos only through additive sums per region and bootstrap
+replicate (:mod:`cxatlas.stats.moments`), geobin sums are additive too, and the balanced CCA sample is "the k videos
+of each region with the smallest sample key". So the state of an analysis configuration is
+
+* the additive sums (moments, the additive part of the CCA sums, geobin sums) over the videos analysed, and
+* per region, the sample's *candidates*: every analysed video whose key is at most a cut, at least k of them and up
+  to ``k * (1 + incremental.candidate_margin)``, with their scores (the sample is their bottom k),
+
+stored in the ``stat_sums`` table with the input table versions it is exact for. An update reads which videos
+changed between those versions and now from Delta's change data feed (uploads, video_expressions, video_contexts),
+runs the heavy pass over the changed videos' rows as they were (subtracted) and as they are (added), and updates
+the candidates: changed videos leave, their new rows enter when their key is under the cut. Withdrawals and
+re-annotations are changes like any other; a new upload is a change whose old rows do not exist.
+
+When the state cannot be updated exactly it is rebuilt by one full pass, and the reason is logged: no stored state,
+a change feed that does not reach back to the stored versions (it was switched on later, or the old versions were
+vacuumed), more than ``incremental.max_changed_fraction`` of the videos changed (a full pass is cheaper), or a
+region whose candidates ran out (more sample videos withdrawn than the margin holds).
+
+The result equals a full recomputation up to floating-point rounding of the sums (tested over random sequences of
+additions, withdrawals and re-annotations).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from cxatlas.core.regions import REGION_IDS
+from cxatlas.core.run_schemas import STAT_SUMS
+from cxatlas.core.schemas import UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
+from cxatlas.core.settings import AnalyzeSettings, IncrementalSettings
+from cxatlas.core.tables import TableStore
+from cxatlas.stages.analyze.sums import Inputs, combined_partials, prepare_input
+from cxatlas.stats import CcaMoments, Moments, accumulate_cca
+from cxatlas.udfs.moments import KIND_CANDIDATES, GeobinSums, SampleRows, assemble
+
+log = logging.getLogger(__name__)
+
+INPUT_TABLES = (UPLOADS, VIDEO_EXPRESSIONS, VIDEO_CONTEXTS)
+KIND_META = "meta"
+NO_CUT = -1  # stored cut of a region whose candidates are all its videos
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What an analysis analyses: the model versions, taxonomy, expression columns and context labels."""
+
+    expr_version: str
+    ctx_version: str
+    taxonomy: str
+    expr_columns: tuple[str, ...]
+    labels: tuple[str, ...]
+
+
+def sums_key(sel: Selection, settings: AnalyzeSettings) -> str:
+    """Hash of everything the stored sums depend on (the inputs chosen and the heavy pass's settings), so sums made
+    under other settings are never reused."""
+    heavy = dict(replicates=settings.replicates, seed=settings.seed, occur_threshold=settings.occur_threshold,
+                 cca=dataclasses.asdict(settings.cca))
+    text = json.dumps(dict(sel=dataclasses.asdict(sel), heavy=heavy), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass
+class SumsState:
+    """The stored sums of one configuration, exact for the input table ``versions``."""
+
+    versions: dict[str, int]
+    moments: Moments
+    cca: CcaMoments                          # the additive part of the CCA sums (all of them when reweighting)
+    geobins: GeobinSums
+    candidates: list[SampleRows | None] | None  # per region (subsample mode); None when reweighting
+    cuts: list[int] | None                   # per region: candidates hold every video with key <= cut (NO_CUT: all)
+
+    def sums(self, k: int) -> tuple[Moments, CcaMoments, GeobinSums]:
+        """The sums the statistics need: the CCA sums of each region's sample (bottom k of its candidates) added to
+        the additive part."""
+        cm = self.cca.copy()
+        for r, cand in enumerate(self.candidates or []):
+            if cand is not None and len(cand):
+                rows = cand.bottom(k)
+                cm += accumulate_cca(rows.X, rows.C, np.full(len(rows), r, dtype=np.int64), len(REGION_IDS))
+        return self.moments, cm, _occupied(self.geobins)
+
+    @property
+    def n_videos(self) -> int:
+        return int(self.moments.n[:, 0].sum())
+
+
+def _occupied(geo: GeobinSums) -> GeobinSums:
+    """The bins that still hold a video (subtracting withdrawn videos can empty a bin)."""
+    return geo.select(geo.n != 0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The heavy pass, as a state
+# --------------------------------------------------------------------------------------------------------------------
+def _pass(prepared, sel: Selection, settings: AnalyzeSettings, candidates_k: int | None
+          ) -> tuple[Moments, CcaMoments, GeobinSums, list[SampleRows | None] | None]:
+    """One distributed pass; with ``candidates_k`` the bottom-``candidates_k`` rows per region come back as rows."""
+    rows = combined_partials(prepared, sel.expr_columns, sel.labels, settings, candidates_k,
+                             emit_candidates=candidates_k is not None)
+    cand_rows = [r for r in rows if r[0] == KIND_CANDIDATES]
+    m, cm, geo = assemble([r for r in rows if r[0] != KIND_CANDIDATES], len(REGION_IDS), settings.replicates + 1,
+                          len(sel.expr_columns), len(sel.labels))
+    if candidates_k is None:
+        return m, cm, geo, None
+    candidates: list[SampleRows | None] = [None] * len(REGION_IDS)
+    for _, key, payload in cand_rows:
+        candidates[key] = SampleRows.from_bytes(payload)
+    return m, cm, geo, candidates
+
+
+def _subsample(settings: AnalyzeSettings) -> bool:
+    return settings.cca.balance == "subsample"
+
+
+def _capacity(settings: AnalyzeSettings, inc: IncrementalSettings) -> int:
+    return int(np.ceil(settings.cca.per_region * (1.0 + inc.candidate_margin)))
+
+
+def _cuts(candidates: list[SampleRows | None], capacity: int) -> list[int]:
+    """A region whose candidates filled the capacity holds every video up to its largest key; else all of them."""
+    return [int(c.key[-1]) if c is not None and len(c) >= capacity else NO_CUT for c in candidates]
+
+
+def full_state(prepared, sel: Selection, settings: AnalyzeSettings, inc: IncrementalSettings,
+               versions: dict[str, int]) -> SumsState:
+    """The state from scratch: one pass over every analysed video."""
+    capacity = _capacity(settings, inc) if _subsample(settings) else None
+    m, cm, geo, candidates = _pass(prepared, sel, settings, capacity)
+    return SumsState(dict(versions), m, cm, geo, candidates,
+                     _cuts(candidates, capacity) if candidates is not None else None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Storing the state
+# --------------------------------------------------------------------------------------------------------------------
+def save_state(store: TableStore, key: str, state: SumsState, run_id: str):
+    """Replace the stored state of ``key`` in one commit (a run killed before it leaves the previous state)."""
+    import pandas as pd
+
+    from cxatlas.core.schemas import spark_schema
+
+    versions = json.dumps(state.versions, sort_keys=True)
+    meta = json.dumps(dict(cuts=state.cuts), sort_keys=True).encode()
+    rows = [("moments", 0, state.moments.to_bytes()), ("cca", 0, state.cca.to_bytes()),
+            ("geobin", 0, state.geobins.to_bytes()), (KIND_META, 0, meta)]
+    rows += [(KIND_CANDIDATES, r, c.to_bytes()) for r, c in enumerate(state.candidates or []) if c is not None]
+    pdf = pd.DataFrame(dict(sums_key=key, kind=[k for k, _, _ in rows], key=[r for _, r, _ in rows],
+                            payload=[p for _, _, p in rows], input_versions=versions, n_videos=state.n_videos,
+                            run_id=run_id, updated=pd.Timestamp.now(tz="UTC").floor("us")))
+    df = store.spark.createDataFrame(pdf, schema=spark_schema(STAT_SUMS.schema))
+    return store.table(STAT_SUMS).replace_where(df, f"sums_key = '{key}'")
+
+
+def load_state(store: TableStore, key: str, sel: Selection, settings: AnalyzeSettings) -> SumsState | None:
+    from pyspark.sql import functions as F
+
+    table = store.table(STAT_SUMS)
+    if not table.exists():
+        return None
+    rows = table.read().filter(F.col("sums_key") == key).collect()
+    if not rows:
+        return None
+    by_kind = {(r["kind"], r["key"]): bytes(r["payload"]) for r in rows}
+    versions = json.loads(rows[0]["input_versions"])
+    cuts = json.loads(by_kind[(KIND_META, 0)].decode())["cuts"]
+    candidates = None
+    if _subsample(settings):
+        candidates = [SampleRows.from_bytes(by_kind[(KIND_CANDIDATES, r)]) if (KIND_CANDIDATES, r) in by_kind
+                      else None for r in range(len(REGION_IDS))]
+    return SumsState(versions, Moments.from_bytes(by_kind[("moments", 0)]), CcaMoments.from_bytes(by_kind[("cca", 0)]),
+                     GeobinSums.from_bytes(by_kind[("geobin", 0)]), candidates, cuts)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Updating the state
+# --------------------------------------------------------------------------------------------------------------------
+def changed_videos(store: TableStore, old: dict[str, int], new: dict[str, int]):
+    """The video_ids any input table changed in versions ``(old, new]`` (a DataFrame), or a string saying why the
+    change feed cannot tell."""
+    frames = []
+    for spec in INPUT_TABLES:
+        table = store.table(spec)
+        since = table.change_feed_since()
+        before, now = old.get(spec.name), new[spec.name]
+        if before is None:
+            return f"the stored sums do not record a version of {spec.name}"
+        if now < before:
+            return f"{spec.name} is at version {now}, older than the stored sums' {before} (restored?)"
+        if now > before and (since is None or since > before + 1):
+            return f"{spec.name}'s change feed starts at version {since}, after the stored sums' version {before}"
+        frames.append(table.changed_keys(before, now, ["video_id"]))
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out.distinct()
+
+
+def _update_candidates(state: SumsState, changed_hashes: np.ndarray, added: list[SampleRows | None], capacity: int,
+                       k: int) -> str | None:
+    """Changed videos leave the candidates; their new rows enter when under the region's cut. Returns why the
+    candidates can no longer give the exact sample (then the caller rebuilds), or None."""
+    assert state.candidates is not None and state.cuts is not None
+    for r in range(len(REGION_IDS)):
+        cand, cut = state.candidates[r], state.cuts[r]
+        parts = []
+        if cand is not None and len(cand):
+            stay = ~np.isin(cand.hash, changed_hashes)
+            parts.append(SampleRows(cand.key[stay], cand.hash[stay], cand.X[stay], cand.C[stay], capacity))
+        new = added[r]
+        if new is not None and len(new):
+            sel = np.flatnonzero(new.key <= cut) if cut != NO_CUT else np.arange(len(new))
+            if sel.size:
+                parts.append(SampleRows(new.key[sel], new.hash[sel], new.X[sel], new.C[sel], capacity))
+        merged = SampleRows.concat(parts).bottom(capacity) if parts else None
+        if merged is not None and len(merged) >= capacity:
+            cut = int(merged.key[-1])
+        n_region = int(round(state.moments.n[r, 0]))
+        held = 0 if merged is None else len(merged)
+        if cut != NO_CUT and held < min(k, n_region):
+            return (f"region {REGION_IDS[r]}: only {held} sample candidates left under the cut for a sample of "
+                    f"{min(k, n_region)} (incremental.candidate_margin)")
+        state.candidates[r], state.cuts[r] = merged, cut
+    return None
+
+
+def update_state(store: TableStore, state: SumsState, inputs: Inputs, sel: Selection, settings: AnalyzeSettings,
+                 inc: IncrementalSettings) -> tuple[SumsState | None, int, str]:
+    """Bring ``state`` to ``inputs.versions``. Returns (new state or None when a full pass is needed, number of
+    changed videos, what happened)."""
+    from pyspark.sql import functions as F
+
+    changed = changed_videos(store, state.versions, inputs.versions)
+    if isinstance(changed, str):
+        return None, -1, changed
+    changed = changed.persist()
+    n_changed = changed.count()
+    if n_changed == 0:
+        changed.unpersist()
+        state.versions = dict(inputs.versions)
+        return state, 0, "no video changed"
+    if n_changed > inc.max_changed_fraction * max(state.n_videos, 1):
+        changed.unpersist()
+        return None, n_changed, (f"{n_changed} videos changed, more than incremental.max_changed_fraction="
+                                 f"{inc.max_changed_fraction} of {state.n_videos}")
+    try:
+        old_inputs = Inputs(dict(state.versions), *[store.table(s).read(state.versions[s.name]) for s in INPUT_TABLES])
+        ids = F.broadcast(changed)
+        prepared = [prepare_input(Inputs(i.versions, *[f.join(ids, "video_id", "left_semi")
+                                                        for f in (i.uploads, i.expressions, i.contexts)]),
+                                  sel.expr_version, sel.ctx_version, sel.taxonomy, sel.expr_columns,
+                                  settings.cca.sample_seed, broadcast=True)
+                    for i in (old_inputs, inputs)]
+        # With a sample size the passes' CCA sums hold only the parts that add across videos (a sample's sums come
+        # from its candidates below); the new rows' own bottom-k come back as rows.
+        capacity = _capacity(settings, inc) if _subsample(settings) else None
+        removed = _pass(prepared[0], sel, settings, capacity)
+        added = _pass(prepared[1], sel, settings, capacity)
+        hashes = np.array([r[0] for r in changed.select(F.xxhash64("video_id")).collect()], dtype=np.int64)
+    except Exception as exc:  # an old version vacuumed away, a table rewritten: rebuild rather than guess
+        if "FileNotFound" in str(exc) or "VersionNotFound" in str(exc) or "DELTA_FILE_NOT_FOUND" in str(exc):
+            return None, n_changed, f"the stored versions cannot be read any more ({type(exc).__name__})"
+        raise
+    finally:
+        changed.unpersist()
+    m = state.moments + added[0] - removed[0]
+    geo = _occupied(GeobinSums.total([state.geobins, added[2], -removed[2]]))
+    new = SumsState(dict(inputs.versions), m, state.cca + added[1] - removed[1], geo, state.candidates, state.cuts)
+    if _subsample(settings):
+        why = _update_candidates(new, hashes, added[3], capacity, settings.cca.per_region)
+        if why:
+            return None, n_changed, why
+    return new, n_changed, f"{n_changed} videos changed"
+
+
+def current_sums(store: TableStore, inputs: Inputs, sel: Selection, settings: AnalyzeSettings,
+                 inc: IncrementalSettings, run_id: str, full_prepared=None
+                 ) -> tuple[Moments, CcaMoments, GeobinSums, dict]:
+    """The sums for ``inputs`` from the stored state, updated (or rebuilt) and stored again.
+
+    Returns (moments, cca_moments, geobins, info) where info says ``mode`` (current | incremental | full), the
+    number of changed videos and why a full pass was needed.
+    """
+    key = sums_key(sel, settings)
+    state = load_state(store, key, sel, settings)
+    info: dict = dict(sums_key=key, changed=None)
+    new = None
+    if state is None:
+        info["reason"] = "no stored sums for this configuration"
+    else:
+        new, info["changed"], info["reason"] = update_state(store, state, inputs, sel, settings, inc)
+    if new is None:
+        log.info("statistics: full pass (%s)", info["reason"])
+        prepared = full_prepared if full_prepared is not None else prepare_input(
+            inputs, sel.expr_version, sel.ctx_version, sel.taxonomy, sel.expr_columns, settings.cca.sample_seed)
+        new = full_state(prepared, sel, settings, inc, inputs.versions)
+        info["mode"] = "full"
+    else:
+        info["mode"] = "incremental" if info["changed"] else "current"
+        log.info("statistics: %s (%s)", info["mode"], info["reason"])
+    if info["mode"] != "current" or state is None or state.versions != new.versions:
+        save_state(store, key, new, run_id)
+    m, cm, geo = new.sums(settings.cca.per_region)
+    return m, cm, geo, info
+
+
+def selection(expr_version: str, ctx_version: str, taxonomy: str, expr_columns: Sequence[str],
+              labels: Sequence[str]) -> Selection:
+    return Selection(expr_version, ctx_version, taxonomy, tuple(expr_columns), tuple(labels))

@@ -1,0 +1,229 @@
+"""``cxatlas reprocess``: the one scheduled command that keeps every table and statistic current.
+
+One run, under a lease (:mod:`cxatlas.core.lease`) so overlapping schedules never work at once::
+
+    manifest folder --(files not in processed_manifests, by sha256)--> ingest (withdrawals become tombstones)
+      -> apply withdrawals (annotations of withdrawn videos deleted; idempotent, so a killed run is completed)
+      -> annotate uploads lacking rows for the configured model versions (at most --max-videos per run)
+      -> statistics: the stored sums of the analysed versions updated from Delta's change feed, results written
+      -> one row in ``runs`` (written first as "running", completed at the end)
+
+Why it is safe to kill at any point: every write is one Delta commit and every step is idempotent. Ingest upserts
+(re-ingesting a manifest changes nothing) and its file is recorded only after its commits; annotation inserts only
+missing keys; the stored sums are replaced in one commit together with the versions they are exact for. A restart
+redoes at most the step that was cut, and finds the lease of the dead run free at once on the same host (or when it
+expires, elsewhere), marking the dead run's row ``failed``.
+
+Model versions: analyses use the configured model versions once they cover every live upload; until then (a new
+checkpoint being rolled out in bounded batches) they keep using the versions of the latest analysis, so no analysis
+ever mixes two versions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from cxatlas.core.config import Config
+from cxatlas.core.errors import UserError
+from cxatlas.core.lease import Lease
+from cxatlas.core.result_schemas import ANALYSES
+from cxatlas.core.run_log import RunLog
+from cxatlas.core.run_schemas import PROCESSED_MANIFESTS
+from cxatlas.core.runs import RunReport, utc_timestamp
+from cxatlas.core.tables import TableStore
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "reprocess"
+MANIFEST_SUFFIXES = (".csv", ".json", ".jsonl", ".ndjson", ".parquet", ".pq", ".csv.gz", ".json.gz")
+
+
+@dataclass
+class ReprocessReport(RunReport):
+    """What one scheduled run did. Its counts are the ``runs`` row's."""
+
+    manifest_dir: str = ""
+    status: str = "running"
+    message: str = ""
+    manifests: int = 0
+    rows_in: int = 0
+    new: int = 0
+    updated: int = 0
+    withdrawn: int = 0
+    annotated: int = 0
+    quarantined: int = 0
+    remaining: int = 0
+    annotations_deleted: int = 0
+    analysis_id: str | None = None
+    statistics: str = ""
+    versions: dict[str, int] = field(default_factory=dict)
+
+    def headline(self) -> str:
+        return f"reprocess {self.manifest_dir} (run {self.run_id}): {self.status}"
+
+    def counts(self) -> dict[str, int]:
+        return dict(manifests=self.manifests, rows_in=self.rows_in, new=self.new, updated=self.updated,
+                    withdrawn=self.withdrawn, annotated=self.annotated, quarantined=self.quarantined,
+                    remaining=self.remaining)
+
+    def details(self) -> list[str]:
+        lines = [f"  {self.message}"] if self.message else []
+        if self.status == "skipped":
+            return lines
+        lines.append("  " + ", ".join(f"{k} {v}" for k, v in self.counts().items()))
+        if self.annotations_deleted:
+            lines.append(f"  annotation rows of withdrawn videos deleted: {self.annotations_deleted}")
+        lines.append(f"  uploads still waiting for annotation: {self.remaining}" + (
+            " (the next runs continue)" if self.remaining else ""))
+        if self.statistics:
+            lines.append(f"  statistics: {self.statistics}")
+        return lines
+
+
+def list_manifests(manifest_dir: str) -> list[tuple[str, str, int]]:
+    """(path, sha256, size) of each manifest file in the folder (any fsspec URI), in name order."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(manifest_dir)
+    if not fs.isdir(root):
+        raise UserError(f"--manifest-dir {manifest_dir} is not a folder")
+    out = []
+    for info in sorted(fs.ls(root, detail=True), key=lambda i: i["name"]):
+        name = info["name"]
+        base = name.rsplit("/", 1)[-1]
+        if info.get("type") != "file" or base.startswith((".", "_")) or not base.lower().endswith(MANIFEST_SUFFIXES):
+            continue
+        digest = hashlib.sha256()
+        with fs.open(name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+        path = name if local else fs.unstrip_protocol(name)
+        out.append((path, digest.hexdigest(), int(info.get("size") or 0)))
+    return out
+
+
+def _processed(store: TableStore) -> set[tuple[str, str]]:
+    table = store.table(PROCESSED_MANIFESTS)
+    if not table.exists():
+        return set()
+    return {(r["path"], r["checksum"]) for r in table.read().select("path", "checksum").collect()}
+
+
+def _record_manifest(store: TableStore, path: str, checksum: str, size: int, rows_in: int, run_id: str,
+                     ingest_run_id: str) -> None:
+    from pyspark.sql import functions as F
+
+    df = store.spark.createDataFrame([(path, checksum, size, rows_in, run_id, ingest_run_id,
+                                       utc_timestamp(time.time()))],
+                                     "path string, checksum string, size long, rows_in long, run_id string, "
+                                     "ingest_run_id string, processed string")
+    store.table(PROCESSED_MANIFESTS).insert_new(df.withColumn("processed", F.col("processed").cast("timestamp")))
+
+
+def _analysed_versions(store: TableStore, current: tuple[str, str, str], complete: bool) -> tuple[str, str, str] | None:
+    """The (expression version, context version, taxonomy) to analyse: the configured ones once they cover every
+    upload, else those of the latest analysis (never a mix); None when there is nothing complete yet."""
+    from pyspark.sql import functions as F
+
+    if complete:
+        return current
+    table = store.table(ANALYSES)
+    if not table.exists():
+        return None
+    rows = (table.read().orderBy(F.col("finished").desc()).limit(1)
+            .select("expression_model_version", "context_model_version", "taxonomy").collect())
+    return tuple(rows[0]) if rows else None
+
+
+def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_videos: int | None = None,
+                  wait: bool = False, analysis_settings=None) -> ReprocessReport:
+    """One scheduled run (see the module docstring). ``analysis_settings`` default to ``cfg``'s ``analyze:``."""
+    from cxatlas.stages.analyze import run_analyze
+    from cxatlas.stages.annotate import run_annotate, validate_models
+    from cxatlas.stages.ingest import apply_withdrawals, run_ingest
+
+    rs = cfg.settings.reprocess
+    report = ReprocessReport(manifest_dir=manifest_dir)
+    max_videos = max_videos if max_videos is not None else rs.max_videos
+    command = f"reprocess --manifest-dir {manifest_dir}" + (f" --max-videos {max_videos}" if max_videos else "")
+    run_log = RunLog(store, report.run_id, command, cfg)
+    lease = Lease(store, LEASE_NAME, report.run_id, rs.lease_ttl_seconds)
+    if not lease.acquire(wait=wait, poll_seconds=rs.wait_poll_seconds, max_wait_seconds=rs.max_wait_seconds):
+        report.status = "skipped"
+        report.message = f"another run holds the lease '{LEASE_NAME}': {lease.holder_description()}; nothing done"
+        run_log.finish("skipped", error=report.message)
+        return report.finish()
+    if lease.displaced is not None:
+        run_log.mark_dead(lease.displaced.holder, f"died holding the lease (host {lease.displaced.host}, pid "
+                                                  f"{lease.displaced.pid}); run {report.run_id} took over")
+    run_log.start()
+    outputs: dict[str, int] = {}
+
+    def note(commits: dict) -> None:
+        for name, commit in commits.items():
+            if getattr(commit, "version", None) is not None:
+                outputs[name] = commit.version
+        report.commits.update({f"{name}": c for name, c in commits.items()})
+
+    try:
+        done = _processed(store)
+        pending = [m for m in list_manifests(manifest_dir) if (m[0], m[1]) not in done]
+        log.info("reprocess %s: %d new or changed manifest(s) in %s", report.run_id, len(pending), manifest_dir)
+        for path, checksum, size in pending:
+            ing = run_ingest(spark, cfg, store, path)
+            print(ing.summary(), flush=True)
+            report.manifests += 1
+            report.rows_in += ing.rows_in
+            report.new += ing.new
+            report.updated += ing.updated
+            report.withdrawn += ing.withdrawn
+            report.quarantined += ing.quarantined
+            report.annotations_deleted += ing.annotations_deleted
+            note(ing.commits)
+            _record_manifest(store, path, checksum, size, ing.rows_in, report.run_id, ing.run_id)
+            lease.renew()
+        report.annotations_deleted += apply_withdrawals(store, report.commits)
+
+        annotated = run_annotate(spark, cfg, store, max_videos=max_videos)
+        print(annotated.summary(), flush=True)
+        report.annotated, report.remaining = annotated.annotated, annotated.remaining
+        report.quarantined += annotated.quarantined
+        note(annotated.commits)
+        lease.renew()
+
+        expr_version, _, ctx_version = validate_models(cfg.settings.annotate)
+        chosen = _analysed_versions(store, (expr_version, ctx_version, cfg.settings.annotate.context.taxonomy),
+                                    complete=annotated.remaining == 0)
+        if chosen is None:
+            report.statistics = (f"not updated: the configured models still have {annotated.remaining} uploads "
+                                 f"to annotate and no earlier analysis exists")
+        else:
+            base = analysis_settings or cfg.settings.analyze
+            settings = dataclasses.replace(base, expression_model_version=chosen[0], context_model_version=chosen[1],
+                                           taxonomy=chosen[2])
+            analysis = run_analyze(spark, cfg, store, settings=settings, incremental=True)
+            report.analysis_id = analysis.analysis_id
+            report.versions = dict(analysis.input_versions)
+            note(analysis.commits)
+            sums = analysis.sums
+            report.statistics = (f"analysis {analysis.analysis_id} on {chosen[0]} / {chosen[1]} / {chosen[2]}: "
+                                 f"sums {sums.get('mode')} ({sums.get('reason')}), {analysis.n_videos} videos")
+            if chosen[0] != expr_version or chosen[1] != ctx_version:
+                report.statistics += (f"; the configured models ({expr_version} / {ctx_version}) take over once they "
+                                      f"cover every upload ({annotated.remaining} to go)")
+        report.status = "succeeded"
+    except BaseException as exc:
+        report.status = "failed"
+        report.message = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
+        run_log.finish("failed", error=report.message, counts=report.counts(), input_versions=report.versions,
+                       output_versions=outputs)
+        lease.release()
+        raise
+    run_log.finish("succeeded", counts=report.counts(), analysis_id=report.analysis_id,
+                   input_versions=report.versions, output_versions=outputs)
+    lease.release()
+    return report.finish()
