@@ -15,9 +15,14 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from cxatlas.cli.commands import open_store
+from cxatlas.cli.quiet import quiet_spark_startup
 from cxatlas.core.catalog import VIEWS, register_catalog
 from cxatlas.core.config import ENV_DATA, Config, load_config
 from cxatlas.core.errors import UserError
+
+# Spark's start-up chatter filter (cxatlas.cli.quiet), entered once and never left: the JVM keeps writing to the
+# stderr it was started with for the whole life of the kernel, so the filter must outlive open_session.
+_STDERR_FILTER: list = []
 
 __all__ = ["Session", "open_session", "sql", "has_table", "tables_overview", "table_schema", "latest_analysis",
            "region_summary", "similarity_matrix", "figure_paths", "show_figures"]
@@ -38,14 +43,15 @@ class Session:
 
 
 def open_session(data_root: str | None = None, *, default_data_root: str | None = None,
-                 overrides: Sequence[str] = ()) -> Session:
+                 overrides: Sequence[str] = (), quiet: bool = True) -> Session:
     """Open Spark over a data root's tables, register them and the analyst views in the catalog, and print where
     they are.
 
     The data root is ``data_root``, else ``$CXATLAS_DATA``, else ``default_data_root`` (the notebooks pass
     ``../data``, where ``make demo`` writes, since Jupyter runs a notebook in its own folder). The settings overlay is
     ``$CXATLAS_CONF``; ``overrides`` are ``key=value`` settings like ``--set``. A data root without tables is a
-    one-line :class:`UserError` saying how to make some, not a Spark error three cells later.
+    one-line :class:`UserError` saying how to make some, not a Spark error three cells later. ``quiet`` hides the
+    JVM's start-up notes (as the command line does without ``-v``); real warnings and errors still show.
     """
     import fsspec
 
@@ -55,6 +61,9 @@ def open_session(data_root: str | None = None, *, default_data_root: str | None 
     if not fs.exists(path):
         raise UserError(f"no cxatlas tables under {cfg.table_root}: run `make demo` (or cxatlas ingest/annotate/"
                         f"analyze), or set {ENV_DATA} to a data root that has them")
+    if quiet and not _STDERR_FILTER:
+        _STDERR_FILTER.append(quiet_spark_startup())
+        _STDERR_FILTER[0].__enter__()
     spark, store = open_store(cfg, "notebook")
     present = {t.name for t in spark.catalog.listTables(store.database)} \
         if spark.catalog.databaseExists(store.database) else set()
