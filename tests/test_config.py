@@ -105,3 +105,13 @@ def test_cli_reports_a_bad_setting_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "cxatlas tables: error: unknown setting 'analyze.replicatez' in --set analyze.replicatez=3; "
         "did you mean 'analyze.replicates'?"]
+
+
+def test_set_before_and_after_the_subcommand_both_apply():
+    """argparse lets a subcommand's namespace overwrite the top level's: --set given on both sides must not lose the
+    first ones (it did: a test run then used the default metastore port)."""
+    from cxatlas.cli.main import build_parser, config_from_args
+
+    args = build_parser().parse_args(["--set", "ingest.partitions=3", "runs", "--set", "annotate.partitions=5"])
+    cfg = config_from_args(args)
+    assert (cfg.settings.ingest.partitions, cfg.settings.annotate.partitions) == (3, 5)

@@ -24,13 +24,15 @@ log = logging.getLogger("cxatlas")
 QUIET_LOGGERS = ("py4j", "matplotlib", "PIL", "urllib3", "filelock", "sentence_transformers")
 
 
-def _common() -> argparse.ArgumentParser:
+def _common(overrides_dest: str = "overrides") -> argparse.ArgumentParser:
+    """The options every command takes, before or after the subcommand. ``--set`` before it is stored under another
+    name (argparse lets the subcommand's namespace overwrite the top level's), and both lists are applied."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--conf", default=argparse.SUPPRESS, help="config overlay YAML, holding only what differs "
                         "from the packaged conf/local.yaml (default: $CXATLAS_CONF)")
     common.add_argument("--data", default=argparse.SUPPRESS, help="data root for tables and outputs "
                                                                   "(default: $CXATLAS_DATA or data_root in the config)")
-    common.add_argument("--set", dest="overrides", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
+    common.add_argument("--set", dest=overrides_dest, action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
                         help="override any setting, e.g. --set ingest.partitions=64 (repeatable)")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     return common
@@ -39,7 +41,7 @@ def _common() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
-        prog="cxatlas", parents=[common],
+        prog="cxatlas", parents=[_common("overrides_before_command")],
         description="cxatlas: which facial expressions occur in which contexts, across 12 world regions "
                     "(Cowen et al., Nature 2021), on Spark + Delta + PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -191,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(getattr(args, "conf", None), data_root=getattr(args, "data", None),
-                       overrides=getattr(args, "overrides", None) or ())
+                       overrides=[*(getattr(args, "overrides_before_command", None) or ()),
+                                  *(getattr(args, "overrides", None) or ())])
 
 
 def setup_logging(verbose: bool) -> None:
