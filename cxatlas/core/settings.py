@@ -232,6 +232,7 @@ class PpcaSettings:
 class IncrementalSettings:
     candidate_margin: float
     max_changed_fraction: float
+    driver_max_videos: int
 
 
 @dataclass(frozen=True)

@@ -140,8 +140,12 @@ class Table:
         """Register an existing Delta location under its name (a no-op when the catalog already has it there).
         A catalog entry of that name pointing elsewhere is refused: it would make queries read another data root."""
         if not self.spark.catalog.tableExists(self.name):
-            self.spark.sql(f"CREATE TABLE IF NOT EXISTS {self.name} USING delta LOCATION {_sql_string(self.path)}")
-            return
+            try:
+                self.spark.sql(f"CREATE TABLE IF NOT EXISTS {self.name} USING delta LOCATION {_sql_string(self.path)}")
+                return
+            except Exception as exc:  # another process registered it between the check and the create
+                if "AlreadyExists" not in str(exc) and "ALREADY_EXISTS" not in str(exc):
+                    raise
         location = self.spark.sql(f"DESCRIBE DETAIL {self.name}").collect()[0]["location"]
         if location.removeprefix("file:").rstrip("/") != self.path.removeprefix("file:").rstrip("/"):
             raise TableError(f"the catalog's {self.name} is the table at {location}, not {self.path}: another data "

@@ -32,13 +32,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 
 from cxatlas.core.regions import REGION_IDS
 from cxatlas.core.run_schemas import STAT_SUMS
 from cxatlas.core.schemas import UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
 from cxatlas.core.settings import AnalyzeSettings, IncrementalSettings
 from cxatlas.core.tables import TableStore
-from cxatlas.stages.analyze.sums import Inputs, combined_partials, prepare_input
+from cxatlas.stages.analyze.sums import Inputs, combined_partials, local_partials, prepare_input
 from cxatlas.stats import CcaMoments, Moments, accumulate_cca
 from cxatlas.udfs.moments import KIND_CANDIDATES, GeobinSums, SampleRows, assemble
 
@@ -105,9 +106,10 @@ def _occupied(geo: GeobinSums) -> GeobinSums:
 # --------------------------------------------------------------------------------------------------------------------
 def _pass(prepared, sel: Selection, settings: AnalyzeSettings, candidates_k: int | None
           ) -> tuple[Moments, CcaMoments, GeobinSums, list[SampleRows | None] | None]:
-    """One distributed pass; with ``candidates_k`` the bottom-``candidates_k`` rows per region come back as rows."""
-    rows = combined_partials(prepared, sel.expr_columns, sel.labels, settings, candidates_k,
-                             emit_candidates=candidates_k is not None)
+    """One pass over prepared rows: a DataFrame (distributed) or an Arrow table already collected (this process).
+    With ``candidates_k`` the bottom-``candidates_k`` rows per region come back as rows."""
+    run = local_partials if isinstance(prepared, pa.Table) else combined_partials
+    rows = run(prepared, sel.expr_columns, sel.labels, settings, candidates_k, emit_candidates=candidates_k is not None)
     cand_rows = [r for r in rows if r[0] == KIND_CANDIDATES]
     m, cm, geo = assemble([r for r in rows if r[0] != KIND_CANDIDATES], len(REGION_IDS), settings.replicates + 1,
                           len(sel.expr_columns), len(sel.labels))
@@ -243,19 +245,26 @@ def update_state(store: TableStore, state: SumsState, inputs: Inputs, sel: Selec
     changed = changed_videos(store, state.versions, inputs.versions)
     if isinstance(changed, str):
         return None, -1, changed
-    changed = changed.persist()
-    n_changed = changed.count()
+    limit = int(inc.max_changed_fraction * max(state.n_videos, 1))
+    # The usual case (few changes) needs one small collect: the ids and their hashes, at most ``limit`` + 1 rows.
+    few = changed.select("video_id", F.xxhash64("video_id").alias("h")).limit(min(limit, inc.driver_max_videos) + 1)
+    collected = few.collect()
+    local = len(collected) <= inc.driver_max_videos
+    n_changed = len(collected) if len(collected) <= limit else changed.count()
     if n_changed == 0:
-        changed.unpersist()
         state.versions = dict(inputs.versions)
         return state, 0, "no video changed"
-    if n_changed > inc.max_changed_fraction * max(state.n_videos, 1):
-        changed.unpersist()
+    if n_changed > limit:
         return None, n_changed, (f"{n_changed} videos changed, more than incremental.max_changed_fraction="
                                  f"{inc.max_changed_fraction} of {state.n_videos}")
     try:
         old_inputs = Inputs(dict(state.versions), *[store.table(s).read(state.versions[s.name]) for s in INPUT_TABLES])
-        ids = F.broadcast(changed)
+        if local:
+            ids = F.broadcast(store.spark.createDataFrame([(r[0],) for r in collected], "video_id string"))
+            hashes = np.array([r[1] for r in collected], dtype=np.int64)
+        else:
+            ids = changed
+            hashes = np.array([r[0] for r in changed.select(F.xxhash64("video_id")).collect()], dtype=np.int64)
         prepared = [prepare_input(Inputs(i.versions, *[f.join(ids, "video_id", "left_semi")
                                                         for f in (i.uploads, i.expressions, i.contexts)]),
                                   sel.expr_version, sel.ctx_version, sel.taxonomy, sel.expr_columns,
@@ -264,15 +273,18 @@ def update_state(store: TableStore, state: SumsState, inputs: Inputs, sel: Selec
         # With a sample size the passes' CCA sums hold only the parts that add across videos (a sample's sums come
         # from its candidates below); the new rows' own bottom-k come back as rows.
         capacity = _capacity(settings, inc) if _subsample(settings) else None
+        if local:  # few rows: one collect of the old and new rows together, summed in this process
+            both = prepared[0].withColumn("_new", F.lit(False)).unionByName(
+                prepared[1].withColumn("_new", F.lit(True))).toArrow()
+            new_mask = both.column("_new").to_numpy(zero_copy_only=False)
+            both = both.drop(["_new"])
+            prepared = [both.filter(pa.array(~new_mask)), both.filter(pa.array(new_mask))]
         removed = _pass(prepared[0], sel, settings, capacity)
         added = _pass(prepared[1], sel, settings, capacity)
-        hashes = np.array([r[0] for r in changed.select(F.xxhash64("video_id")).collect()], dtype=np.int64)
     except Exception as exc:  # an old version vacuumed away, a table rewritten: rebuild rather than guess
         if "FileNotFound" in str(exc) or "VersionNotFound" in str(exc) or "DELTA_FILE_NOT_FOUND" in str(exc):
             return None, n_changed, f"the stored versions cannot be read any more ({type(exc).__name__})"
         raise
-    finally:
-        changed.unpersist()
     m = state.moments + added[0] - removed[0]
     geo = _occupied(GeobinSums.total([state.geobins, added[2], -removed[2]]))
     new = SumsState(dict(inputs.versions), m, state.cca + added[1] - removed[1], geo, state.candidates, state.cuts)

@@ -166,23 +166,41 @@ def compute_sums(prepared, expr_columns: Sequence[str], labels: Sequence[str], s
     return assemble(rows, n_regions, settings.replicates + 1, len(expr_columns), len(labels))
 
 
-def combined_partials(prepared, expr_columns: Sequence[str], labels: Sequence[str], settings: AnalyzeSettings,
-                      cca_per_region: int | None, emit_candidates: bool = False) -> list[tuple[str, int, bytes]]:
-    """The heavy pass itself: ``(kind, key, payload)`` rows, one per (kind, key), combined on the executors.
+def moments_pass(expr_columns: Sequence[str], labels: Sequence[str], settings: AnalyzeSettings,
+                 cca_per_region: int | None, emit_candidates: bool = False) -> MomentsPass:
+    """The executor function of the heavy pass for these settings.
 
     ``cca_per_region`` is the bottom-k size per region (None: every video in the CCA sums); ``emit_candidates``
     returns the bottom-k rows themselves instead of their CCA sums (see :mod:`.incremental`).
     """
-    n_regions = len(REGION_IDS)
-    per_region = cca_per_region
     # The one-region CCA is fitted on every video of its region unless analyze.cca.fit_region_sample=per_region.
     all_regions = [REGION_IDS.index(settings.cca.fit_region)] if settings.cca.fit_region_sample == "all" else []
-    task = MomentsPass(expr_columns=list(expr_columns), labels=list(labels), n_regions=n_regions,
-                       n_replicates=settings.replicates, seed=settings.seed, cca_per_region=per_region,
-                       cca_all_regions=all_regions,
-                       occur_threshold=settings.occur_threshold, batch_rows=settings.batch_rows,
-                       chunk_rows=settings.chunk_rows, geobin_shards=settings.geobin_shards,
-                       emit_candidates=emit_candidates)
+    return MomentsPass(expr_columns=list(expr_columns), labels=list(labels), n_regions=len(REGION_IDS),
+                       n_replicates=settings.replicates, seed=settings.seed, cca_per_region=cca_per_region,
+                       cca_all_regions=all_regions, occur_threshold=settings.occur_threshold,
+                       batch_rows=settings.batch_rows, chunk_rows=settings.chunk_rows,
+                       geobin_shards=settings.geobin_shards, emit_candidates=emit_candidates)
+
+
+def combined_partials(prepared, expr_columns: Sequence[str], labels: Sequence[str], settings: AnalyzeSettings,
+                      cca_per_region: int | None, emit_candidates: bool = False) -> list[tuple[str, int, bytes]]:
+    """The heavy pass itself: ``(kind, key, payload)`` rows, one per (kind, key), combined on the executors."""
+    task = moments_pass(expr_columns, labels, settings, cca_per_region, emit_candidates)
     partials = prepared.coalesce(settings.partitions).mapInArrow(task, PARTIAL_SCHEMA)
     combined = partials.groupBy("kind", "key").applyInPandas(combine_partials, PARTIAL_SCHEMA)
     return [(r["kind"], int(r["key"]), bytes(r["payload"])) for r in combined.collect()]
+
+
+def local_partials(rows, expr_columns: Sequence[str], labels: Sequence[str], settings: AnalyzeSettings,
+                   cca_per_region: int | None, emit_candidates: bool = False) -> list[tuple[str, int, bytes]]:
+    """The same pass in this process over rows already collected (an Arrow table of prepared rows): for a few
+    thousand changed videos, one collect beats scheduling Python workers and a shuffle."""
+    import pandas as pd
+
+    task = moments_pass(expr_columns, labels, settings, cca_per_region, emit_candidates)
+    out = [batch.to_pandas() for batch in task(iter(rows.to_batches()))]
+    if not out:
+        return []
+    partials = pd.concat(out, ignore_index=True)
+    combined = [combine_partials(group) for _, group in partials.groupby(["kind", "key"], sort=True)]
+    return [(str(k), int(key), bytes(p)) for df in combined for k, key, p in df.itertuples(index=False)]
