@@ -196,3 +196,48 @@ def test_sql_over_registered_tables(spark, store, cfg, tmp_path, capsys):
     assert main([*cli_args(cfg), "sql", "SELECT country, count(*) AS n FROM uploads GROUP BY country"]) == 0
     out = capsys.readouterr().out
     assert "|     BR|  1|" in out and "|     FR|  1|" in out
+
+
+def test_withdrawals_tombstone_the_upload_delete_its_annotations_and_a_later_upload_returns(spark, store, cfg,
+                                                                                           tmp_path):
+    """A withdrawing row needs only video_id and upload_time; it also applies to a stored row without an
+    upload_time (imported annotations have none); an older row arriving late does not bring the video back; a
+    later upload does. Bad withdrawn values are quarantined with their reason."""
+    from pyspark.sql import functions as F
+
+    from cxatlas.core.schemas import VIDEO_EXPRESSIONS, spark_schema
+
+    run_ingest(spark, cfg, store, write_csv(tmp_path / "m1.csv", [dict(PARIS, video_id="a"),
+                                                                   dict(SYDNEY, video_id="b")]))
+    # "c" stored as an import stores it: no upload_time.
+    store.table(UPLOADS).append(store.table(UPLOADS).read().filter("video_id = 'b'")
+                                .withColumn("video_id", F.lit("c")).withColumn("upload_time", F.lit(None)))
+    expr = spark.createDataFrame(
+        pd.DataFrame({"video_id": ["a", "b", "c"], "model_version": "m", "n_windows": 1, "n_faces": 1}),
+        "video_id string, model_version string, n_windows int, n_faces int")
+    for f in spark_schema(VIDEO_EXPRESSIONS.schema).fields:
+        if f.name not in expr.columns:
+            expr = expr.withColumn(f.name, F.lit(None).cast(f.dataType))
+    store.table(VIDEO_EXPRESSIONS).append(expr.select(*VIDEO_EXPRESSIONS.schema.names))
+
+    withdrawals = write_csv(tmp_path / "w.csv", [
+        {"video_id": "a", "upload_time": "2022-01-01T00:00:00Z", "withdrawn": "true"},
+        {"video_id": "c", "upload_time": "2022-01-01T00:00:00Z", "withdrawn": "yes"},
+        {"video_id": "b", "upload_time": "2022-01-01T00:00:00Z", "withdrawn": "perhaps"},
+    ], columns=["video_id", "upload_time", "withdrawn"])
+    report = run_ingest(spark, cfg, store, withdrawals)
+    assert report.reconciles and report.withdrawn == 2 and report.annotations_deleted == 2
+    assert report.reasons == {"invalid_withdrawn": 1}
+    up = uploads_df(store).set_index("video_id")
+    assert up.loc["a", "withdrawn"] and up.loc["c", "withdrawn"] and not up.loc["b", "withdrawn"]
+    assert pd.isna(up.loc["a", "uri"])  # a tombstone carries no content
+    assert sorted(store.table(VIDEO_EXPRESSIONS).read().toPandas()["video_id"]) == ["b"]
+
+    # An older row of "a" arriving late is quarantined; a later upload brings it back.
+    late = run_ingest(spark, cfg, store, write_csv(tmp_path / "late.csv", [dict(PARIS, video_id="a")]))
+    assert late.quarantined == 1 and uploads_df(store).set_index("video_id").loc["a", "withdrawn"]
+    back = run_ingest(spark, cfg, store, write_csv(tmp_path / "back.csv", [
+        dict(PARIS, video_id="a", upload_time="2023-01-01T00:00:00Z")]))
+    assert back.updated == 1 and back.withdrawn == 0
+    up = uploads_df(store).set_index("video_id")
+    assert not up.loc["a", "withdrawn"] and up.loc["a", "uri"] == PARIS["uri"]

@@ -460,7 +460,7 @@ def classify(valid, existing):
                              content_hash.alias("_stored_hash"))
     joined = ranked.join(stored, "video_id", "left")
     status = (F.when(F.col("_rank") > 1, "quarantined")
-              .when(F.col("_stored_time").isNull(), "new")
+              .when(F.col("_stored_hash").isNull(), "new")  # no stored row (a stored row may lack a time: import)
               .when(F.col("_stored_hash") == F.col("_hash"), "unchanged")
               .when(F.col("_stored_time") > F.col("upload_time"), "quarantined")
               .otherwise("updated"))
@@ -583,7 +583,8 @@ def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | 
         # One MERGE: new keys inserted, later uploads replace older ones. Never a blind append: if another ingest
         # commits the same keys first, Delta makes this commit conflict and retry, and the retry's own counts (what
         # it inserted and replaced) are the ones reported; rows the other writer already stored count as unchanged.
-        commit = uploads.upsert(accepted, update_when="s.upload_time >= t.upload_time", evolve_schema=True)
+        commit = uploads.upsert(accepted, update_when="t.upload_time IS NULL OR s.upload_time >= t.upload_time",
+                                evolve_schema=True)
         planned = report.new + report.updated
         report.new, report.updated = commit.rows_inserted, commit.rows_updated
         report.unchanged += planned - report.new - report.updated
@@ -591,8 +592,11 @@ def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | 
     else:
         report.commits["uploads"] = CommitResult(UPLOADS.name, None)
     report.commits["quarantine"] = write_quarantine(store, quarantine_rows)
-    report.withdrawn = tombstones
-    if tombstones:
+    if tombstones and report.commits["uploads"].version is not None:
+        # What the commit wrote, not what was planned: a concurrent ingest may have stored a later upload first.
+        report.withdrawn = (uploads.read(report.commits["uploads"].version)
+                            .filter(F.col("withdrawn") & (F.col("ingest_time") == ingest_time)).count())
+    if report.withdrawn:
         report.annotations_deleted = apply_withdrawals(store, report.commits)
     checked.unpersist()
     classified.unpersist()
