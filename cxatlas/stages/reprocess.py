@@ -167,7 +167,7 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
         for name, commit in commits.items():
             if getattr(commit, "version", None) is not None:
                 outputs[name] = commit.version
-        report.commits.update({f"{name}": c for name, c in commits.items()})
+        report.commits.update(commits)
 
     try:
         done = _processed(store)

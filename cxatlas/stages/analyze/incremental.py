@@ -320,7 +320,7 @@ def current_sums(store: TableStore, inputs: Inputs, sel: Selection, settings: An
     else:
         info["mode"] = "incremental" if info["changed"] else "current"
         log.info("statistics: %s (%s)", info["mode"], info["reason"])
-    if info["mode"] != "current" or state is None or state.versions != new.versions:
+    if info["mode"] != "current":  # unchanged sums are not written again
         save_state(store, key, new, run_id)
     m, cm, geo = new.sums(settings.cca.per_region)
     return m, cm, geo, info
