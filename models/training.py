@@ -12,7 +12,11 @@ Recipes
   targets in [0, 1], Adam (lr 1e-4, weight decay 1e-4), StepLR (step 20, gamma 0.1): the ``train:`` defaults.
 * ``fer7``: fer's mini-Xception with its trained features frozen and a new head (the final 3x3 convolution, one
   sigmoid output per country and label) trained on top; small enough to train on a CPU in seconds.
-* ``cowen16`` (LSTM + mixture-of-experts head on clip windows, sigmoid cross-entropy) is not trainable yet.
+* ``cowen16`` (Cowen et al., Nature 2021): the same user-supplied InceptionResnetV1 trunk, frozen but for
+  ``block8``, embeds every crop of a window (a still image is a window of one crop); the two LSTM layers and the
+  mixture-of-experts head train. Batches carry ``lengths`` (real crops per zero-padded window), which the model uses
+  to ignore the padding. The loss is sigmoid cross-entropy on the model's probabilities against the soft targets
+  (:func:`masked_bce`), as the paper's multi-label outputs call for; the optimiser and schedule are the same.
 
 Targets may be NaN where a country did not rate a stimulus: the loss and the correlations leave those cells out.
 Frozen BatchNorm layers stay in eval mode while training, so their running statistics (learned on faces) are kept.
@@ -33,11 +37,17 @@ from torch import nn
 from cxatlas.core.errors import UserError
 from cxatlas.models.brooks288 import Brooks288
 from cxatlas.models.checkpoint import CHECKPOINT_FORMAT, CheckpointError, InputSpec, save_checkpoint
+from cxatlas.models.cowen16 import Cowen16
 from cxatlas.models.fer7 import Fer7
 
-TRAINABLE = ("brooks288", "fer7")
+TRAINABLE = ("brooks288", "cowen16", "fer7")
+#: Models that train on a pretrained InceptionResnetV1 trunk (``train.trunk_checkpoint``).
+TRUNK_MODELS = ("brooks288", "cowen16")
 #: brooks288: the InceptionResnetV1 modules that train; everything before ``block8`` stays frozen.
 BROOKS_TRAINABLE_PREFIXES = ("net.block8.", "net.last_linear.", "net.last_bn.", "net.logits.")
+#: cowen16: the trunk's last block, the LSTM and the head train; the rest of the trunk, including its embedding
+#: layers (``last_linear``, ``last_bn``) after ``block8``, keeps the pretrained weights.
+COWEN_TRAINABLE_PREFIXES = ("trunk.block8.", "lstm.", "head.")
 
 
 class TrainingError(UserError, ValueError):
@@ -73,7 +83,7 @@ class EpochResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def line(self, labels: Sequence[str], show: int = 6) -> str:
+    def line(self, labels: Sequence[str], show: int = 6, unit: str = "crops") -> str:
         """One progress line: ``epoch 3/30  loss 0.0412  heldout loss 0.0398  mean r 0.71  (happy 0.93, ...)``."""
         valid = [r for r in self.heldout_r if r is not None and not math.isnan(r)]
         mean_r = f"{np.mean(valid):.3f}" if valid else "n/a"
@@ -81,7 +91,7 @@ class EpochResult:
         per = ", ".join(f"{label} {r:.2f}" for label, r in list(zip(labels, self.heldout_r))[:show]
                         if r is not None and not math.isnan(r))
         more = f", ... {len(labels) - show} more" if len(labels) > show else ""
-        return (f"epoch {self.epoch}  loss {self.loss:.4f} ({self.examples} crops)  heldout loss {held}  "
+        return (f"epoch {self.epoch}  loss {self.loss:.4f} ({self.examples} {unit})  heldout loss {held}  "
                 f"heldout r per label: mean {mean_r} ({per}{more})  lr {self.lr:.2g}  {self.seconds:.1f}s")
 
 
@@ -95,8 +105,9 @@ def build_trainable(model_name: str, labels: Sequence[str], trunk_checkpoint: st
     TrainingError
         A model that cannot be trained here.
     CheckpointError
-        brooks288 without usable trunk weights.
+        brooks288 or cowen16 without usable trunk weights.
     """
+    check_trainable(model_name, trunk_checkpoint)
     torch.manual_seed(seed)  # the new head's initialisation is part of the run's reproducibility
     if model_name == "fer7":
         model = Fer7.from_package()
@@ -106,41 +117,52 @@ def build_trainable(model_name: str, labels: Sequence[str], trunk_checkpoint: st
             param.requires_grad = name.startswith("classifier.")
     elif model_name == "brooks288":
         model = Brooks288(num_labels=len(labels))
-        load_trunk(model.net, trunk_checkpoint)
+        load_trunk(model.net, trunk_checkpoint, model_name)
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith(BROOKS_TRAINABLE_PREFIXES)
-    elif model_name == "cowen16":
-        raise TrainingError("training cowen16 (LSTM + mixture-of-experts head on clip windows) is not implemented "
-                            "yet; train brooks288 or fer7, or bring a cowen16 checkpoint trained elsewhere")
-    else:
-        raise TrainingError(f"unknown model '{model_name}'; trainable models: {', '.join(TRAINABLE)}")
+    else:  # cowen16
+        model = Cowen16(num_labels=len(labels))
+        load_trunk(model.trunk, trunk_checkpoint, model_name)
+        for name, param in model.named_parameters():
+            param.requires_grad = name.startswith(COWEN_TRAINABLE_PREFIXES)
     model.labels = tuple(labels)
     model.version = f"{model_name}-training"
     model.device = device
     return model.to(device)
 
 
-def load_trunk(net: nn.Module, path: str | None) -> None:
+_TRUNK_EXPECTED = ("InceptionResnetV1 weights pretrained on faces (Brooks et al. used VGGFace2: facenet-pytorch's "
+                   "20180402-114759-vggface2.pt state dict), given with --set train.trunk_checkpoint=PATH")
+
+
+def check_trainable(model_name: str, trunk_checkpoint: str | None) -> None:
+    """The refusals that need no work, so a job can give them before it prepares any data: an unknown model, or a
+    trunk model without an existing trunk file (:class:`TrainingError`, :class:`CheckpointError`)."""
+    if model_name not in TRAINABLE:
+        raise TrainingError(f"unknown model '{model_name}'; trainable models: {', '.join(TRAINABLE)}")
+    if model_name in TRUNK_MODELS and not trunk_checkpoint:
+        raise CheckpointError(f"{model_name} trains on a pretrained face trunk and nothing is downloaded: "
+                              f"supply {_TRUNK_EXPECTED}")
+    if model_name in TRUNK_MODELS and not Path(trunk_checkpoint).is_file():
+        raise CheckpointError(f"trunk weights '{trunk_checkpoint}' do not exist; expected {_TRUNK_EXPECTED}")
+
+
+def load_trunk(net: nn.Module, path: str | None, model_name: str = "brooks288") -> None:
     """Load pretrained InceptionResnetV1 weights into ``net`` (all but its ``logits`` layer, which classified the
-    pretraining identities).
+    pretraining identities) for ``model_name``.
 
     Accepts a plain state dict (facenet-pytorch's ``20180402-114759-vggface2.pt``, keys optionally prefixed ``net.``,
     ``trunk.`` or ``module.``) or a cxatlas checkpoint of brooks288 / cowen16. Loaded with ``weights_only``.
     """
-    expected = ("InceptionResnetV1 weights pretrained on faces (Brooks et al. used VGGFace2: facenet-pytorch's "
-                "20180402-114759-vggface2.pt state dict), given with --set train.trunk_checkpoint=PATH")
-    if not path:
-        raise CheckpointError(f"brooks288 trains on a pretrained face trunk and nothing is downloaded: "
-                              f"supply {expected}")
-    if not Path(path).is_file():
-        raise CheckpointError(f"trunk weights '{path}' do not exist; expected {expected}")
+    expected = _TRUNK_EXPECTED
+    check_trainable(model_name, path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on foreign files
         raise CheckpointError(f"'{path}' is not a readable torch file ({type(exc).__name__}); expected {expected}") \
             from exc
-    if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
-        payload = payload["state_dict"]
+    if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:  # only its trunk: not a cowen16
+        payload = {k: v for k, v in payload["state_dict"].items() if k.startswith(("net.", "trunk."))}  # LSTM/head
     if not isinstance(payload, Mapping):
         raise CheckpointError(f"'{path}' does not hold a state dict; expected {expected}")
     state = {}
@@ -204,6 +226,27 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (diff ** 2).sum() / seen.sum().clamp(min=1)
 
 
+def masked_bce(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sigmoid cross-entropy of predicted probabilities against soft targets in [0, 1], over the cells with a target
+    (NaN: unrated), in float32 whatever the autocast state: the model's outputs are already probabilities (a gated
+    mixture, so there are no logits to hand to ``binary_cross_entropy_with_logits``), and torch refuses
+    ``binary_cross_entropy`` under autocast. Log terms are clamped at -100 as ``binary_cross_entropy`` does."""
+    with torch.autocast(device_type=pred.device.type, enabled=False):
+        seen = ~torch.isnan(target)
+        p, t = pred.float(), torch.nan_to_num(target.float())
+        cells = -(t * torch.log(p).clamp(min=-100) + (1 - t) * torch.log1p(-p).clamp(min=-100))
+        return torch.where(seen, cells, torch.zeros_like(cells)).sum() / seen.sum().clamp(min=1)
+
+
+#: The training loss of each model (MSE unless listed): cowen16's outputs are independent sigmoids per label.
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"cowen16": masked_bce}
+
+
+def loss_for(model_name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss ``model_name`` trains with (and its held-out loss is reported in)."""
+    return LOSSES.get(model_name, masked_mse)
+
+
 def pearson_per_label(pred: np.ndarray, target: np.ndarray, min_rows: int = 3) -> np.ndarray:
     """Pearson r between predictions and targets, per column, over rows with a target; NaN for a column with fewer
     than ``min_rows`` rated rows or no variance."""
@@ -222,6 +265,13 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and device.type == "cuda")
 
 
+def forward(module: nn.Module, batch: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``module`` on ``x``; a batch of windows (sequence models) carries ``lengths``, the real crops per window."""
+    if "lengths" in batch:
+        return module(x, batch["lengths"])
+    return module(x)
+
+
 def predict(module: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], view: TargetView,
             device: torch.device, amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(predictions, targets) over all batches, in eval mode: (N, outputs) float arrays, targets NaN where unrated."""
@@ -229,7 +279,7 @@ def predict(module: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], vi
     preds, targets = [], []
     with torch.inference_mode(), _autocast(device, amp):
         for batch in batches:
-            preds.append(module(batch["x"].to(device, non_blocking=True)).float().cpu())
+            preds.append(forward(module, batch, batch["x"].to(device, non_blocking=True)).float().cpu())
             targets.append(view(batch["targets"]))
     if not preds:
         n = len(view.groups)
@@ -239,7 +289,8 @@ def predict(module: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], vi
 
 @dataclass
 class Trainer:
-    """Trains ``module`` with ``recipe``; :meth:`state` / :meth:`restore` make a run resumable epoch by epoch."""
+    """Trains ``module`` with ``recipe`` on ``loss`` (:func:`loss_for` the model); :meth:`state` / :meth:`restore`
+    make a run resumable epoch by epoch."""
 
     module: nn.Module
     recipe: Recipe
@@ -247,6 +298,7 @@ class Trainer:
     device: torch.device
     history: list[dict] = field(default_factory=list)
     epoch: int = 0
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = masked_mse
 
     def __post_init__(self) -> None:
         params = [p for p in self.module.parameters() if p.requires_grad]
@@ -271,7 +323,7 @@ class Trainer:
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
 
     def train_epoch(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> tuple[float, int]:
-        """One pass over ``batches``; returns (mean loss per crop, crops seen)."""
+        """One pass over ``batches``; returns (mean loss per example, examples seen: crops, or windows)."""
         set_train_mode(self.module)
         generator = torch.Generator().manual_seed(self.recipe.seed * 100_003 + self.epoch)
         total, seen = 0.0, 0
@@ -280,11 +332,11 @@ class Trainer:
             y = self.view(batch["targets"]).to(self.device, non_blocking=True)
             if self.recipe.augment_flip:
                 flip = (torch.rand(len(x), generator=generator) < 0.5).to(self.device)
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                x = torch.where(flip.view(-1, *[1] * (x.dim() - 1)), x.flip(-1), x)  # crops or whole windows
             self.optimizer.zero_grad(set_to_none=True)
             with _autocast(self.device, self.recipe.amp):
-                pred = self.module(x)
-            loss = masked_mse(pred, y)
+                pred = forward(self.module, batch, x)
+            loss = self.loss(pred, y)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -304,7 +356,7 @@ class Trainer:
             self.epoch += 1
             loss, examples = self.train_epoch(train_batches(self.epoch))
             pred, target = predict(self.module, heldout_batches(), self.view, self.device, self.recipe.amp)
-            held = float(masked_mse(torch.from_numpy(pred), torch.from_numpy(target))) if len(pred) else None
+            held = float(self.loss(torch.from_numpy(pred), torch.from_numpy(target))) if len(pred) else None
             r = [None if math.isnan(v) else float(v) for v in pearson_per_label(pred, target)]
             result = EpochResult(self.epoch, loss, examples, held, r, lr, time.time() - started)
             self.history.append(result.to_dict())

@@ -119,12 +119,31 @@ def world(tmp_path_factory):
     return {"root": root, "cfg": cfg, "stimuli": stimuli, "ratings": str(path), "frame": ratings}
 
 
-def _run(cfg, *argv: str, capsys) -> tuple[int, str]:
-    code = main([*argv, *cli_args(cfg), *[x for o in FAST for x in ("--set", o)]])
+def _run(cfg, *argv: str, capsys, sets: tuple[str, ...] = ()) -> tuple[int, str]:
+    """``cxatlas`` in this process with the FAST settings, then ``sets`` (which win over them)."""
+    code = main([*argv, *cli_args(cfg), *[x for o in (*FAST, *sets) for x in ("--set", o)]])
     captured = capsys.readouterr()
     with capsys.disabled():
         print(captured.out + captured.err)  # the run's own progress and summary, in the test log
     return code, captured.out + captured.err
+
+
+def _annotate_videos(spark, tmp_path: Path, model: str, checkpoint: Path):
+    """``run_annotate`` (ingest, UDF, Delta) of two real videos, one with a face and one without, scored by
+    ``model`` from ``checkpoint``: (the run's report, video_expressions indexed by video_id)."""
+    from cxatlas.sim.media_corpus import source_paths
+    from cxatlas.stages.annotate import run_annotate
+    from cxatlas.stages.ingest import run_ingest
+    from tests.test_ingest import PARIS, write_csv
+
+    videos = {k: v for k, v in source_paths().items() if k in ("single_face", "no_face")}
+    acfg = make_config(tmp_path / "annotate", "annotate.partitions=2", "annotate.video.max_windows=2",
+                       f"annotate.expression.model={model}", f"annotate.expression.checkpoint={checkpoint}")
+    astore = TableStore.from_config(spark, acfg)
+    manifest = write_csv(tmp_path / "m.csv", [dict(PARIS, video_id=k, uri=str(v)) for k, v in videos.items()])
+    run_ingest(spark, acfg, astore, manifest)
+    report = run_annotate(spark, acfg, astore)
+    return report, astore.table(VIDEO_EXPRESSIONS).read().toPandas().set_index("video_id")
 
 
 def test_train_fer7_resume_and_annotate(spark, world, capsys, tmp_path):
@@ -199,24 +218,100 @@ def test_train_fer7_resume_and_annotate(spark, world, capsys, tmp_path):
     assert np.corrcoef(pred[:, 3], happy)[0, 1] > 0.6
 
     # Annotate real videos with the trained checkpoint (the real annotate path: ingest, UDF, Delta).
-    from cxatlas.sim.media_corpus import source_paths
-    from cxatlas.stages.annotate import run_annotate
-    from cxatlas.stages.ingest import run_ingest
-    from tests.test_ingest import PARIS, write_csv
-
-    videos = {k: v for k, v in source_paths().items() if k in ("single_face", "no_face")}
-    acfg = make_config(tmp_path / "annotate", "annotate.partitions=2", "annotate.video.max_windows=2",
-                       "annotate.expression.model=fer7", f"annotate.expression.checkpoint={out}")
-    astore = TableStore.from_config(spark, acfg)
-    manifest = write_csv(tmp_path / "m.csv", [dict(PARIS, video_id=k, uri=str(v)) for k, v in videos.items()])
-    run_ingest(spark, acfg, astore, manifest)
-    report = run_annotate(spark, acfg, astore)
+    report, expr = _annotate_videos(spark, tmp_path, "fer7", out)
     assert report.reconciles and report.annotated == 2
     assert report.expression_version.startswith(ckpt.version)
-    expr = astore.table(VIDEO_EXPRESSIONS).read().toPandas().set_index("video_id")
     assert expr.loc["single_face", "expr_a_happy"] > expr.loc["single_face", "expr_a_sad"]  # the man smiles
     assert expr.loc["single_face", "n_windows"] >= 1 and pd.isna(expr.loc["no_face", "expr_a_happy"])
     assert expr.loc["single_face", ["expr_b_happy", "expr_a_neutral"]].notna().all()
+
+
+def test_train_cowen16_windows_resume_and_annotate(spark, world, capsys, tmp_path):
+    """cowen16 (Cowen et al.): each window of crops (the clip's window of three, each still a window of one) goes
+    through petastorm to the LSTM + mixture-of-experts head, trained with sigmoid cross-entropy on a user-supplied
+    trunk frozen but for block8. The trunk is a randomly initialised InceptionResnetV1 saved as a state dict: the
+    VGGFace2 weights are not shipped, so this checks the mechanics (the training loss falls, frozen weights stay,
+    the LSTM and head move, resume continues, the checkpoint annotates a real video), not face knowledge; no
+    held-out correlation is asserted, a random trunk carries none."""
+    from facenet_pytorch import InceptionResnetV1
+
+    from cxatlas.models.cowen16 import INPUT_SPEC
+    from cxatlas.models.training import build_trainable
+    from cxatlas.stages.train import PetastormFeed, prepare_training_set
+
+    cfg = world["cfg"]
+    store = TableStore.from_config(spark, cfg)
+    out = tmp_path / "cowen16.pt"
+    args = ("train", "--model", "cowen16", "--ratings", world["ratings"], "--out", str(out))
+    code, text = _run(cfg, *args, capsys=capsys)
+    assert code == 2 and "cowen16 trains on a pretrained face trunk" in text and "training set" not in text
+
+    torch.manual_seed(5)
+    trunk_path = tmp_path / "trunk.pt"
+    torch.save(InceptionResnetV1(pretrained=None, classify=False).state_dict(), trunk_path)
+    sets = (f"train.trunk_checkpoint={trunk_path}", "train.lr=0.01")
+    code, text = _run(cfg, *args, "--epochs", "4", capsys=capsys, sets=sets)
+    assert code == 0, text
+    assert re.search(r"cowen16 on \d+ training / \d+ held-out windows", text) and "[reconciles]" in text
+
+    # The table says which window each crop is in; the feed gives the clip's window with its three crops in order,
+    # every still as a window of one, zero padding after a window's length.
+    prepared = prepare_training_set(spark, cfg, store, world["ratings"], "test")
+    examples = store.table(TRAINING_EXAMPLES).read().filter(f"training_set = '{prepared.training_set}'").toPandas()
+    per_window = examples.groupby(["uri", "window_index"]).size()
+    clip = world["stimuli"]["clip_single_face"]
+    assert per_window[(clip, 0)] == 3 and (per_window.drop(clip, level="uri") == 1).all()
+    feed = PetastormFeed(spark, cfg, store, prepared, INPUT_SPEC, 64)
+    try:
+        batches = [*feed.train_batches(1), *feed.heldout_batches()]
+    finally:
+        feed.close()
+    lengths = torch.cat([b["lengths"] for b in batches])
+    x = torch.cat([b["x"] for b in batches])
+    assert x.shape[1:] == (3, 3, 160, 160) and len(lengths) == len(per_window)
+    assert sorted(lengths.tolist()) == sorted(per_window.tolist())
+    for window, n in zip(x, lengths):
+        assert (window[n:] == 0).all() and (window[:n].flatten(1).abs().amax(1) > 0).all()
+
+    ckpt = load_checkpoint(out, "cowen16")
+    assert ckpt.extra["recipe"]["lr"] == 0.01 and ckpt.input_spec["kind"] == "face_rgb160_window"
+    history = torch.load(str(out) + ".train-state", weights_only=True)["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    # Sigmoid cross-entropy falls (from ln 2 at the start). On held-out windows it falls too, as the head learns
+    # each label's base rate; that is all a random trunk allows, so no correlation is asserted.
+    assert history[-1]["loss"] < 0.85 * history[0]["loss"], history
+    assert history[-1]["heldout_loss"] < history[0]["heldout_loss"], history
+    # Frozen trunk layers (and their BatchNorm statistics) keep the supplied weights; block8, the LSTM and the head
+    # moved away from where build_trainable starts them.
+    trunk = torch.load(trunk_path, weights_only=True)
+    start = build_trainable("cowen16", ckpt.labels, str(trunk_path), 0, torch.device("cpu")).state_dict()
+    for key in ("repeat_3.0.conv2d.weight", "repeat_1.0.branch0.bn.running_mean", "last_linear.weight",
+                "last_bn.running_var"):
+        assert torch.equal(ckpt.state_dict[f"trunk.{key}"], trunk[key]), key
+    for key in ("trunk.block8.conv2d.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l1", "head.gates.weight",
+                "head.experts.weight"):
+        assert not torch.equal(ckpt.state_dict[key], start[key]), key
+
+    code, text = _run(cfg, *args, "--epochs", "5", "--resume", capsys=capsys, sets=sets)
+    assert code == 0 and "resumed after epoch 4" in text and "trained epochs 5..5" in text and "reused" in text
+    history = torch.load(str(out) + ".train-state", weights_only=True)["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+    ckpt = load_checkpoint(out, "cowen16")
+    assert ckpt.extra["epoch"] == 5
+
+    # The registry loads it and scores windows of any length; annotation runs it on real videos.
+    model = load_expression_model("cowen16", out)
+    assert model.labels == tuple(ckpt.labels) and model.columns[0] == "expr_a_angry"
+    crops = np.stack([np.frombuffer(b, np.uint8).reshape(160, 160, 3) for b in
+                      examples[examples.uri == clip].sort_values("crop_index").crop])
+    pred = model.predict_windows([crops, crops[:1]])
+    assert pred.shape == (2, 14) and ((pred > 0) & (pred < 1)).all() and not np.allclose(pred[0], pred[1])
+    report, expr = _annotate_videos(spark, tmp_path, "cowen16", out)
+    assert report.reconciles and report.annotated == 2
+    assert report.expression_version.startswith(ckpt.version)
+    scores = expr.loc["single_face", list(model.columns)].astype(float)
+    assert scores.between(0, 1).all() and expr.loc["single_face", "n_windows"] >= 1
+    assert pd.isna(expr.loc["no_face", "expr_a_happy"])
 
 
 def test_transfer_writes_tables_and_figures(spark, world, capsys):
@@ -257,8 +352,10 @@ def test_brooks288_recipe_trunk_freezing_and_registry(tmp_path):
     cpu = torch.device("cpu")
     with pytest.raises(CheckpointError, match="train.trunk_checkpoint"):
         build_trainable("brooks288", labels, None, 0, cpu)
-    with pytest.raises(TrainingError, match="cowen16"):
+    with pytest.raises(CheckpointError, match="cowen16 trains on a pretrained face trunk"):
         build_trainable("cowen16", labels, None, 0, cpu)
+    with pytest.raises(TrainingError, match="unknown model 'cowen17'"):
+        build_trainable("cowen17", labels, None, 0, cpu)
     torch.manual_seed(3)
     trunk = InceptionResnetV1(pretrained=None, classify=True, num_classes=8631)  # VGGFace2's identity classifier
     torch.save(trunk.state_dict(), tmp_path / "vggface2.pt")
@@ -296,6 +393,25 @@ def test_brooks288_recipe_trunk_freezing_and_registry(tmp_path):
     with torch.inference_mode():
         expected = model(INPUT_SPEC.prepare([c[0] for c in crops])).numpy()
     np.testing.assert_allclose(loaded.predict_windows(crops), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_masked_bce_is_torch_bce_over_rated_cells_in_float32():
+    """cowen16's loss: torch's binary cross-entropy over the cells with a target (NaN cells left out), computed in
+    float32 even inside autocast (torch refuses binary_cross_entropy there; CPU bfloat16 autocast stands in for
+    CUDA's float16, which this machine cannot run)."""
+    from torch.nn import functional as F
+
+    from cxatlas.models.training import loss_for, masked_bce, masked_mse
+
+    assert loss_for("cowen16") is masked_bce and loss_for("brooks288") is loss_for("fer7") is masked_mse
+    pred = torch.tensor([[0.9, 0.2, 0.5], [1.0, 0.0, 0.3]])
+    target = torch.tensor([[1.0, 0.25, float("nan")], [0.6, 0.0, float("nan")]])
+    seen = ~torch.isnan(target)
+    expected = F.binary_cross_entropy(pred[seen], target[seen])
+    torch.testing.assert_close(masked_bce(pred, target), expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = masked_bce(pred.to(torch.bfloat16), target)
+    assert loss.dtype == torch.float32 and abs(float(loss) - float(expected)) < 0.02
 
 
 def test_train_refuses_bad_ratings_before_any_work(spark, tmp_path, capsys):

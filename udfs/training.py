@@ -9,8 +9,8 @@ shows no face comes back as one ``quarantined`` row with its reason; the rest of
 
 ``DecodeExamples`` is the ``TransformSpec`` function petastorm runs on each row group it reads from the training
 table: it turns the stored uint8 bytes into the model's float input (grey 64 x 64 for fer7, RGB 160 for the
-FaceNet models) in the loader's worker threads, because petastorm's torch loader refuses byte and string columns
-(uber/petastorm#795: ``_sanitize_pytorch_types`` rejects object arrays).
+FaceNet models, whole windows of crops for cowen16) in the loader's worker threads, because petastorm's torch
+loader refuses byte and string columns (uber/petastorm#795: ``_sanitize_pytorch_types`` rejects object arrays).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from cxatlas.models.faces import FaceDetector, FaceTrack, crop_track
 log = logging.getLogger(__name__)
 
 OUTPUT_SCHEMA = ("stimulus_id string, status string, reason string, detail string, n_faces int, "
-                 "crops array<struct<crop_index:int,crop:binary,frame_time:double,face_prob:float>>")
+                 "crops array<struct<crop_index:int,window_index:int,crop:binary,frame_time:double,face_prob:float>>")
 CROPPED, QUARANTINED = "cropped", "quarantined"
 
 _DETECTORS: dict[tuple, FaceDetector] = {}
@@ -105,7 +105,8 @@ class StimulusCrops:
         best = found[int(np.argmax(found[:, 4]))]
         track = FaceTrack(start=0, boxes=best[None, :4], probs=best[None, 4])
         crop = crop_track(image[None], track, self.train.crop_size, self.annotate.faces.margin, smooth_frames=1)[0]
-        return [{"crop": crop.tobytes(), "frame_time": None, "face_prob": _prob(best[4])}], len(found)
+        return [{"crop": crop.tobytes(), "window_index": 0, "frame_time": None, "face_prob": _prob(best[4])}], \
+            len(found)
 
     def _from_clip(self, uri: str, detector: FaceDetector) -> tuple[list[dict], int]:
         from cxatlas.media.video import sample_windows
@@ -117,7 +118,7 @@ class StimulusCrops:
                                  min_decoded_fraction=v.min_decoded_fraction)
         crops: list[dict] = []
         n_faces = 0
-        for window, times in zip(decoded.windows, decoded.times):
+        for w, (window, times) in enumerate(zip(decoded.windows, decoded.times)):
             tracks = detector.track(window)
             n_faces += len(tracks)
             if not tracks:
@@ -125,30 +126,50 @@ class StimulusCrops:
             track = max(tracks, key=len)  # the face seen longest in this window
             faces = crop_track(window, track, self.train.crop_size, f.margin, f.smooth_frames)
             picks = np.unique(np.linspace(0, len(track) - 1, self.train.crops_per_window).round().astype(int))
-            crops += [{"crop": faces[k].tobytes(), "frame_time": float(times[track.start + k]),
+            crops += [{"crop": faces[k].tobytes(), "window_index": w, "frame_time": float(times[track.start + k]),
                        "face_prob": _prob(track.probs[k])} for k in picks]
         return crops, n_faces
 
 
 @dataclass
 class DecodeExamples:
-    """petastorm ``TransformSpec`` function: ``crop`` bytes (``crop_size``^2 x 3 uint8) -> ``x``, the model's float
-    input (C, size, size); ``targets`` lists -> float32 arrays."""
+    """petastorm ``TransformSpec`` function: stored crop bytes -> ``x``, the model's float input; ``targets`` lists
+    -> float32 arrays.
+
+    Per-frame models (``window`` None) read one ``crop`` (``crop_size``^2 x 3 uint8) per row and get ``x`` (C, size,
+    size). Sequence models (cowen16) read one window per row: ``window`` bytes holding ``window`` crops (the real
+    ones first, zero-padded, so every row has the same shape) and ``length``, how many are real; they get ``x``
+    (window, C, size, size) with zeros past ``length`` and ``lengths``, which the model uses to ignore the padding.
+    """
 
     input_spec: InputSpec
     crop_size: int
     n_targets: int
+    window: int | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        """The stored columns this function reads."""
+        return ["crop", "targets"] if self.window is None else ["window", "length", "targets"]
 
     @property
     def fields(self) -> list[tuple]:
         """petastorm ``edit_fields``: the shapes and types the transform produces."""
-        channels = 1 if self.input_spec.grey else 3
-        return [("x", np.float32, (channels, self.input_spec.size, self.input_spec.size), False),
-                ("targets", np.float32, (self.n_targets,), False)]
+        frame = (1 if self.input_spec.grey else 3, self.input_spec.size, self.input_spec.size)
+        targets = ("targets", np.float32, (self.n_targets,), False)
+        if self.window is None:
+            return [("x", np.float32, frame, False), targets]
+        return [("x", np.float32, (self.window, *frame), False), ("lengths", np.int64, (), False), targets]
 
     def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:
         side = self.crop_size
-        crops = [np.frombuffer(b, dtype=np.uint8).reshape(side, side, 3) for b in pdf["crop"]]
-        x = self.input_spec.prepare(crops).numpy()
-        return pd.DataFrame({"x": list(x),
-                             "targets": [np.asarray(t, dtype=np.float32) for t in pdf["targets"]]})
+        targets = [np.asarray(t, dtype=np.float32) for t in pdf["targets"]]
+        if self.window is None:
+            crops = [np.frombuffer(b, dtype=np.uint8).reshape(side, side, 3) for b in pdf["crop"]]
+            return pd.DataFrame({"x": list(self.input_spec.prepare(crops).numpy()), "targets": targets})
+        lengths = pdf["length"].to_numpy(np.int64)
+        windows = [np.frombuffer(b, dtype=np.uint8).reshape(self.window, side, side, 3) for b in pdf["window"]]
+        frames = self.input_spec.prepare([crop for w, n in zip(windows, lengths) for crop in w[:n]]).numpy()
+        x = np.zeros((len(pdf), self.window, *frames.shape[1:]), dtype=np.float32)
+        x[np.arange(self.window)[None, :] < lengths[:, None]] = frames  # real crops first, zeros after
+        return pd.DataFrame({"x": list(x), "lengths": lengths, "targets": targets})

@@ -3,8 +3,9 @@
 * ``training_examples``: one row per face crop of a rated stimulus (a photo gives one crop, a clip several), with
   the stimulus' targets: ratings averaged per stimulus and rater country, scaled to [0, 1] per label and country,
   laid out country-major (``targets[c * n_labels + l]`` is country ``c``, label ``l``; NaN where that country did not
-  rate the stimulus). The crop is raw uint8 RGB bytes of ``crop_size`` x ``crop_size`` x 3, so readers need no image
-  codec; petastorm decodes it for PyTorch (:mod:`cxatlas.udfs.training`).
+  rate the stimulus). ``window_index`` says which window of a clip a crop comes from, so sequence models can read
+  a window's crops in order. The crop is raw uint8 RGB bytes of ``crop_size`` x ``crop_size`` x 3, so readers need
+  no image codec; petastorm decodes it for PyTorch (:mod:`cxatlas.udfs.training`).
 * ``training_sets``: one row per prepared set: the ratings it came from, its labels and countries (the meaning of
   ``targets``), the face and split settings, and its counts. Written after the examples, so a set listed here is
   complete.
@@ -26,6 +27,8 @@ TRAINING_EXAMPLES = TableSpec(
         _f("training_set", pa.string(), "id of the prepared set (training_sets.training_set)", nullable=False),
         _f("stimulus_id", pa.string(), "sha256 of the stimulus uri, first 16 hex digits", nullable=False),
         _f("crop_index", pa.int32(), "crop number within the stimulus (clips give several)", nullable=False),
+        _f("window_index", pa.int32(), "window of the clip the crop belongs to (0 for a still image); a window's crops "
+           "in crop_index order are one example of a sequence model (cowen16)"),
         _f("uri", pa.string(), "the rated image or clip"),
         _f("split", pa.string(), "train | heldout, by hash of the stimulus id and train.seed"),
         _f("countries", pa.list_(pa.string()), "rater countries that rated this stimulus"),

@@ -45,6 +45,9 @@ URI, COUNTRY = "uri", "country"
 STAGING_DIR = "_staging"
 PETASTORM_DIR = "_petastorm"
 _FORMATS = ("parquet", "csv", "delta")
+#: Version of what a set's rows hold, part of its id: 2 added ``window_index``, so sets prepared before (whose rows
+#: lack it) are prepared again rather than misread as one window per stimulus.
+EXAMPLES_LAYOUT = 2
 
 
 class RatingsError(UserError, ValueError):
@@ -156,7 +159,8 @@ class TrainingSet:
 def _set_settings(cfg: Config) -> dict:
     """Every setting that changes the crops or the split: part of the set's id."""
     t, a = cfg.settings.train, cfg.settings.annotate
-    return {"faces": fingerprint(a.faces), "video": fingerprint(a.video), "crop_size": t.crop_size,
+    return {"layout": EXAMPLES_LAYOUT, "faces": fingerprint(a.faces), "video": fingerprint(a.video),
+            "crop_size": t.crop_size,
             "image_max_side": t.image_max_side, "windows_per_clip": t.windows_per_clip,
             "crops_per_window": t.crops_per_window, "heldout_fraction": t.heldout_fraction, "seed": t.seed}
 
@@ -228,10 +232,11 @@ def prepare_training_set(spark, cfg: Config, store: TableStore, ratings_path: st
         heldout = sum(r["n"] for r in tally if r["status"] == CROPPED and r["split"] == "heldout")
         rows = (crops.filter(F.col("status") == CROPPED).select("*", F.explode("crops").alias("c"))
                 .select(F.lit(set_id).alias("training_set"), "stimulus_id", F.col("c.crop_index").alias("crop_index"),
-                        URI, "split", "countries", "targets", F.col("c.crop").alias("crop"),
-                        F.lit(t.crop_size).alias("crop_size"), F.col("c.frame_time").alias("frame_time"),
+                        F.col("c.window_index").alias("window_index"), URI, "split", "countries", "targets",
+                        F.col("c.crop").alias("crop"), F.lit(t.crop_size).alias("crop_size"),
+                        F.col("c.frame_time").alias("frame_time"),
                         F.col("c.face_prob").alias("face_prob"), F.lit(run_id).alias("run_id")))
-        examples.insert_new(rows)
+        examples.insert_new(rows, evolve_schema=True)  # a table from before window_index gains the column
         source_row = F.to_json(F.struct(F.col("stimulus_id"), F.col(URI), F.lit(set_id).alias("training_set")))
         rejects = [to_quarantine_rows(
             crops.filter(F.col("status") == QUARANTINED).withColumn("_row", source_row)
@@ -293,12 +298,29 @@ def _quiet_petastorm_for_good() -> None:
     logging.getLogger("petastorm").setLevel(logging.WARNING)
 
 
-class PetastormFeed:
-    """The training and held-out crops of one set at one table version, as petastorm torch loaders.
+def window_examples(crops, window: int, crop_size: int):
+    """One row per window of a stimulus (a still is one window of one crop): ``window``, its crops' bytes in
+    ``crop_index`` order zero-padded to ``window`` crops (a fixed shape, which petastorm batches need), ``length``,
+    the number of real crops, and the stimulus' ``split`` and ``targets``. Grouped by Spark on the executors."""
+    from pyspark.sql import functions as F
 
-    ``make_spark_converter`` materialises each DataFrame once into petastorm's cache (Parquet, written by the
-    executors); every epoch then opens ``make_torch_dataloader`` over it, decoding crops into model input in
-    petastorm's reader threads (:class:`cxatlas.udfs.training.DecodeExamples`). Nothing is collected to the driver.
+    grouped = crops.groupBy("stimulus_id", "window_index", "split").agg(
+        F.array_sort(F.collect_list(F.struct("crop_index", "crop"))).alias("w"), F.first("targets").alias("targets"))
+    joined = F.expr("aggregate(w, X'', (acc, c) -> concat(acc, c.crop))")
+    padded = F.expr(f"rpad(joined, {window * crop_size * crop_size * 3}, X'00')")
+    return (grouped.select("split", "targets", joined.alias("joined"), F.least(F.size("w"), F.lit(window))
+                           .cast("int").alias("length"))
+            .select("split", "targets", "length", padded.alias("window")))
+
+
+class PetastormFeed:
+    """The training and held-out examples of one set at one table version, as petastorm torch loaders.
+
+    An example is a crop, or for a sequence model (cowen16) a window of crops (:func:`window_examples`, at most
+    ``train.crops_per_window``). ``make_spark_converter`` materialises each DataFrame once into petastorm's cache
+    (Parquet, written by the executors); every epoch then opens ``make_torch_dataloader`` over it, decoding crops
+    into model input in petastorm's reader threads (:class:`cxatlas.udfs.training.DecodeExamples`). Nothing is
+    collected to the driver.
     """
 
     def __init__(self, spark, cfg: Config, store: TableStore, prepared: TrainingSet, input_spec, batch_size: int):
@@ -314,14 +336,18 @@ class PetastormFeed:
         spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, petastorm_cache_url(cfg))
         table = store.table(TRAINING_EXAMPLES).read(version=prepared.version).filter(
             F.col("training_set") == prepared.training_set)
-        decode = DecodeExamples(input_spec, t.crop_size, len(prepared.target_labels))
-        self.transform = TransformSpec(decode, edit_fields=decode.fields, selected_fields=["x", "targets"])
+        window = t.crops_per_window if input_spec.is_window else None
+        decode = DecodeExamples(input_spec, t.crop_size, len(prepared.target_labels), window)
+        self.unit = "crops" if window is None else "windows"
+        self.transform = TransformSpec(decode, edit_fields=decode.fields,
+                                       selected_fields=[name for name, *_ in decode.fields])
+        examples = table if window is None else window_examples(table, window, t.crop_size)
         with _quiet_petastorm():
-            self.train = make_spark_converter(table.filter(F.col("split") == "train").select("crop", "targets"))
-            self.heldout = make_spark_converter(table.filter(F.col("split") == "heldout").select("crop", "targets"))
+            self.train = make_spark_converter(examples.filter(F.col("split") == "train").select(*decode.columns))
+            self.heldout = make_spark_converter(examples.filter(F.col("split") == "heldout").select(*decode.columns))
         if len(self.train) == 0:
-            raise UserError(f"training set {prepared.training_set} has no training crops (every stimulus was held "
-                            f"out or quarantined); rate more stimuli or lower train.heldout_fraction")
+            raise UserError(f"training set {prepared.training_set} has no training {self.unit} (every stimulus was "
+                            f"held out or quarantined); rate more stimuli or lower train.heldout_fraction")
 
     def _batches(self, converter, shuffle: bool, epoch: int) -> Iterator[dict]:
         if len(converter) == 0:
@@ -405,15 +431,15 @@ def run_train(spark, cfg: Config, store: TableStore, model: str, ratings: str, o
     from cxatlas.models.checkpoint import load_checkpoint
     from cxatlas.models.device import pick_device
     from cxatlas.models.registry import REGISTRY
-    from cxatlas.models.training import TargetView, Trainer, build_trainable, load_state, save_epoch
+    from cxatlas.models.training import TargetView, Trainer, build_trainable, check_trainable, load_state, loss_for, \
+        save_epoch
 
     t = cfg.settings.train
     report = TrainReport(model=model)
     if model not in REGISTRY:
         raise UserError(f"unknown model '{model}'; models: {sorted(REGISTRY)}")
     device = pick_device(t.device)
-    if model == "cowen16":  # refuse before any Spark work
-        build_trainable(model, ["x"], None, t.seed, device)
+    check_trainable(model, t.trunk_checkpoint)  # refuse before any Spark work
     prepared = prepare_training_set(spark, cfg, store, ratings, report.run_id)
     report.prepared = prepared
     out = out or join_uri(cfg.data_root, "models", f"{model}-{prepared.training_set}.pt")
@@ -429,7 +455,7 @@ def run_train(spark, cfg: Config, store: TableStore, model: str, ratings: str, o
 
     module = build_trainable(model, labels, t.trunk_checkpoint, t.seed, device)
     input_spec = REGISTRY[model].input_spec
-    trainer = Trainer(module, recipe_of(t, epochs), TargetView.identity(len(labels)), device)
+    trainer = Trainer(module, recipe_of(t, epochs), TargetView.identity(len(labels)), device, loss=loss_for(model))
     if resume and state is not None:
         module.load_state_dict(load_checkpoint(out, model).state_dict)
         trainer.restore(state)
@@ -450,12 +476,13 @@ def run_train(spark, cfg: Config, store: TableStore, model: str, ratings: str, o
         report.epochs_run.append(result.epoch)
         report.final = {"loss": result.loss, "heldout_mean_r": _mean_r(result.heldout_r),
                         "heldout_r": dict(zip(labels, result.heldout_r))}
-        print(f"[train] {result.line(labels)}", flush=True)
+        print(f"[train] {result.line(labels, unit=feed.unit)}", flush=True)
 
     feed = PetastormFeed(spark, cfg, store, prepared, input_spec, batch_size or t.batch_size)
     try:
-        print(f"[train] {model} on {len(feed.train)} training / {len(feed.heldout)} held-out crops, {len(labels)} "
-              f"outputs, device {device}" + (" (autocast fp16)" if t.amp and device.type == "cuda" else ""),
+        amp = " (autocast fp16)" if t.amp and device.type == "cuda" else ""
+        print(f"[train] {model} on {len(feed.train)} training / {len(feed.heldout)} held-out {feed.unit}, "
+              f"{len(labels)} outputs, device {device}{amp}",
               flush=True)
         torch.manual_seed(t.seed)
         trainer.fit(feed.train_batches, feed.heldout_batches, on_epoch)

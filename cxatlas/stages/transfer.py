@@ -126,7 +126,8 @@ def run_transfer(spark, cfg: Config, store: TableStore, model: str, out: str, *,
 
     from cxatlas.models.device import pick_device
     from cxatlas.models.registry import REGISTRY
-    from cxatlas.models.training import TargetView, Trainer, build_trainable, pearson_per_label, predict, save_epoch
+    from cxatlas.models.training import TargetView, Trainer, build_trainable, loss_for, pearson_per_label, predict, \
+        save_epoch
 
     t = cfg.settings.train
     report = TransferReport()
@@ -149,15 +150,15 @@ def run_transfer(spark, cfg: Config, store: TableStore, model: str, out: str, *,
         for side in sides:
             feed = feeds[side.prepared.training_set]
             module = build_trainable(model, labels, t.trunk_checkpoint, t.seed, device)
-            trainer = Trainer(module, recipe_of(t, epochs), views[side.name], device)
+            trainer = Trainer(module, recipe_of(t, epochs), views[side.name], device, loss=loss_for(model))
             path = out_dir / f"model_{side.name}.pt"
 
-            def on_epoch(result, side=side, trainer=trainer, module=module, path=path) -> None:
+            def on_epoch(result, side=side, trainer=trainer, module=module, path=path, unit=feed.unit) -> None:
                 extra = {"dataset": side.name, "training_set": side.prepared.training_set,
                          "training_table_version": side.prepared.version, "countries": side.prepared.countries,
                          "epoch": result.epoch, "metrics": {"heldout_r": dict(zip(labels, result.heldout_r))}}
                 save_epoch(path, model, module, labels, input_spec, extra, trainer.state())
-                print(f"[transfer {side.name}] {result.line(labels)}", flush=True)
+                print(f"[transfer {side.name}] {result.line(labels, unit=unit)}", flush=True)
 
             trainer.fit(feed.train_batches, feed.heldout_batches, on_epoch)
             modules[side.name] = module
