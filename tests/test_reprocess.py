@@ -120,6 +120,13 @@ def test_scheduled_runs_withdrawal_and_model_version_change(spark, tmp_path, cor
     v2 = last["expression_model_version"]
     assert v2 != v1
 
+    # Run 5: nothing new. The latest analysis already covers these settings and table versions: none is written.
+    analyses_before = a3.read().count()
+    r5 = run_reprocess(spark, cfg3, store, str(mdir))
+    assert r5.status == "succeeded" and r5.manifests == 0 and r5.annotated == 0
+    assert r5.analysis_id == r4.analysis_id and a3.read().count() == analyses_before
+    assert "current: analysis" in r5.statistics
+
     # Each upload annotated exactly once per model version; the withdrawn one not at all any more.
     counts = _annotation_counts(store)
     assert counts["count"].max() == 1
@@ -128,7 +135,8 @@ def test_scheduled_runs_withdrawal_and_model_version_change(spark, tmp_path, cor
 
     # A runs row per run, with the counts the reports gave.
     runs = store.table(RUNS).read().toPandas().set_index("run_id")
-    assert set(runs.index) == {r.run_id for r in (r1, r2, r3, r4)}
+    assert set(runs.index) == {r.run_id for r in (r1, r2, r3, r4, r5)}
+    assert runs.loc[r5.run_id, "analysis_id"] == r4.analysis_id
     assert (runs["status"] == "succeeded").all()
     assert runs.loc[r2.run_id, "withdrawn"] == 1 and runs.loc[r3.run_id, "remaining"] == r3.remaining > 0
     assert json.loads(runs.loc[r4.run_id, "input_versions"])["video_expressions"] >= 0

@@ -37,7 +37,7 @@ RUNS = TableSpec(
         _f("annotated", pa.int64(), "videos annotated"),
         _f("quarantined", pa.int64(), "rows and videos quarantined"),
         _f("remaining", pa.int64(), "videos still waiting for annotation (bounded work per run)"),
-        _f("analysis_id", pa.string(), "the analysis this run wrote (null: statistics not updated)"),
+        _f("analysis_id", pa.string(), "the analysis this run wrote, or found current (null: statistics not updated)"),
         _f("input_versions", pa.string(), "JSON: Delta versions of the input tables at the end of the run"),
         _f("output_versions", pa.string(), "JSON: Delta versions the run committed, per table"),
         _f("config_hash", pa.string(), "sha256 of the resolved configuration"),

@@ -6,6 +6,7 @@ One run, under a lease (:mod:`cxatlas.core.lease`) so overlapping schedules neve
       -> apply withdrawals (annotations of withdrawn videos deleted; idempotent, so a killed run is completed)
       -> annotate uploads lacking rows for the configured model versions (at most --max-videos per run)
       -> statistics: the stored sums of the analysed versions updated from Delta's change feed, results written
+         (unless the latest analysis already has these settings and input table versions: nothing new is written)
       -> one row in ``runs`` (written first as "running", completed at the end)
 
 Why it is safe to kill at any point: every write is one Delta commit and every step is idempotent. Ingest upserts
@@ -139,6 +140,27 @@ def _analysed_versions(store: TableStore, current: tuple[str, str, str], complet
     return tuple(rows[0]) if rows else None
 
 
+def _unchanged_analysis(store: TableStore, settings) -> tuple[str, dict[str, int]] | None:
+    """(analysis id, input versions) of the latest analysis when it already is what this run would write: the same
+    settings (model versions and taxonomy included) over the same Delta versions of the three input tables. A
+    scheduled run with nothing new then records that analysis instead of writing an identical one."""
+    import json
+
+    from pyspark.sql import functions as F
+
+    from cxatlas.core.schemas import UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
+
+    table = store.table(ANALYSES)
+    if not table.exists():
+        return None
+    rows = (table.read().orderBy(F.col("finished").desc()).limit(1)
+            .select("analysis_id", "parameters", "input_versions").collect())
+    if not rows or rows[0]["parameters"] != json.dumps(dataclasses.asdict(settings), sort_keys=True):
+        return None
+    versions = {spec.name: store.table(spec).version() for spec in (UPLOADS, VIDEO_EXPRESSIONS, VIDEO_CONTEXTS)}
+    return (rows[0]["analysis_id"], versions) if json.loads(rows[0]["input_versions"]) == versions else None
+
+
 def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_videos: int | None = None,
                   wait: bool = False, analysis_settings=None) -> ReprocessReport:
     """One scheduled run (see the module docstring). ``analysis_settings`` default to ``cfg``'s ``analyze:``."""
@@ -205,13 +227,19 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
             base = analysis_settings or cfg.settings.analyze
             settings = dataclasses.replace(base, expression_model_version=chosen[0], context_model_version=chosen[1],
                                            taxonomy=chosen[2])
-            analysis = run_analyze(spark, cfg, store, settings=settings, incremental=True)
-            report.analysis_id = analysis.analysis_id
-            report.versions = dict(analysis.input_versions)
-            note(analysis.commits)
-            sums = analysis.sums
-            report.statistics = (f"analysis {analysis.analysis_id} on {chosen[0]} / {chosen[1]} / {chosen[2]}: "
-                                 f"sums {sums.get('mode')} ({sums.get('reason')}), {analysis.n_videos} videos")
+            unchanged = _unchanged_analysis(store, settings)
+            if unchanged is not None:
+                report.analysis_id, report.versions = unchanged
+                report.statistics = (f"current: analysis {report.analysis_id} already covers these settings and "
+                                     f"input versions {report.versions}; nothing written")
+            else:
+                analysis = run_analyze(spark, cfg, store, settings=settings, incremental=True)
+                report.analysis_id = analysis.analysis_id
+                report.versions = dict(analysis.input_versions)
+                note(analysis.commits)
+                sums = analysis.sums
+                report.statistics = (f"analysis {analysis.analysis_id} on {chosen[0]} / {chosen[1]} / {chosen[2]}: "
+                                     f"sums {sums.get('mode')} ({sums.get('reason')}), {analysis.n_videos} videos")
             if chosen[0] != expr_version or chosen[1] != ctx_version:
                 report.statistics += (f"; the configured models ({expr_version} / {ctx_version}) take over once they "
                                       f"cover every upload ({annotated.remaining} to go)")
