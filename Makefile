@@ -52,7 +52,7 @@ demo: install
 	$(VENV)/bin/cxatlas demo --data $(DATA) --videos $(VIDEOS)
 
 test: install $(AIRFLOW_STAMP)
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile --durations=25 tests
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 dist: $(STAMP)
 	rm -rf dist build
