@@ -125,40 +125,39 @@ def _record_manifest(store: TableStore, path: str, checksum: str, size: int, row
     store.table(PROCESSED_MANIFESTS).insert_new(df.withColumn("processed", F.col("processed").cast("timestamp")))
 
 
-def _analysed_versions(store: TableStore, current: tuple[str, str, str], complete: bool) -> tuple[str, str, str] | None:
-    """The (expression version, context version, taxonomy) to analyse: the configured ones once they cover every
-    upload, else those of the latest analysis (never a mix); None when there is nothing complete yet."""
+def _latest_analysis(store: TableStore):
+    """The ``analyses`` row that finished last (a Spark Row), or None when there is none."""
     from pyspark.sql import functions as F
 
-    if complete:
-        return current
     table = store.table(ANALYSES)
     if not table.exists():
         return None
-    rows = (table.read().orderBy(F.col("finished").desc()).limit(1)
-            .select("expression_model_version", "context_model_version", "taxonomy").collect())
-    return tuple(rows[0]) if rows else None
+    rows = table.read().orderBy(F.col("finished").desc()).limit(1).collect()
+    return rows[0] if rows else None
 
 
-def _unchanged_analysis(store: TableStore, settings) -> tuple[str, dict[str, int]] | None:
-    """(analysis id, input versions) of the latest analysis when it already is what this run would write: the same
-    settings (model versions and taxonomy included) over the same Delta versions of the three input tables. A
+def _analysed_versions(latest, current: tuple[str, str, str], complete: bool) -> tuple[str, str, str] | None:
+    """The (expression version, context version, taxonomy) to analyse: the configured ones once they cover every
+    upload, else those of the ``latest`` analysis (never a mix); None when there is nothing complete yet."""
+    if complete:
+        return current
+    if latest is None:
+        return None
+    return latest["expression_model_version"], latest["context_model_version"], latest["taxonomy"]
+
+
+def _unchanged_analysis(store: TableStore, latest, settings) -> tuple[str, dict[str, int]] | None:
+    """(analysis id, input versions) of the ``latest`` analysis when it already is what this run would write: the
+    same settings (model versions and taxonomy included) over the same Delta versions of the three input tables. A
     scheduled run with nothing new then records that analysis instead of writing an identical one."""
     import json
 
-    from pyspark.sql import functions as F
-
     from cxatlas.core.schemas import UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
 
-    table = store.table(ANALYSES)
-    if not table.exists():
-        return None
-    rows = (table.read().orderBy(F.col("finished").desc()).limit(1)
-            .select("analysis_id", "parameters", "input_versions").collect())
-    if not rows or rows[0]["parameters"] != json.dumps(dataclasses.asdict(settings), sort_keys=True):
+    if latest is None or latest["parameters"] != json.dumps(dataclasses.asdict(settings), sort_keys=True):
         return None
     versions = {spec.name: store.table(spec).version() for spec in (UPLOADS, VIDEO_EXPRESSIONS, VIDEO_CONTEXTS)}
-    return (rows[0]["analysis_id"], versions) if json.loads(rows[0]["input_versions"]) == versions else None
+    return (latest["analysis_id"], versions) if json.loads(latest["input_versions"]) == versions else None
 
 
 def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_videos: int | None = None,
@@ -218,7 +217,8 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
         lease.renew()
 
         expr_version, _, ctx_version = validate_models(cfg.settings.annotate)
-        chosen = _analysed_versions(store, (expr_version, ctx_version, cfg.settings.annotate.context.taxonomy),
+        latest = _latest_analysis(store)
+        chosen = _analysed_versions(latest, (expr_version, ctx_version, cfg.settings.annotate.context.taxonomy),
                                     complete=annotated.remaining == 0)
         if chosen is None:
             report.statistics = (f"not updated: the configured models still have {annotated.remaining} uploads "
@@ -227,7 +227,7 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
             base = analysis_settings or cfg.settings.analyze
             settings = dataclasses.replace(base, expression_model_version=chosen[0], context_model_version=chosen[1],
                                            taxonomy=chosen[2])
-            unchanged = _unchanged_analysis(store, settings)
+            unchanged = _unchanged_analysis(store, latest, settings)
             if unchanged is not None:
                 report.analysis_id, report.versions = unchanged
                 report.statistics = (f"current: analysis {report.analysis_id} already covers these settings and "
