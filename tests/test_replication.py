@@ -10,7 +10,9 @@ result is then recomputed here from the per-video rows or from the per-region ma
 * the USA/Canada-trained CCA uses every US/Canada video (``analyze.cca.fit_region_sample=all``), evaluated on the
   other regions' balanced samples;
 * the sequential Bartlett test (and Lawley's variant), BH on it only when asked, semi-partial correlations;
-* same-sign share, universality, best match with SE, dimensions positive everywhere, CCA loadings, the geobin
+* contexts positive everywhere (Fig. 2), the region-similarity and region-vs-world numbers each against a
+  from-scratch computation where the plausible wrong reading differs, the paper values paired by experiment and
+  withheld with fewer than 12 regions, best match with SE, dimensions positive everywhere, CCA loadings, the geobin
   context side and the share of expression variance between geobins.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ from statsmodels.stats.multitest import multipletests
 
 import cxatlas.stats as cs
 from cxatlas.core.regions import REGION_IDS
+from cxatlas.core.taxonomies import load_taxonomy
 from cxatlas.stages.analyze.results import compute_results
 from cxatlas.stages.analyze.settings import check_settings
 from cxatlas.udfs.moments import MomentsPass, assemble, combine_partials
@@ -58,7 +61,7 @@ def _world(seed: int = 3):
     lat_bin = rng.integers(0, 6, n) + 10 * region
     lon_bin = rng.integers(-3, 3, n)
     return dict(X=X, C=C, region=region, h=h, key=key, lat_bin=lat_bin, lon_bin=lon_bin,
-                labels=[f"ctx {k}" for k in range(K)], expr=[f"expr_e{e}" for e in range(E)])
+                labels=list(load_taxonomy("nature2021_exp1").labels[:K]), expr=[f"expr_e{e}" for e in range(E)])
 
 
 def _batches(w: dict, rows: np.ndarray, size: int = 300):
@@ -228,48 +231,225 @@ def _replicate_matrices(world) -> tuple[np.ndarray, np.ndarray]:
     return pc, prev
 
 
-def test_same_sign_share_universality_and_best_match(world):
-    f = world["frames"]
-    mats = _matrices(f)
+def _wpearson(a, b, w):
+    """Weighted Pearson r, written out here (the Methods' frequency-weighted correlation between regions)."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b, w = a[ok], b[ok], w[ok]
+    ma, mb = (w * a).sum() / w.sum(), (w * b).sum() / w.sum()
+    return (w * (a - ma) * (b - mb)).sum() / np.sqrt((w * (a - ma) ** 2).sum() * (w * (b - mb) ** 2).sum())
+
+
+def _independent_similarity(pc: np.ndarray, prev: np.ndarray) -> np.ndarray:
+    """(R, R) second-order correlations, weights sqrt(p1 (1 - p1) p2 (1 - p2)) per context (Methods), from scratch."""
+    n = pc.shape[0]
+    sd = np.sqrt(prev * (1 - prev))
+    out = np.eye(n)
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                out[i, j] = _wpearson(pc[i].ravel(), pc[j].ravel(), np.repeat(sd[i] * sd[j], pc.shape[2]))
+    return out
+
+
+def _independent_world_r2(pc: np.ndarray, prev: np.ndarray) -> np.ndarray:
+    """(R,) r2 of each region with the Fisher average of the remaining regions, weights averaged over them."""
+    n = pc.shape[0]
+    sd = np.sqrt(prev * (1 - prev))
+    out = np.empty(n)
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        avg = np.tanh(np.arctanh(pc[others]).mean(axis=0))
+        out[i] = _wpearson(pc[i].ravel(), avg.ravel(), np.repeat(sd[i] * sd[others].mean(axis=0), pc.shape[2])) ** 2
+    return out
+
+
+@pytest.fixture(scope="module")
+def replicated(world):
+    """Per replicate, from scratch: the correlations, the 66 pair similarities and the region-vs-world r2."""
     pc, prev = _replicate_matrices(world)
-    np.testing.assert_allclose(pc[0], mats, atol=1e-12)
+    sims = np.stack([_independent_similarity(pc[b], prev[b]) for b in range(B + 1)])
+    r2 = np.stack([_independent_world_r2(pc[b], prev[b]) for b in range(B + 1)])
+    return pc, prev, sims, r2
 
-    def share(M, e=None):
-        cells = [(k, j) for k in range(M.shape[1]) for j in (range(E) if e is None else [e])]
-        same = [np.all(M[:, k, j] > 0) or np.all(M[:, k, j] < 0) for k, j in cells]
-        return np.mean(same)
 
-    reps = np.array([share(pc[b]) for b in range(B + 1)])
+def _se(values: np.ndarray) -> float:
+    return float(np.std(values[1:], ddof=1))
+
+
+def test_contexts_positive_everywhere_counts_contexts_not_cells(world, replicated):
+    """Fig. 2a: the share of CONTEXTS with some expression positive in all 12 regions, not of cells of either sign."""
+    f = world["frames"]
+    pc = replicated[0]
+    np.testing.assert_allclose(pc[0], _matrices(f), atol=1e-12)
+    pos = np.all(pc > 0, axis=1)                                   # (B1, Ka, E)
+    paper = pos.any(axis=2).mean(axis=1)                           # contexts with any expression positive everywhere
+    cells = (np.all(pc > 0, axis=1) | np.all(pc < 0, axis=1)).mean(axis=(1, 2))
+    head = f.headline.set_index("name")
+    assert head.loc["contexts_positive_everywhere", "value"] == pytest.approx(paper[0], abs=TOL)
+    assert head.loc["contexts_positive_everywhere", "se"] == pytest.approx(_se(paper), abs=TOL)
+    assert head.loc["cells_same_sign_everywhere", "value"] == pytest.approx(cells[0], abs=TOL)
+    assert abs(paper[0] - cells[0]) > 0.05  # the wrong definition gives another answer on this world
     sa = f.sign_agreement.set_index("expression")
-    assert sa.loc["all", "share"] == pytest.approx(share(mats), abs=TOL)
-    assert sa.loc["all", "se"] == pytest.approx(reps[1:].std(ddof=1), abs=TOL)
-    assert 0 < sa.loc["all", "share"] < 1
+    assert sa.loc["all", "share"] == pytest.approx(paper[0], abs=TOL)
     for e, col in enumerate(world["w"]["expr"]):
-        assert sa.loc[col, "share"] == pytest.approx(share(mats, e), abs=TOL)
-        assert sa.loc[col, "se"] == pytest.approx(np.std([share(pc[b], e) for b in range(1, B + 1)], ddof=1),
-                                                  abs=TOL)
-        assert sa.loc[col, "n_contexts"] == mats.shape[1]
+        assert sa.loc[col, "share"] == pytest.approx(pos[0, :, e].mean(), abs=TOL)
+        assert sa.loc[col, "se"] == pytest.approx(_se(pos[:, :, e].mean(axis=1)), abs=TOL)
+        assert sa.loc[col, "n_contexts"] == pc.shape[2]
+    assert "same_sign_share" not in head.index and "universality" not in head.index
 
-    sims = np.stack([cs.region_similarity(pc[b], prev[b]) for b in range(B + 1)])
+
+def test_contexts_positive_everywhere_on_a_hand_built_matrix():
+    """Two regions, three contexts, two expressions: context 0 has expression 1 positive in both regions, context 1
+    only mixed signs, context 2 both expressions negative in both (same sign everywhere, but never positive)."""
+    pc = np.array([[[[0.1, 0.2], [0.3, -0.1], [-0.2, -0.3]],
+                    [[-0.1, 0.4], [-0.2, 0.2], [-0.1, -0.5]]]])     # (1, 2, 3, 2)
+    overall, per_expr, counted = cs.contexts_positive_everywhere(pc)
+    assert overall[0] == pytest.approx(1 / 3) and counted[0] == 3
+    np.testing.assert_allclose(per_expr[0], [0.0, 1 / 3])
+    cells, _, _ = cs.cells_same_sign_everywhere(pc)
+    assert cells[0] == pytest.approx(3 / 6)  # (0,1) +, (2,0) -, (2,1) -
+
+
+def test_region_similarity_rows_are_the_papers_quantities(world, replicated):
+    """min r (the "70%"), its square root (the "0.84"), max r, the arithmetic mean over 66 pairs and the Fisher mean,
+    each against a from-scratch computation; the SE of min and max is that of the named pair."""
+    f = world["frames"]
+    _, _, sims, _ = replicated
     sim0 = f.similarity.pivot(index="region_a", columns="region_b", values="r").loc[REGION_IDS, REGION_IDS]
     np.testing.assert_allclose(sim0.to_numpy(), sims[0], atol=TOL)
     iu = np.triu_indices(R, 1)
-    u = np.sqrt(sims[:, iu[0], iu[1]].min(axis=1))
+    pairs = sims[:, iu[0], iu[1]]                                  # (B1, 66)
+    assert pairs.shape[1] == 66
+    lo, hi = int(np.argmin(pairs[0])), int(np.argmax(pairs[0]))
     head = f.headline.set_index("name")
-    assert head.loc["universality", "value"] == pytest.approx(u[0], abs=TOL)
-    assert head.loc["universality", "se"] == pytest.approx(u[1:].std(ddof=1), abs=TOL)
-    a, b = np.unravel_index(np.argmin(np.where(np.eye(R, dtype=bool), np.inf, sims[0])), (R, R))
-    assert REGION_IDS[a] in head.loc["universality", "detail"] and REGION_IDS[b] in head.loc["universality", "detail"]
+    expect = {
+        "min_region_similarity": pairs[:, lo],
+        "sqrt_min_region_similarity": np.sqrt(pairs[:, lo]),
+        "max_region_similarity": pairs[:, hi],
+        "mean_region_similarity": pairs.mean(axis=1),
+        "mean_region_similarity_fisher": np.tanh(np.arctanh(pairs).mean(axis=1)),
+    }
+    for name, values in expect.items():
+        assert head.loc[name, "value"] == pytest.approx(values[0], abs=1e-9), name
+        assert head.loc[name, "se"] == pytest.approx(_se(values), abs=1e-9), name
+    # the plausible wrong readings give other numbers here
+    assert abs(head.loc["min_region_similarity", "value"] - np.sqrt(pairs[0, lo])) > 0.01
+    assert abs(head.loc["mean_region_similarity", "value"] - expect["mean_region_similarity_fisher"][0]) > 1e-4
+    for name, p in (("min_region_similarity", lo), ("max_region_similarity", hi)):
+        assert f"{REGION_IDS[iu[0][p]]} / {REGION_IDS[iu[1][p]]}" in head.loc[name, "detail"]
+    ex = [k for k in range(66) if "indian_subcontinent" not in (REGION_IDS[iu[0][k]], REGION_IDS[iu[1][k]])]
+    k = ex[int(np.argmin(pairs[0, ex]))]
+    assert head.loc["min_region_similarity_without_indian_subcontinent", "value"] == pytest.approx(pairs[0, k], abs=1e-9)
+    assert head.loc["min_region_similarity_without_indian_subcontinent", "se"] == pytest.approx(_se(pairs[:, k]),
+                                                                                                 abs=1e-9)
 
+
+def test_region_vs_world_rows_and_named_regions(world, replicated):
+    """Fig. 3b's minimum and mean r2 with the world average, the mean best-match r2, the region closest to the
+    world, and the pairs and regions the paper names (r2 = squared similarity), from scratch."""
+    f = world["frames"]
+    _, _, sims, r2 = replicated
+    head = f.headline.set_index("name")
     world_t = f.world.set_index("region")
+    np.testing.assert_allclose(world_t.loc[list(REGION_IDS), "r2"].to_numpy(), r2[0], atol=1e-9)
+    lo, hi = int(np.argmin(r2[0])), int(np.argmax(r2[0]))
+    s2 = np.where(np.eye(R, dtype=bool)[None], -np.inf, sims ** 2)
+    best = s2.max(axis=2)                                          # (B1, R)
+    checks = {"min_region_vs_world_r2": r2[:, lo], "mean_region_vs_world_r2": r2.mean(axis=1),
+              "mean_best_match_r2": best.mean(axis=1), "world_average_closest_region": r2[:, hi]}
+    for name, values in checks.items():
+        assert head.loc[name, "value"] == pytest.approx(values[0], abs=1e-9), name
+        assert head.loc[name, "se"] == pytest.approx(_se(values), abs=1e-9), name
+    assert head.loc["min_region_vs_world_r2", "detail"].startswith(REGION_IDS[lo])
+    assert head.loc["world_average_closest_region", "detail"].startswith(REGION_IDS[hi])
+    idx = {r: i for i, r in enumerate(REGION_IDS)}
+    for a, b in (("africa", "middle_east"), ("middle_east", "indian_subcontinent"), ("africa", "indian_subcontinent"),
+                 ("middle_east", "us_canada"), ("indian_subcontinent", "us_canada")):
+        v = sims[:, idx[a], idx[b]] ** 2
+        assert head.loc[f"pair_r2_{a}_{b}", "value"] == pytest.approx(v[0], abs=1e-9)
+        assert head.loc[f"pair_r2_{a}_{b}", "se"] == pytest.approx(_se(v), abs=1e-9)
+        assert abs(v[0] - sims[0, idx[a], idx[b]]) > 0.01  # r2, not r
+    for region in ("africa", "indian_subcontinent"):
+        assert head.loc[f"world_r2_{region}", "value"] == pytest.approx(r2[0, idx[region]], abs=1e-9)
+        assert head.loc[f"world_r2_{region}", "se"] == pytest.approx(_se(r2[:, idx[region]]), abs=1e-9)
     for r in range(R):
-        s2 = np.where(np.arange(R) == r, -np.inf, sims[0, r] ** 2)
-        j = int(np.argmax(s2))
         row = world_t.loc[REGION_IDS[r]]
+        j = int(np.argmax(s2[0, r]))
         assert row["best_match_region"] == REGION_IDS[j]
-        assert row["best_match_se"] == pytest.approx((sims[1:, r, j] ** 2).std(ddof=1), abs=TOL)
-        best_b = [int(np.argmax(np.where(np.arange(R) == r, -np.inf, sims[bb, r] ** 2))) for bb in range(1, B + 1)]
+        assert row["best_match_se"] == pytest.approx((sims[1:, r, j] ** 2).std(ddof=1), abs=1e-9)
+        best_b = [int(np.argmax(s2[bb, r])) for bb in range(1, B + 1)]
         assert row["best_match_agreement"] == pytest.approx(np.mean(np.array(best_b) == j))
+
+
+# The paper's numbers, typed here from the paper's text (not read from cxatlas): experiment 1 / experiment 2.
+PAPER_EXP1 = {"n_videos": (3_029_812, None), "contexts_positive_everywhere": (0.496, None),
+              "min_region_similarity": (0.703, 0.008), "sqrt_min_region_similarity": (0.84, None),
+              "max_region_similarity": (0.971, 0.005), "mean_region_similarity": (0.838, None),
+              "min_region_vs_world_r2": (0.701, 0.006), "mean_region_vs_world_r2": (0.825, None),
+              "mean_best_match_r2": (0.848, None), "pair_r2_africa_middle_east": (0.798, 0.016),
+              "pair_r2_africa_indian_subcontinent": (0.673, 0.021), "pair_r2_middle_east_us_canada": (0.639, 0.012),
+              "pair_r2_indian_subcontinent_us_canada": (0.538, 0.009), "world_r2_africa": (0.821, 0.013),
+              "world_r2_indian_subcontinent": (0.701, 0.008), "cells_same_sign_everywhere": (None, None),
+              "mean_region_similarity_fisher": (None, None)}
+PAPER_EXP2 = {"n_videos": (3_056_861, None), "contexts_positive_everywhere": (0.335, None),
+              "mean_region_similarity": (0.596, None), "min_region_similarity": (0.159, 0.009),
+              "min_region_similarity_without_indian_subcontinent": (0.490, 0.014), "max_region_similarity": (None, None),
+              "sqrt_min_region_similarity": (None, None)}
+
+
+def _check_pairing(head: pd.DataFrame, expected: dict, experiment: int) -> None:
+    head = head.set_index("name")
+    for name, (value, se) in expected.items():
+        got_v, got_se = head.loc[name, "paper_value"], head.loc[name, "paper_se"]
+        if value is None:
+            assert pd.isna(got_v), name
+        else:
+            assert got_v == pytest.approx(value), name
+            assert f"experiment {experiment}" in head.loc[name, "paper_source"]
+        assert pd.isna(got_se) if se is None else got_se == pytest.approx(se), name
+
+
+def test_paper_values_pair_with_the_same_quantity_in_each_experiment(world):
+    """The world's labels are experiment 1's, so experiment 1's values stand beside its rows; the same sums over
+    experiment 2's labels get experiment 2's values."""
+    from cxatlas.core.taxonomies import load_taxonomy
+
+    f = world["frames"]
+    assert f.experiment.experiment == 1
+    _check_pairing(f.headline, PAPER_EXP1, 1)
+    exp2_labels = list(load_taxonomy("nature2021_exp2").labels[:K])
+    f2 = compute_results(world["m"], world["cm"], world["bins"], world["w"]["expr"], exp2_labels, world["settings"])
+    assert f2.experiment.experiment == 2
+    _check_pairing(f2.headline, PAPER_EXP2, 2)
+    f3 = compute_results(world["m"], world["cm"], world["bins"], world["w"]["expr"], [f"c{k}" for k in range(K)],
+                         world["settings"])
+    assert f3.experiment.experiment is None and f3.headline["paper_value"].isna().all()
+
+
+def test_fewer_than_twelve_regions_computes_over_those_present_and_pairs_no_paper_value(world):
+    """Africa and the Middle East without videos: the analysis completes, rows naming them are null with the reason,
+    the rest are computed over the 10 present regions (45 pairs), and no paper value is paired."""
+    m, cm = world["m"].copy(), world["cm"].copy()
+    for r in (REGION_IDS.index("africa"), REGION_IDS.index("middle_east")):
+        for obj in (m, cm):
+            for fld in dataclasses.fields(obj):
+                getattr(obj, fld.name)[r] = 0
+    f = compute_results(m, cm, world["bins"], world["w"]["expr"], world["w"]["labels"], world["settings"])
+    head = f.headline.set_index("name")
+    assert head["paper_value"].isna().all()
+    assert head.loc["n_regions", "value"] == 10
+    for name in ("pair_r2_africa_middle_east", "pair_r2_middle_east_indian_subcontinent", "world_r2_africa"):
+        assert pd.isna(head.loc[name, "value"]) and "not in this analysis" in head.loc[name, "detail"]
+    assert np.isfinite(head.loc["world_r2_indian_subcontinent", "value"])
+    assert "over 45 region pairs" in head.loc["mean_region_similarity", "detail"]
+    present = [r for r in range(R) if REGION_IDS[r] not in ("africa", "middle_east")]
+    keep = world["keep"]
+    pc = cs.partial_correlations(m)[present][:, 0][:, keep]
+    prev = cs.prevalence(m)[present][:, 0][:, keep]
+    sims = _independent_similarity(pc, prev)
+    iu = np.triu_indices(len(present), 1)
+    assert head.loc["mean_region_similarity", "value"] == pytest.approx(sims[iu].mean(), abs=1e-9)
+    assert "absent" in head.loc["n_videos", "paper_source"]
 
 
 def test_dimensions_positive_everywhere_and_cca_loadings(world):

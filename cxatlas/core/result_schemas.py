@@ -132,15 +132,16 @@ SIGN_AGREEMENT = TableSpec(
     name="sign_agreement",
     schema=pa.schema([
         _ID,
-        _f("expression", pa.string(), "expression column, or 'all' for every context-expression pair"),
-        _f("share", pa.float64(), "share of analysed contexts whose correlation with the expression has the same "
-                                  "sign in every region (49.6% / 33.5% overall in the paper's experiments 1 / 2)"),
+        _f("expression", pa.string(), "expression column, or 'all': contexts positive everywhere with any expression"),
+        _f("share", pa.float64(), "share of analysed contexts whose correlation with the expression is positive in "
+                                  "every region (Fig. 2's red rectangles); 'all': with at least one expression "
+                                  "(49.6% / 33.5% in the paper's experiments 1 / 2)"),
         _f("se", pa.float64(), "bootstrap standard error of share"),
         _f("n_contexts", pa.int64(), "contexts with a finite correlation in every region (the denominator)"),
     ]),
     partition_by=(),
     key=("analysis_id", "expression"),
-    comment="How often a context-expression association points the same way in all regions.",
+    comment="Contexts positive everywhere, per expression: how often an association is positive in all regions.",
 )
 
 CCA_LOADINGS = TableSpec(
@@ -164,10 +165,15 @@ HEADLINE_NUMBERS = TableSpec(
     name="headline_numbers",
     schema=pa.schema([
         _ID,
-        _f("name", pa.string(), "which number (same_sign_share, universality, ..., see README statistics)"),
+        _f("name", pa.string(), "which number (contexts_positive_everywhere, min_region_similarity, ..., see README "
+                                "statistics)"),
         _f("value", pa.float64(), "the estimate on the observed data"),
         _f("se", pa.float64(), "bootstrap standard error (null where the number has none, e.g. counts)"),
-        _f("detail", pa.string(), "what it is, and e.g. which region pair it comes from"),
+        _f("detail", pa.string(), "what it is, and e.g. which region pair it comes from, or why it is null"),
+        _f("paper_value", pa.float64(), "the paper's value of the same quantity (experiment the analysis is compared "
+                                        "with); null where the paper gives none or fewer than 12 regions entered"),
+        _f("paper_se", pa.float64(), "the paper's standard error of that value, where it gives one"),
+        _f("paper_source", pa.string(), "experiment, figure or sentence the paper value comes from"),
     ]),
     partition_by=(),
     key=("analysis_id", "name"),

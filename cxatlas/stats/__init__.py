@@ -15,8 +15,8 @@ from .correlation import (CORRELATION_KINDS, analysed_contexts, context_expressi
                           semipartial_correlations, weighted_pearson)
 from .moments import (CcaMoments, CovarianceParts, Moments, accumulate, accumulate_cca, covariance_from_sums,
                       covariance_parts, variance_from_sums)
-from .summaries import (dims_positive_everywhere, geobin_variance_share, same_sign_share, structure_correlations,
-                        universality)
+from .summaries import (cells_same_sign_everywhere, contexts_positive_everywhere, dims_positive_everywhere,
+                        geobin_variance_share, structure_correlations, variate_tracking)
 from .tests import bh_qvalues, signed_rank_tests
 
 __all__ = [
@@ -30,5 +30,6 @@ __all__ = [
     "leave_one_region_out", "fit_on_one_region", "bartlett_test", "rao_f_test", "expression_variates",
     "context_variates",
     "signed_rank_tests", "bh_qvalues",
-    "same_sign_share", "universality", "dims_positive_everywhere", "structure_correlations", "geobin_variance_share",
+    "contexts_positive_everywhere", "cells_same_sign_everywhere", "variate_tracking", "dims_positive_everywhere",
+    "structure_correlations", "geobin_variance_share",
 ]

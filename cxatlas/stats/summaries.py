@@ -5,10 +5,11 @@ correlations and the canonical correlation analysis with a few headline numbers;
 them for every bootstrap replicate at once (leading axis B1), so :func:`cxatlas.stats.bootstrap.bootstrap_summary`
 gives its standard error:
 
-* :func:`same_sign_share`: the share of contexts whose correlation with an expression has the same sign in every
-  region (49.6% in experiment 1, 33.5% in experiment 2), overall and per expression;
-* :func:`universality`: the square root of the lowest pairwise region similarity, the paper's lower bound on the
-  share of the associations that is universal (70%, s.e. 0.8%);
+* :func:`contexts_positive_everywhere`: the share of contexts with some expression whose correlation is positive
+  in every region (49.6% in experiment 1, 33.5% in experiment 2), and per expression;
+* :func:`cells_same_sign_everywhere`: the share of context x expression cells of one sign in every region (no
+  published counterpart);
+* :func:`variate_tracking`: how closely the geobin map of each expression variate tracks its context variate;
 * :func:`dims_positive_everywhere`: how many canonical dimensions correlate positively in every held-out region
   (16 of 16);
 * :func:`structure_correlations`: correlations between each canonical variate and each input variable (the
@@ -20,15 +21,58 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["same_sign_share", "universality", "dims_positive_everywhere", "structure_correlations",
-           "geobin_variance_share"]
+__all__ = ["contexts_positive_everywhere", "cells_same_sign_everywhere", "variate_tracking", "dims_positive_everywhere",
+           "structure_correlations", "geobin_variance_share"]
 
 
-def same_sign_share(pcorr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Share of context-expression correlations with the same sign in every region.
+def contexts_positive_everywhere(pcorr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Share of contexts with at least one expression whose correlation is positive in every region.
 
-    A cell (context, expression) counts when it is finite in every region; it agrees when it is > 0 in all of them
-    or < 0 in all of them (an exact 0 agrees with nothing).
+    Cowen et al. (2021), Fig. 2a legend: "For about half (49.6%) of the contexts, including many shown here, we
+    uncovered correlations with specific expressions that were positive in all 12 regions, as represented by the red
+    rectangles" (Fig. 2b: "For about a third (33.5%) of contexts ..."). The unit counted is the *context*: it counts
+    when any one of its expression correlations is > 0 in every region. (Counting context x expression cells of
+    either common sign is another quantity: about a fifth of this one on the authors' released correlations.)
+
+    A context is counted (in the denominator) when at least one of its expressions has a finite correlation in every
+    region; per expression, when that cell is finite in every region.
+
+    Parameters
+    ----------
+    pcorr : ndarray, shape (B1, R, K, E)
+
+    Returns
+    -------
+    overall : ndarray, shape (B1,)
+        Contexts positive everywhere with some expression / counted contexts (NaN if none counted).
+    per_expression : ndarray, shape (B1, E)
+        Per expression, the share of counted contexts whose correlation with it is > 0 in every region (the red
+        rectangles of that expression's column).
+    counted : ndarray of int, shape (B1,)
+        Contexts counted overall.
+    """
+    pcorr = np.asarray(pcorr, dtype=np.float64)
+    if pcorr.ndim != 4:
+        raise ValueError(f"pcorr must be (B1, R, K, E), got {pcorr.shape}")
+    finite = np.all(np.isfinite(pcorr), axis=1)                         # (B1, K, E)
+    with np.errstate(invalid="ignore"):
+        positive = finite & np.all(pcorr > 0, axis=1)                   # (B1, K, E): the red rectangles
+    counted_ctx = finite.any(axis=2)                                     # (B1, K)
+    counted = counted_ctx.sum(axis=1)
+    hits = (positive.any(axis=2) & counted_ctx).sum(axis=1)
+    per_counted = finite.sum(axis=1)                                     # (B1, E)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        overall = np.where(counted > 0, hits / np.maximum(counted, 1), np.nan)
+        per_expr = np.where(per_counted > 0, positive.sum(axis=1) / np.maximum(per_counted, 1), np.nan)
+    return overall, per_expr, counted
+
+
+def cells_same_sign_everywhere(pcorr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Share of context x expression cells whose correlation has one sign (either) in every region.
+
+    Not a number of the paper (it has no published counterpart; see :func:`contexts_positive_everywhere` for the
+    paper's share). A cell counts when it is finite in every region; it agrees when it is > 0 in all of them or
+    < 0 in all of them (an exact 0 agrees with nothing).
 
     Parameters
     ----------
@@ -58,34 +102,48 @@ def same_sign_share(pcorr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return overall, per_expr, counted
 
 
-def universality(similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The square root of the lowest pairwise region similarity, and the pair it comes from.
+def variate_tracking(expression_side: np.ndarray, context_side: np.ndarray, n_boot: int,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Correlation across geographic bins of the expression-side and the context-side score of each variate.
 
-    If the associations of every pair of regions correlate at least ``r_min``, a share of at least
-    ``sqrt(r_min)`` of each region's (standardised) associations is common to all (Cowen et al. 2021, main text:
-    "at least 70% ... universal"). NaN where the lowest similarity is negative.
+    Cowen et al. (2021), main text: "This analysis revealed geographical variation in the rates of different facial
+    expressions, but these variations closely tracked variations in the contexts found in videos (Fig. 4)." The paper
+    gives no number for "closely tracked"; this is the one that supports it: for variate k, Pearson's r between the
+    bins' mean expression-side score and their mean context-side score (each bin one observation, unweighted, as the
+    map shows them). Its SE resamples the bins (``n_boot`` draws with replacement, a fixed ``seed``: the bins are the
+    units here; the video-level bootstrap of the other numbers does not reach bin means).
 
     Parameters
     ----------
-    similarity : ndarray, shape (B1, R, R)
+    expression_side, context_side : ndarray, shape (G, D)
+        Per bin, the mean canonical score of each side for D variates (NaN rows are skipped per variate).
 
     Returns
     -------
-    estimate : (B1,), minimum : (B1,), pair : int (B1, 2)
-        ``sqrt(min)``, the minimum over pairs ``a < b`` (NaN pairs skipped), and its pair of region indices.
+    r, se : ndarray, shape (D,)
     """
-    sim = np.asarray(similarity, dtype=np.float64)
-    B1, R, _ = sim.shape
-    iu = np.triu_indices(R, 1)
-    off = sim[:, iu[0], iu[1]]                                          # (B1, P)
-    ok = np.isfinite(off)
-    filled = np.where(ok, off, np.inf)
-    idx = filled.argmin(axis=1)
-    minimum = np.where(ok.any(axis=1), filled[np.arange(B1), idx], np.nan)
-    with np.errstate(invalid="ignore"):
-        estimate = np.where(minimum >= 0, np.sqrt(np.where(minimum >= 0, minimum, 0.0)), np.nan)
-    pair = np.stack([iu[0][idx], iu[1][idx]], axis=1)
-    return estimate, minimum, pair
+    X = np.asarray(expression_side, dtype=np.float64)
+    C = np.asarray(context_side, dtype=np.float64)
+    D = X.shape[1]
+    r, se = np.full(D, np.nan), np.full(D, np.nan)
+    rng = np.random.default_rng(seed)
+    for d in range(D):
+        ok = np.isfinite(X[:, d]) & np.isfinite(C[:, d])
+        x, c = X[ok, d], C[ok, d]
+        if x.size < 3:
+            continue
+        r[d] = _pearson(x, c)
+        if n_boot >= 2:
+            idx = rng.integers(0, x.size, size=(n_boot, x.size))
+            draws = np.array([_pearson(x[i], c[i]) for i in idx])
+            se[d] = np.nanstd(draws, ddof=1) if np.isfinite(draws).sum() >= 2 else np.nan
+    return r, se
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    xc, yc = x - x.mean(), y - y.mean()
+    den = np.sqrt((xc @ xc) * (yc @ yc))
+    return float(xc @ yc / den) if den > 0 else float("nan")
 
 
 def dims_positive_everywhere(heldout: np.ndarray) -> tuple[int, np.ndarray]:

@@ -17,12 +17,13 @@ from cxatlas.core.schemas import TableSpec, spark_schema
 from cxatlas.core.settings import AnalyzeSettings
 from cxatlas.stages.analyze.settings import BALANCED_FIT, LORO
 from cxatlas.core.config import join_uri
+from cxatlas.core.paper_values import ExperimentMatch, experiment_for_labels
+from cxatlas.stages.analyze import headline as hl
 from cxatlas.stats import (CcaMoments, Moments, analysed_contexts, balanced_covariance, bartlett_test, bh_qvalues,
                            bootstrap_summary, cca_fit, context_expression_correlations, context_variates,
                            dims_positive_everywhere, expression_variates, fisher_mean, fit_on_one_region,
                            geobin_variance_share, leave_one_region_out, prevalence, region_similarity_batched,
-                           region_vs_world_batched, same_sign_share, signed_rank_tests, structure_correlations,
-                           universality)
+                           region_vs_world_batched, signed_rank_tests, structure_correlations, variate_tracking)
 from cxatlas.udfs.moments import GeobinSums
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,10 @@ class ResultFrames:
     sign_agreement: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
     cca_loadings: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
     headline: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    experiment: ExperimentMatch | None = None  # which of the paper's experiments the headline is paired with
 
 
-ALL_EXPRESSIONS = "all"  # the sign_agreement row over every expression
+ALL_EXPRESSIONS = hl.ALL_EXPRESSIONS
 
 
 def _wilcoxon_rows(variant: str, heldout: np.ndarray) -> list[dict]:
@@ -95,8 +97,8 @@ def compute_results(m: Moments, cm: CcaMoments, geobins: GeobinSums, expr_column
         "occurrences": np.repeat(m.occurred[present][:, ka].ravel(), E).astype(np.int64),
         "n_videos": np.repeat(n_videos[present], Ka * E).astype(np.int64),
     })
-    headline = [_headline("n_videos", float(n_videos.sum())), _headline("n_regions", float(Rp)),
-                _headline("n_contexts", float(K)), _headline("n_contexts_analysed", float(Ka))]
+    headline = [hl.row("n_videos", float(n_videos.sum())), hl.row("n_regions", float(Rp)),
+                hl.row("n_contexts", float(K)), hl.row("n_contexts_analysed", float(Ka))]
 
     sim_rows, world_rows, sign_rows = [], [], []
     if Rp >= 2 and Ka >= 1:
@@ -117,9 +119,11 @@ def compute_results(m: Moments, cm: CcaMoments, geobins: GeobinSums, expr_column
                                    best_match_region=names[j0] if j0 >= 0 else None,
                                    best_match_r2=best_r2[0, i], best_match_se=bm_se,
                                    best_match_agreement=float(np.mean(best[1:, i] == j0)) if B1 > 1 else np.nan))
-        sign_rows, sign_head = _sign_agreement(pcp, expr_columns)
+        sign_rows, sign_head = hl.sign_rows(pcp, expr_columns)
         headline += sign_head
-        headline += _similarity_headline(sims, w_point, w_se, r2, names)
+        headline += hl.similarity_rows(sims, names)
+        headline += hl.world_rows(r2, best_r2, names)
+        headline += hl.named_region_rows(sims, r2, names)
 
     heldout_rows, test_rows, loading_rows = [], [], []
     geo = pd.DataFrame(columns=GEOBIN_COLUMNS)
@@ -141,7 +145,7 @@ def compute_results(m: Moments, cm: CcaMoments, geobins: GeobinSums, expr_column
             test_rows += _wilcoxon_rows(variant, one)
             headline += _dims_headline(variant, one, test_rows[-one.shape[1]:])
             src = cm_a.all_videos() if settings.cca.fit_region_sample == "all" and cm_a.n_all[fit_idx] > 0 else cm_a
-            headline.append(_headline(f"{variant}_n_videos", float(src.n[fit_idx]),
+            headline.append(hl.row(f"{variant}_n_videos", float(src.n[fit_idx]),
                                       detail="videos the one-region CCA was fitted on"))
             loading_rows += _loading_rows(variant, one_fit, balanced_covariance(src, [fit_idx]), expr_columns,
                                           labels_a)
@@ -155,11 +159,15 @@ def compute_results(m: Moments, cm: CcaMoments, geobins: GeobinSums, expr_column
             test_rows += [dict(variant=BALANCED_FIT, dimension=d + 1, test=test, statistic=chi2[d],
                                df=df[d], p=p[d], q=q[d], rho=fit.rho[d]) for d in range(fit.rho.size)]
             if fit.rho.size:
-                headline.append(_headline(f"{test}_last", float(chi2[-1]),
+                headline.append(hl.row(f"{test}_last", float(chi2[-1]),
                                           detail=f"dimension {fit.rho.size}, df {df[-1]:.0f} (p in cca_tests)"))
             loading_rows += _loading_rows(BALANCED_FIT, fit, blocks, expr_columns, labels_a)
             geo, geo_head = _geobin_frame(geobins, fit, blocks, keep, settings)
             headline += geo_head
+
+    match = experiment_for_labels(labels)
+    headline_frame = hl.attach_paper_values(pd.DataFrame(headline, columns=hl.HEADLINE_COLUMNS), match,
+                                            [region_ids[i] for i in present])
 
     return ResultFrames(
         correlations=corr, similarity=pd.DataFrame(sim_rows, columns=["region_a", "region_b", "r", "se"]),
@@ -173,7 +181,7 @@ def compute_results(m: Moments, cm: CcaMoments, geobins: GeobinSums, expr_column
         sign_agreement=pd.DataFrame(sign_rows, columns=["expression", "share", "se", "n_contexts"]),
         cca_loadings=pd.DataFrame(loading_rows, columns=["variant", "dimension", "side", "feature", "weight",
                                                          "correlation"]),
-        headline=pd.DataFrame(headline, columns=["name", "value", "se", "detail"]),
+        headline=headline_frame, experiment=match,
     )
 
 
@@ -181,50 +189,15 @@ GEOBIN_COLUMNS = ["lat_bin", "lon_bin", "n_videos", "variate_1", "variate_2", "v
                   "context_variate_2", "context_variate_3"]
 
 
-def _headline(name: str, value: float, se: float = np.nan, detail: str = "") -> dict:
-    return dict(name=name, value=float(value), se=float(se), detail=detail)
-
-
-def _sign_agreement(pcp: np.ndarray, expr_columns: Sequence[str]) -> tuple[list[dict], list[dict]]:
-    """Rows of ``sign_agreement`` (one per expression and ``all``) and the overall share as a headline number."""
-    overall, per_expr, counted = same_sign_share(pcp)
-    o_point, o_se = bootstrap_summary(overall)
-    e_point, e_se = bootstrap_summary(per_expr)
-    rows = [dict(expression=ALL_EXPRESSIONS, share=float(o_point), se=float(o_se),
-                 n_contexts=int(counted[0].max(initial=0)))]
-    rows += [dict(expression=c, share=e_point[i], se=e_se[i], n_contexts=int(counted[0, i]))
-             for i, c in enumerate(expr_columns)]
-    return rows, [_headline("same_sign_share", o_point, o_se,
-                            detail="share of context-expression correlations with one sign in every region")]
-
-
-def _similarity_headline(sims: np.ndarray, w_point: np.ndarray, w_se: np.ndarray, r2: np.ndarray,
-                         names: list[str]) -> list[dict]:
-    est, minimum, pair = universality(sims)
-    u_point, u_se = bootstrap_summary(est)
-    m_point, m_se = bootstrap_summary(minimum)
-    Rp = sims.shape[1]
-    iu = np.triu_indices(Rp, 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean_sim = np.nanmean(sims[:, iu[0], iu[1]], axis=1)
-        mean_r2 = np.nanmean(r2, axis=1)
-    ms_point, ms_se = bootstrap_summary(mean_sim)
-    mw_point, mw_se = bootstrap_summary(mean_r2)
-    a, b = names[pair[0, 0]], names[pair[0, 1]]
-    return [_headline("universality", u_point, u_se, detail=f"sqrt of the lowest region similarity ({a} / {b})"),
-            _headline("min_region_similarity", m_point, m_se, detail=f"{a} / {b}"),
-            _headline("mean_region_similarity", ms_point, ms_se, detail="mean over region pairs"),
-            _headline("mean_region_vs_world_r2", mw_point, mw_se, detail="mean over regions")]
 
 
 def _dims_headline(variant: str, heldout: np.ndarray, wilcoxon_rows: list[dict]) -> list[dict]:
     count, _ = dims_positive_everywhere(heldout)
     q = np.array([r["q"] for r in wilcoxon_rows], dtype=float)
     D = heldout.shape[1]
-    return [_headline(f"{variant}_dims_positive_everywhere", count,
+    return [hl.row(f"{variant}_dims_positive_everywhere", count,
                       detail=f"of {D} canonical dimensions, > 0 in every held-out region"),
-            _headline(f"{variant}_dims_significant", float(np.sum(q < 0.05)),
+            hl.row(f"{variant}_dims_significant", float(np.sum(q < 0.05)),
                       detail=f"of {D}: one-sided Wilcoxon across held-out regions, BH q < 0.05")]
 
 
@@ -248,10 +221,10 @@ def _geobin_frame(geobins: GeobinSums, fit, blocks, keep: np.ndarray,
     head: list[dict] = []
     if geobins.n.size:
         share, _ = geobin_variance_share(geobins.n, geobins.sx, geobins.sxx)
-        head.append(_headline("geobin_expression_variance_share", share,
+        head.append(hl.row("geobin_expression_variance_share", share,
                               detail=f"{geobins.n.size} bins, {int(geobins.n.sum())} videos with coordinates"))
         adj, _ = geobin_variance_share(geobins.n, geobins.sx, geobins.sxx, adjusted=True)
-        head.append(_headline("geobin_expression_variance_share_adjusted", adj,
+        head.append(hl.row("geobin_expression_variance_share_adjusted", adj,
                               detail="epsilon squared: the raw share minus what noise alone gives with this many bins"))
     if not ok.any():
         return pd.DataFrame(columns=GEOBIN_COLUMNS), head
@@ -263,6 +236,12 @@ def _geobin_frame(geobins: GeobinSums, fit, blocks, keep: np.ndarray,
         c = np.pad(c, ((0, 0), (0, 3 - c.shape[1])), constant_values=np.nan)
     else:  # sums without the context side (older partials)
         c = np.full((int(ok.sum()), 3), np.nan)
+    if np.isfinite(c).any():
+        r, se = variate_tracking(v, c, settings.replicates, settings.seed)
+        head += [hl.row(f"geobin_variate_tracking_{d + 1}", r[d], se[d],
+                        f"r across {int(ok.sum())} bins between the expression-side and context-side scores of "
+                        "canonical variate " f"{d + 1} (how closely expression variation tracks context variation, "
+                        "Fig. 4); SE resamples bins") for d in range(3) if np.isfinite(r[d])]
     geo = pd.DataFrame({"lat_bin": geobins.lat_bin[ok], "lon_bin": geobins.lon_bin[ok],
                         "n_videos": geobins.n[ok].astype(np.int64), "variate_1": v[:, 0], "variate_2": v[:, 1],
                         "variate_3": v[:, 2], "context_variate_1": c[:, 0], "context_variate_2": c[:, 1],
