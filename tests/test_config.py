@@ -75,7 +75,7 @@ def test_unknown_keys_fail_naming_the_nearest(tmp_path):
         load_config(overlay)
     with pytest.raises(ConfigError, match=r"unknown setting 'ingest.partitons'.*'ingest.partitions'"):
         load_config(overrides=["ingest.partitons=3"])
-    with pytest.raises(ConfigError, match=r"must be int"):
+    with pytest.raises(ConfigError, match=r"ingest.partitions='many' .*must be a valid integer"):
         load_config(overrides=["ingest.partitions=many"])
 
 

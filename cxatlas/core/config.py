@@ -42,10 +42,15 @@ class Config:
     data: dict[str, Any]
     source: str = "<memory>"
     overrides: list[str] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)  # dotted key -> where its value came from (not default)
     settings: Settings = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.settings = build(Settings, self.data, self.source)
+        self.settings = build(Settings, self.data, self.origin)
+
+    def origin(self, dotted: str) -> str:
+        """Where the value of ``dotted`` came from: ``--set ...``, ``--data``, an overlay file, or the default."""
+        return origin_of(self.origins, dotted)
 
     def get(self, dotted: str) -> Any:
         """The raw value of a dotted key (for display); stages read the typed :attr:`settings`."""
@@ -79,8 +84,10 @@ class Config:
                 raise ConfigError(f"cannot set '{dotted}': '{part}' is a value, not a section")
             node = node.setdefault(part, {})
             cls, path = sub, f"{path}.{part}" if path else part
-        self.settings = build(Settings, data, source or self.source)
-        self.data = data
+        origins = {k: v for k, v in self.origins.items() if not (k == dotted or k.startswith(dotted + "."))}
+        origins[dotted] = source or self.source
+        self.settings = build(Settings, data, lambda key: origin_of(origins, key))
+        self.data, self.origins = data, origins
 
     def path(self, dotted: str) -> str:
         """A file setting: absolute paths and URIs pass through; others resolve against the working directory."""
@@ -100,7 +107,37 @@ class Config:
         return join_uri(self.data_root, self.settings.tables.dir)
 
     def copy(self) -> "Config":
-        return Config(copy.deepcopy(self.data), self.source, list(self.overrides))
+        return Config(copy.deepcopy(self.data), self.source, list(self.overrides), dict(self.origins))
+
+    def leaves(self) -> list[tuple[str, Any]]:
+        """(dotted key, value) of every setting; an entry of a free-form map (``spark.conf``) is its own key."""
+        return list(leaves(self.data))
+
+
+def origin_of(origins: Mapping[str, str], dotted: str) -> str:
+    """The source recorded for ``dotted`` or the nearest section above it; for a section, the sources below it;
+    else the packaged defaults."""
+    parts = dotted.split(".")
+    for n in range(len(parts), 0, -1):
+        found = origins.get(".".join(parts[:n]))
+        if found:
+            return found
+    below = sorted({v for k, v in origins.items() if k.startswith(dotted + ".")}) if dotted else []
+    return "; ".join(below) if below else f"default ({packaged_conf_dir() / DEFAULTS_FILE})"
+
+
+def leaves(mapping: Mapping[str, Any], cls: type = Settings, prefix: str = ""):
+    """(dotted key, value) of every setting in ``mapping``, along the schema."""
+    for key, value in mapping.items():
+        known = key in field_names(cls)
+        sub = nested_class(cls, key) if known else None
+        if sub is not None and isinstance(value, Mapping):
+            yield from leaves(value, sub, f"{prefix}{key}.")
+        elif known and is_free_map(cls, key) and isinstance(value, Mapping):
+            for k, v in value.items():
+                yield f"{prefix}{key}.{k}", v
+        else:
+            yield f"{prefix}{key}", value
 
 
 def join_uri(root: str, *parts: str) -> str:
@@ -165,6 +202,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, data_root: str | 
     defaults_file = packaged_conf_dir() / DEFAULTS_FILE
     data = read_yaml(defaults_file)
     source = str(defaults_file)
+    origins: dict[str, str] = {}
     chosen = path or os.environ.get(ENV_CONF)
     if chosen:
         file = Path(chosen)
@@ -172,10 +210,12 @@ def load_config(path: str | os.PathLike[str] | None = None, *, data_root: str | 
         source = str(file)
         if file.resolve() != defaults_file.resolve():
             data = merge(data, overlay)  # unknown keys in the overlay fail below, naming the file
-    cfg = Config(data, source)
+            via = "--conf" if path else f"${ENV_CONF}"
+            origins = {key: f"{via} {file}" for key, _ in leaves(overlay)}
+    cfg = Config(data, source, origins=origins)
     root = data_root or os.environ.get(ENV_DATA)
     if root:
-        cfg.set("data_root", root)
+        cfg.set("data_root", root, source="--data" if data_root else f"${ENV_DATA}")
     for text in overrides:
         key, value = parse_override(text)
         cfg.set(key, value, source=f"--set {text}")

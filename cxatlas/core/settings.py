@@ -17,18 +17,56 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
+import os
 import types
 import typing
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
+
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 from cxatlas.core.errors import UserError
+from cxatlas.core.regions import REGION_IDS
 
 
 class ConfigError(UserError, ValueError):
     """A configuration file or override is malformed, names an unknown setting, or lacks a required one."""
+
+
+# Every section is a frozen *pydantic* dataclass: still a dataclass (``dataclasses.replace``/``asdict``/``fields``
+# work, and ``cfg.settings.<stage>.<field>`` reads as before), but each value is validated when it is built: an
+# enumeration is a ``Literal``, a number carries its range, and no float may be NaN or infinite. A section added
+# with ``@dataclass(frozen=True)`` below is validated the same way (types at least).
+SECTION_CONFIG = ConfigDict(allow_inf_nan=False, coerce_numbers_to_str=True, extra="forbid")
+
+
+def dataclass(cls: type | None = None, /, **kwargs: Any) -> Any:
+    """``@dataclass(frozen=True)`` for settings sections: pydantic's dataclass with :data:`SECTION_CONFIG`."""
+    kwargs.setdefault("config", SECTION_CONFIG)
+    return _pydantic_dataclass(cls, **kwargs) if cls is not None else _pydantic_dataclass(**kwargs)
+
+
+def _local_file(value: str) -> str:
+    """A file that must exist when it is local; remote URIs (s3a://, hdfs://) are checked at first use."""
+    if "://" not in value and not os.path.isfile(value):
+        raise ValueError("must be an existing file (no such file)")
+    return value
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Share = Annotated[float, Field(ge=0, le=1)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:[0-9]+|mps)$")]
+LocalFile = Annotated[str, Field(min_length=1), AfterValidator(_local_file)]
+RegionId = Literal[REGION_IDS]  # type: ignore[valid-type]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -37,149 +75,170 @@ class ConfigError(UserError, ValueError):
 @dataclass(frozen=True)
 class SparkSettings:
     master: Optional[str]
-    app_name: str
+    app_name: NonEmpty
     conf: dict
-    log_level: str
+    log_level: Literal["ALL", "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"]
     jars_dir: Optional[str]
 
 
 @dataclass(frozen=True)
 class TablesSettings:
-    dir: str
-    target_file_rows: int
-    vacuum_retention_hours: float
-    conflict_retries: int
+    dir: NonEmpty
+    target_file_rows: PosInt
+    vacuum_retention_hours: NonNegFloat
+    conflict_retries: NonNegInt
 
 
 @dataclass(frozen=True)
 class CatalogSettings:
-    database: str
-    metastore: str
-    derby_host: str
-    derby_port: int
-    metastore_dir: str
-    warehouse_dir: str
+    database: Identifier
+    metastore: Literal["derby-server", "embedded", "external"]
+    derby_host: NonEmpty
+    derby_port: Port
+    metastore_dir: NonEmpty
+    warehouse_dir: NonEmpty
 
 
 @dataclass(frozen=True)
 class SqlServerSettings:
-    host: str
-    port: int
+    host: NonEmpty
+    port: Port
 
 
 @dataclass(frozen=True)
 class RegionsSettings:
-    file: str
+    file: NonEmpty
 
 
 @dataclass(frozen=True)
 class GeoSettings:
-    bin_deg: float
-    max_distance_km: float
-    border_tolerance_km: float
-    max_offshore_km: Optional[float]
-    offshore_neighbours: int
+    bin_deg: Annotated[float, Field(gt=0, le=180)]
+    max_distance_km: PosFloat
+    border_tolerance_km: NonNegFloat
+    max_offshore_km: Optional[PosFloat]
+    offshore_neighbours: PosInt
 
 
 @dataclass(frozen=True)
 class IngestSettings:
-    partitions: int
-    max_title_chars: int
-    max_description_chars: int
+    partitions: PosInt
+    max_title_chars: PosInt
+    max_description_chars: PosInt
     allow_extra_columns: bool
     csv_multiline: bool
 
 
 @dataclass(frozen=True)
 class CorpusSettings:
-    videos: int
+    videos: PosInt
     seed: int
-    taxonomy: str
+    taxonomy: NonEmpty
 
 
 @dataclass(frozen=True)
 class VideoSettings:
-    fps: float
-    window_seconds: float
-    max_windows: int
-    placement: str
-    max_side: int
-    min_frames: int
-    seek_threshold_s: float
-    min_decoded_fraction: Optional[float]
+    fps: PosFloat
+    window_seconds: PosFloat
+    max_windows: PosInt
+    placement: Literal["even", "start"]
+    max_side: PosInt
+    min_frames: PosInt
+    seek_threshold_s: NonNegFloat
+    min_decoded_fraction: Optional[Share]
+
+    @model_validator(mode="after")
+    def _window_holds_min_frames(self) -> "VideoSettings":
+        if self.fps * self.window_seconds < self.min_frames:
+            raise ValueError(f"min_frames ({self.min_frames}) exceeds the frames of one window (fps x window_seconds "
+                             f"= {self.fps * self.window_seconds:g}): every video would be quarantined")
+        return self
 
 
 @dataclass(frozen=True)
 class FaceSettings:
-    min_face_size: int
-    min_prob: float
-    mtcnn_thresholds: tuple
-    mtcnn_factor: float
-    detect_batch_size: int
-    min_track_frames: int
-    detect_stride: int
-    iou_threshold: float
-    max_missed: int
-    crop_size: int
-    margin: float
-    smooth_frames: int
+    min_face_size: PosInt
+    min_prob: Share
+    mtcnn_thresholds: tuple[Share, Share, Share]
+    mtcnn_factor: Annotated[float, Field(gt=0, lt=1)]
+    detect_batch_size: PosInt
+    min_track_frames: PosInt
+    detect_stride: PosInt
+    iou_threshold: Share
+    max_missed: NonNegInt
+    crop_size: PosInt
+    margin: NonNegFloat
+    smooth_frames: PosInt
+
+    @model_validator(mode="after")
+    def _tracks_fit(self) -> "FaceSettings":
+        if self.detect_stride > self.min_track_frames:
+            raise ValueError(f"detect_stride ({self.detect_stride}) must not exceed min_track_frames "
+                             f"({self.min_track_frames}): no track could be confirmed")
+        return self
 
 
 @dataclass(frozen=True)
 class ExpressionSettings:
-    model: str
-    checkpoint: Optional[str]
-    batch_size: int
+    model: Literal["fer7", "cowen16", "brooks288"]
+    checkpoint: Optional[LocalFile]
+    batch_size: PosInt
 
 
 @dataclass(frozen=True)
 class ContextSettings:
-    mode: str
-    taxonomy: str
-    head_checkpoint: Optional[str]
-    visual_checkpoint: Optional[str]
-    gate_checkpoint: Optional[str]
-    cosine_threshold: float
-    temperature: float
-    store_threshold: float
-    store_top_k: int
-    batch_size: int
-    frame_size: int
+    mode: Literal["text_only", "experiment1"]
+    taxonomy: NonEmpty
+    head_checkpoint: Optional[LocalFile]
+    visual_checkpoint: Optional[LocalFile]
+    gate_checkpoint: Optional[LocalFile]
+    cosine_threshold: Annotated[float, Field(ge=-1, le=1)]
+    temperature: PosFloat
+    store_threshold: Share
+    store_top_k: PosInt
+    batch_size: PosInt
+    frame_size: PosInt
+
+    @model_validator(mode="after")
+    def _experiment1_needs_experts(self) -> "ContextSettings":
+        missing = [name for name in ("visual_checkpoint", "gate_checkpoint") if getattr(self, name) is None]
+        if self.mode == "experiment1" and missing:
+            raise ValueError(f"mode 'experiment1' needs {' and '.join(missing)} (files), got null")
+        return self
 
 
 @dataclass(frozen=True)
 class AnnotateSettings:
-    partitions: int
-    videos_per_batch: int
-    device: str
+    partitions: PosInt
+    videos_per_batch: PosInt
+    device: Device
     retry_quarantined: bool
-    retry_reasons: tuple
+    retry_reasons: tuple[str, ...]
     video: VideoSettings
     faces: FaceSettings
     expression: ExpressionSettings
     context: ContextSettings
-    fault_video_ids: tuple
+    fault_video_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class CcaSettings:
-    balance: str
-    per_region: int
+    balance: Literal["subsample", "reweight"]
+    per_region: PosInt
     sample_seed: int
-    ridge: float
-    fit_region: str
-    fit_region_sample: str
-    bartlett: str
+    ridge: NonNegFloat
+    fit_region: RegionId
+    fit_region_sample: Literal["all", "per_region"]
+    bartlett: Literal["bartlett", "lawley"]
     bartlett_fdr: bool
 
 
 @dataclass(frozen=True)
 class FigureSettings:
     enabled: bool
-    dir: str
-    contexts: Optional[tuple]
-    n_contexts: int
-    dpi: int
+    dir: NonEmpty
+    contexts: Optional[tuple[str, ...]]
+    n_contexts: PosInt
+    dpi: PosInt
 
 
 @dataclass(frozen=True)
@@ -187,98 +246,105 @@ class AnalyzeSettings:
     expression_model_version: Optional[str]
     context_model_version: Optional[str]
     taxonomy: Optional[str]
-    expressions: Optional[tuple]
-    replicates: int
+    expressions: Optional[tuple[str, ...]]
+    replicates: NonNegInt
     seed: int
-    occur_threshold: float
-    min_occurrences: int
+    occur_threshold: Share
+    min_occurrences: NonNegInt
     min_occurrences_per_region: bool
-    correlation: str
+    correlation: Literal["partial", "semipartial"]
     cca: CcaSettings
-    geobin_min_videos: int
-    report_dir: str
-    partitions: int
-    broadcast_max_rows: int
-    batch_rows: int
-    chunk_rows: int
-    geobin_shards: int
+    geobin_min_videos: PosInt
+    report_dir: NonEmpty
+    partitions: PosInt
+    broadcast_max_rows: NonNegInt
+    batch_rows: PosInt
+    chunk_rows: PosInt
+    geobin_shards: PosInt
     figures: FigureSettings
 
 
 @dataclass(frozen=True)
 class SimulateSettings:
-    experiment: int
+    experiment: Literal[1, 2]
     seed: int
-    regional_share: float
-    n_contexts: Optional[int]
-    prevalence_range: tuple
-    prevalence_regional_sd: float
-    effect_scale: float
+    regional_share: Share
+    n_contexts: Optional[PosInt]
+    prevalence_range: tuple[Share, Share]
+    prevalence_regional_sd: NonNegFloat
+    effect_scale: NonNegFloat
     region_weights: Optional[dict]
     data_dir: Optional[str]
-    chunk_rows: int
-    slice_rows: int
+    chunk_rows: PosInt
+    slice_rows: PosInt
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> "SimulateSettings":
+        low, high = self.prevalence_range
+        if not low < high:
+            raise ValueError(f"prevalence_range must be [low, high] with low < high, got [{low}, {high}]")
+        return self
 
 
 @dataclass(frozen=True)
 class PpcaSettings:
-    resamples: int
+    resamples: PosInt
     seed: int
-    alpha: float
-    snr: float
+    alpha: Annotated[float, Field(gt=0, lt=1)]
+    snr: NonNegFloat
 
 
 @dataclass(frozen=True)
 class IncrementalSettings:
-    candidate_margin: float
-    max_changed_fraction: float
-    driver_max_videos: int
+    candidate_margin: NonNegFloat
+    max_changed_fraction: Share
+    driver_max_videos: NonNegInt
 
 
 @dataclass(frozen=True)
 class ReprocessSettings:
-    lease_ttl_seconds: float
-    wait_poll_seconds: float
-    max_wait_seconds: Optional[float]
-    max_videos: Optional[int]
+    lease_ttl_seconds: PosFloat
+    wait_poll_seconds: PosFloat
+    max_wait_seconds: Optional[NonNegFloat]
+    max_videos: Optional[PosInt]
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    step_size: int
-    gamma: float
-    heldout_fraction: float
+    epochs: PosInt
+    batch_size: PosInt
+    lr: PosFloat
+    weight_decay: NonNegFloat
+    step_size: PosInt
+    gamma: PosFloat
+    heldout_fraction: Annotated[float, Field(ge=0, lt=1)]
     seed: int
     amp: bool
-    device: str
-    trunk_checkpoint: Optional[str]
+    device: Device
+    trunk_checkpoint: Optional[LocalFile]
     augment_flip: bool
-    crop_size: int
-    image_max_side: int
-    windows_per_clip: int
-    crops_per_window: int
-    partitions: int
-    stimuli_per_batch: int
-    loader_workers: int
-    shuffle_buffer: int
+    crop_size: PosInt
+    image_max_side: PosInt
+    windows_per_clip: PosInt
+    crops_per_window: PosInt
+    partitions: PosInt
+    stimuli_per_batch: PosInt
+    loader_workers: NonNegInt
+    shuffle_buffer: NonNegInt
 
 
 @dataclass(frozen=True)
 class DemoSettings:
     analyze_overrides: dict
-    simulated_videos: int
-    simulated_replicates: int
+    simulated_videos: NonNegInt
+    simulated_replicates: NonNegInt
 
 
 @dataclass(frozen=True)
 class Settings:
     """The whole configuration. ``data_root`` is the root of every table and output (a path or a URI)."""
 
-    data_root: str
+    data_root: NonEmpty
     spark: SparkSettings
     tables: TablesSettings
     catalog: CatalogSettings
@@ -336,68 +402,68 @@ def unknown_key_error(path: str, key: str, valid: list[str], source: str) -> Con
     return ConfigError(f"unknown setting '{full}' in {source}{hint}")
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    tp, optional = _unwrap_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"setting '{where}' must not be null")
-    try:
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                return value.lower() == "true"
-            raise ValueError(value)
-        if tp is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)
-            return int(value)
-        if tp is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return float(value)
-        if tp is str:
-            return str(value)
-        if tp is tuple:
-            if isinstance(value, (list, tuple)):
-                return tuple(_freeze(v) for v in value)
-            raise ValueError(value)
-        if tp is dict:
-            if isinstance(value, Mapping):
-                return dict(value)
-            raise ValueError(value)
-    except (TypeError, ValueError):
-        name = getattr(tp, "__name__", str(tp))
-        raise ConfigError(f"setting '{where}' must be {name}{' or null' if optional else ''}, "
-                          f"got {value!r}") from None
-    return value
+def check_keys(cls: type, data: Any, source: Any, path: str = "") -> None:
+    """Refuse unknown keys (naming the nearest valid one), missing keys and non-mapping sections, along the schema.
+    ``source`` is a string or a callable giving the source of a dotted key."""
+    def src(key: str) -> str:
+        return source(key) if callable(source) else source
 
-
-def _freeze(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
-def build(cls: type, data: Mapping[str, Any], source: str, path: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``: unknown keys and missing keys are :class:`ConfigError`."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"setting '{path}' in {source} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"setting '{path}' in {src(path)} must be a mapping, got {type(data).__name__}")
     names = field_names(cls)
     for key in data:
         if key not in names:
-            raise unknown_key_error(path, str(key), names, source)
-    values = {}
-    hints = _hints(cls)
+            raise unknown_key_error(path, str(key), names, src(f"{path}.{key}" if path else str(key)))
     for name in names:
         where = f"{path}.{name}" if path else name
         if name not in data:
-            raise ConfigError(f"missing setting '{where}' in {source} (every setting has a default in the packaged "
-                              f"conf/local.yaml; an overlay must not remove it)")
+            raise ConfigError(f"missing setting '{where}' in {src(where)} (every setting has a default in the "
+                              f"packaged conf/local.yaml; an overlay must not remove it)")
         sub = nested_class(cls, name)
-        values[name] = build(sub, data[name], source, where) if sub else _coerce(data[name], hints[name], where)
-    return cls(**values)
+        if sub is not None:
+            check_keys(sub, data[name], source, where)
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def _allowed(error: Mapping[str, Any]) -> str:
+    """What pydantic says is allowed, in the words of a setting ('must be greater than 0', "must be 'even' or ...")."""
+    msg = str(error.get("msg", "invalid"))
+    for prefix, new in (("Input should be ", "must be "), ("Value error, ", ""), ("String should ", "must ")):
+        if msg.startswith(prefix):
+            msg = new + msg[len(prefix):]
+    return msg
+
+
+def describe_validation_error(exc: ValidationError, data: Mapping[str, Any], source: Any) -> str:
+    """One line naming the (first) bad setting, its value and what is allowed. ``source`` is a string, or a callable
+    giving the source of a dotted key (where its value came from: default, overlay file, --set)."""
+    error = exc.errors()[0]
+    loc = [str(part) for part in error.get("loc", ()) if not isinstance(part, int)]
+    index = [part for part in error.get("loc", ()) if isinstance(part, int)]
+    key = ".".join(loc)
+    node: Any = data
+    for part in loc:  # the value as given (pydantic's copy of a nested section is the whole mapping)
+        node = node.get(part) if isinstance(node, Mapping) else None
+    where = source(key) if callable(source) else source
+    if error.get("type") == "value_error" and isinstance(node, Mapping):  # a cross-field rule of a section
+        return f"invalid settings '{key}' ({where}): {_allowed(error)}"
+    value = node if node is not None or "input" not in error else error["input"]
+    item = f" (item {index[0]})" if index else ""
+    return f"invalid setting {key}={value!r}{item} ({where}): {_allowed(error)}"
+
+
+def build(cls: type, data: Mapping[str, Any], source: Any, path: str = "") -> Any:
+    """Build settings class ``cls`` from ``data``: unknown and missing keys, then every value (types, ranges,
+    enumerations, cross-field rules), are refused as one-line :class:`ConfigError`."""
+    check_keys(cls, data, source, path)
+    try:
+        return _adapter(cls).validate_python(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, data, source)) from None
 
 
 def fingerprint(*parts: Any) -> str:

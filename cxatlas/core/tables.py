@@ -71,6 +71,16 @@ class CommitResult:
                 f"-{self.files_removed} files, {self.rows_written} rows written)")
 
 
+# Every commit this process made, in order: when a command fails, the command line says what it committed (exit 1)
+# and whether it touched no table at all (a refusal, exit 2). Read with :func:`commits_made`.
+_JOURNAL: list[CommitResult] = []
+
+
+def commits_made(since: int = 0) -> list[CommitResult]:
+    """The commits this process made (those after the first ``since``), oldest first."""
+    return list(_JOURNAL[since:])
+
+
 def with_columns_of(df, struct, keep_extra: bool = False):
     """``df`` with the columns of the Spark ``struct``, in its order, typed nulls for the ones ``df`` lacks; then,
     if ``keep_extra``, ``df``'s other columns (they evolve the table's schema)."""
@@ -308,6 +318,7 @@ class Table:
         m = {k: _int(v) for k, v in (ours[0]["operationMetrics"] or {}).items()}
         inserted, updated = m.get("numTargetRowsInserted", 0), m.get("numTargetRowsUpdated", 0)
         merged = "numTargetRowsInserted" in m
+        _JOURNAL.append(CommitResult(self.spec.name, int(ours[0]["version"])))
         return CommitResult(
             self.spec.name, int(ours[0]["version"]),
             files_added=m.get("numTargetFilesAdded", 0) + m.get("numFiles", 0) + m.get("numAddedFiles", 0),
