@@ -88,7 +88,8 @@ def cmd_ppca(args: argparse.Namespace, cfg: Config) -> int:
 
     s = cfg.settings.ppca
     print(run_ppca(args.input, args.id, args.out, resamples=s.resamples, seed=s.seed, alpha=s.alpha,
-                   snr=s.snr).summary())
+                   snr=s.snr, rule=args.rule or s.rule, bh_dimensions=s.bh_dimensions, gppca_bh=s.gppca_bh,
+                   kaiser=s.kaiser, loading_resamples=s.loading_resamples, names=args.name).summary())
     return 0
 
 

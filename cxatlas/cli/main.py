@@ -102,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", required=True, help="the stimulus id column")
     p.add_argument("--out", required=True, help="folder for components.csv, significance.csv, rotated_loadings.csv "
                                                 "and loadings_heatmap.png")
-    # resamples, seed, ForwardStop alpha and SNR threshold: ppca.* settings (--set ppca.resamples=200)
+    p.add_argument("--rule", choices=["brooks", "bh_forwardstop_snr", "gppca_graph", "forwardstop", "bh", "none"],
+                   help="which components are kept (default ppca.rule = brooks: the paper's rule, BH over the first "
+                        "48 AND ForwardStop AND SNR>=3 for two inputs, the country-pair graph rule for three or more)")
+    p.add_argument("--name", action="append", help="a name per --input, in order (the country; default: file stems)")
+    # resamples, seed, alpha, SNR threshold, BH dimensions, Kaiser: ppca.* settings (--set ppca.resamples=200)
 
     p = add("train", c.cmd_train, "Train an expression model on rated faces: ratings averaged per stimulus and "
                                   "country, faces cropped with MTCNN on the executors into a Delta training table, "

@@ -292,6 +292,11 @@ class PpcaSettings:
     seed: int
     alpha: Annotated[float, Field(gt=0, lt=1)]
     snr: NonNegFloat
+    rule: Literal["brooks", "bh_forwardstop_snr", "gppca_graph", "forwardstop", "bh", "none"]
+    bh_dimensions: Optional[PosInt]
+    gppca_bh: Literal["within_pair", "within_dimension"]
+    kaiser: bool
+    loading_resamples: Optional[NonNegInt]
 
 
 @dataclass(frozen=True)

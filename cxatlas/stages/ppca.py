@@ -59,22 +59,29 @@ class PpcaReport:
     ignored_columns: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
 
+    names: list[str] = field(default_factory=list)
+    preservation_r: float | None = None
+
     def summary(self) -> str:
         r = self.result
         kind = "G-PPCA" if r.generalized else "PPCA"
-        rule = {"forwardstop": f"ForwardStop alpha={r.alpha:g}", "bh": f"BH q<={r.alpha:g}", "none": "no test"}[r.rule]
-        if r.snr_threshold is not None:
-            rule += f" and SNR>={r.snr_threshold:g}"
         lines = [
             f"{kind} of {len(self.inputs)} datasets ({', '.join(Path(p).name for p in self.inputs)}) in "
             f"{self.seconds:.1f}s: {self.n_stimuli} stimuli x {len(self.attributes)} attributes",
-            f"  {r.n_kept} of {r.loadings.shape[1]} components kept ({rule}; {r.resamples} bootstrap resamples, "
-            f"seed {r.seed})",
+            f"  {r.n_kept} of {r.loadings.shape[1]} components kept by rule {r.rule_text} ({r.resamples} bootstrap "
+            f"resamples, seed {r.seed})",
         ]
         for c in np.flatnonzero(r.kept)[:10]:
             top = np.argsort(-np.abs(r.loadings[:, c]))[:3]
             lines.append(f"    component {c + 1}: cv r={r.cv_correlations[c]:.3f}, p={r.p_values[c]:.3g}, "
                          f"SNR={r.snr[c]:.1f}; top attributes " + ", ".join(self.attributes[i] for i in top))
+        if r.n_kept:
+            lines.append(f"  varimax ({'Kaiser-normalised' if r.kaiser else 'statsmodels rotate_factors, no Kaiser'})"
+                         f"; significant loadings per rotated dimension (top-N sign test, ForwardStop, "
+                         f"{r.loading_resamples} resamples): {', '.join(str(int(x)) for x in r.n_significant_loadings)}")
+        if self.preservation_r is not None and np.isfinite(self.preservation_r):
+            lines.append(f"  countrywise loadings explained by the average loading: r = {self.preservation_r:.2f}, "
+                         f"r^2 = {self.preservation_r ** 2:.2f} (Brooks et al.: r = .80, 63%)")
         for path, cols in self.ignored_columns.items():
             lines.append(f"  ignored non-numeric columns of {Path(path).name}: {', '.join(cols)}")
         lines.append(f"  wrote {', '.join(Path(p).name for p in self.files.values())} to {self.out_dir}")
@@ -245,12 +252,34 @@ def loadings_heatmap(loadings: np.ndarray, attributes: Sequence[str], out: str |
 # ----------------------------------------------------------------------------------------------------------------
 # stage
 # ----------------------------------------------------------------------------------------------------------------
+def dataset_names(inputs: Sequence[str], names: Sequence[str] | None = None) -> list[str]:
+    """A name per input (the country, in Brooks' G-PPCA): given ``names``, else the file stems, made unique."""
+    if names:
+        names = [str(x) for x in names]
+        if len(names) != len(inputs):
+            raise PpcaInputError(f"--name given {len(names)} times for {len(inputs)} inputs; give one per --input")
+        if len(set(names)) != len(names):
+            raise PpcaInputError(f"dataset names must be unique, got {names}")
+        return names
+    stems = [Path(str(p)).stem for p in inputs]
+    return stems if len(set(stems)) == len(stems) else [f"{i + 1}_{s}" for i, s in enumerate(stems)]
+
+
+def split_attribute(attribute: str) -> tuple[str | None, str]:
+    """``"US:anger"`` -> ``("US", "anger")`` (the brooks288 ``country:label`` convention); ``"anger"`` -> (None, ..)."""
+    group, sep, label = attribute.partition(":")
+    return (group, label) if sep else (None, attribute)
+
+
 def run_ppca(inputs: list[str], id_column: str, out_dir: str, *, resamples: int = 1000, seed: int = 0,
-             alpha: float = 0.05, snr: float = 3.0) -> PpcaReport:
+             alpha: float = 0.05, snr: float = 3.0, rule: str = "brooks", bh_dimensions: int | None = 48,
+             gppca_bh: str = "within_pair", kaiser: bool = False, loading_resamples: int | None = None,
+             names: Sequence[str] | None = None) -> PpcaReport:
     """Run PPCA (two inputs) or G-PPCA (three or more) on files of stimuli x attributes and write the results.
 
-    Components are kept by ForwardStop at ``alpha`` on the bootstrap p-values of the leave-one-out correlations
-    AND a bootstrap SNR of at least ``snr`` (see :func:`cxatlas.stats.ppca.keep_components`).
+    The rule (``rule``, default ``"brooks"``: the paper's rule for the number of inputs, see
+    :func:`cxatlas.stats.ppca.rule_for`) is written into every output: a ``rule`` column in the CSVs, the heatmap
+    title, and ``ppca_run.json``. Everything is checked before anything is written.
 
     Parameters
     ----------
@@ -259,16 +288,33 @@ def run_ppca(inputs: list[str], id_column: str, out_dir: str, *, resamples: int 
     id_column : str
         Stimulus id used to match rows across files.
     out_dir : str
-        Created if needed; the four outputs are overwritten.
-    resamples, seed, alpha, snr : bootstrap and selection settings.
+        Created if needed; the outputs are overwritten.
+    resamples, seed, alpha, snr, rule, bh_dimensions, gppca_bh, kaiser, loading_resamples : see
+        :func:`cxatlas.stats.ppca.ppca`.
+    names : list of str, optional
+        One name per input (default: the file stems), used in ``pairs.csv``.
 
     Returns
     -------
     PpcaReport
     """
+    import json
+
+    from cxatlas.stats.ppca import RULES, loading_preservation, rule_for
+
     t0 = time.perf_counter()
+    if rule not in RULES:
+        raise PpcaInputError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    if len(inputs) < 2:
+        raise PpcaInputError(f"PPCA needs at least 2 input files (datasets, e.g. countries), got {len(inputs)}")
+    try:
+        rule_for(rule, len(inputs))
+    except ValueError as exc:
+        raise PpcaInputError(str(exc)) from None
+    labels = dataset_names(inputs, names)
     datasets, attributes, ids, ignored = load_datasets(inputs, id_column)
-    result = ppca(datasets, resamples=resamples, seed=seed, alpha=alpha, snr_threshold=snr)
+    result = ppca(datasets, resamples=resamples, seed=seed, alpha=alpha, snr_threshold=snr, rule=rule,
+                  bh_dimensions=bh_dimensions, gppca_bh=gppca_bh, kaiser=kaiser, loading_resamples=loading_resamples)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     k_all = result.loadings.shape[1]
@@ -279,6 +325,8 @@ def run_ppca(inputs: list[str], id_column: str, out_dir: str, *, resamples: int 
         "component": np.arange(1, k_all + 1), "covariance": result.covariances,
         "cv_correlation": result.cv_correlations, "p_value": result.p_values, "q_value": result.q_values,
         "snr": result.snr, "kept": result.kept,
+        "bootstrap_sd": result.bootstrap_sd, "bh_pass": result.bh_pass, "forwardstop_pass": result.forwardstop_pass,
+        "snr_pass": result.snr_pass, "graph_pass": result.graph_pass, "rule": result.rule_text,
     })
     k = result.rotated_loadings.shape[1]
     rot = pd.DataFrame({"attribute": attributes})
@@ -287,20 +335,66 @@ def run_ppca(inputs: list[str], id_column: str, out_dir: str, *, resamples: int 
     for j in range(k):
         rot[f"rotated_{j + 1}_p_value"] = result.loading_p_values[:, j]
         rot[f"rotated_{j + 1}_snr"] = result.loading_snr[:, j]
+    for j in range(k):
+        order = np.argsort(-np.abs(result.rotated_loadings[:, j]), kind="stable")
+        rank = np.empty(len(attributes), dtype=np.int64)
+        rank[order] = np.arange(1, len(attributes) + 1)
+        rot[f"rotated_{j + 1}_top_n_p_value"] = result.top_n_p_values[rank - 1, j]  # p of the top-N ending here
+        rot[f"rotated_{j + 1}_significant"] = result.significant_loadings[:, j]
+    rot["rule"] = result.rule_text
+    tests = result.pair_tests
+    pairs = pd.DataFrame([
+        {"dimension": c + 1, "country_a": labels[a], "country_b": labels[b], "r": tests.r[i, c],
+         "p": tests.p[i, c], "q": tests.q[i, c], "significant": bool(tests.significant[i, c]),
+         "df": tests.df[c], "kept": bool(result.kept[c]), "rule": result.rule_text}
+        for c in range(k_all) for i, (a, b) in enumerate(tests.pairs)])
+    groups = [split_attribute(a) for a in attributes]
+    per_country = []
+    for j in range(k):
+        for g in sorted({g for g, _ in groups if g is not None}):
+            rows = [i for i, (gg, _) in enumerate(groups) if gg == g]
+            per_country.append({"rotated": j + 1, "country": g, "attributes": len(rows),
+                                "significant_loadings": int(result.significant_loadings[rows, j].sum())})
+    preservation = None
+    if any(g is not None for g, _ in groups) and k:
+        keep = [i for i, (g, _) in enumerate(groups) if g is not None]
+        preservation, _ = loading_preservation(result.rotated_loadings[keep], [groups[i][0] for i in keep],
+                                               [groups[i][1] for i in keep])
+    dims = pd.DataFrame({"rotated": np.arange(1, k + 1), "n_significant_loadings": result.n_significant_loadings,
+                         "rule": result.rule_text})
 
     files = {
         "components": str(out / "components.csv"),
         "significance": str(out / "significance.csv"),
         "rotated_loadings": str(out / "rotated_loadings.csv"),
+        "pairs": str(out / "pairs.csv"),
+        "loading_significance": str(out / "loading_significance.csv"),
         "heatmap": str(out / "loadings_heatmap.png"),
+        "run": str(out / "ppca_run.json"),
     }
     comp.to_csv(files["components"], index=False)
     sig.to_csv(files["significance"], index=False)
     rot.to_csv(files["rotated_loadings"], index=False)
+    pairs.to_csv(files["pairs"], index=False)
+    loading_sig = dims
+    if per_country:
+        loading_sig = dims.merge(pd.DataFrame(per_country), on="rotated", how="left")
+    loading_sig.to_csv(files["loading_significance"], index=False)
     kind = "G-PPCA" if result.generalized else "PPCA"
-    loadings_heatmap(result.rotated_loadings, attributes, files["heatmap"], p_values=result.loading_p_values,
-                     alpha=alpha, column_labels=[f"R{j + 1}" for j in range(k)],
-                     title=f"{kind}: {k} preserved component{'s' if k != 1 else ''}\n(varimax-rotated loadings)")
+    loadings_heatmap(result.rotated_loadings, attributes, files["heatmap"],
+                     p_values=np.where(result.significant_loadings, 0.0, 1.0), alpha=alpha,
+                     column_labels=[f"R{j + 1}" for j in range(k)],
+                     title=f"{kind}: {k} preserved component{'s' if k != 1 else ''} (rule {result.rule})\n"
+                           f"(varimax-rotated loadings; dot: significant, top-N sign test)")
+    run = {"kind": kind, "rule": result.rule, "rule_requested": result.rule_requested, "rule_text": result.rule_text,
+           "alpha": alpha, "snr_threshold": snr, "bh_dimensions": bh_dimensions, "gppca_bh": gppca_bh,
+           "kaiser": kaiser, "resamples": resamples, "loading_resamples": result.loading_resamples, "seed": seed,
+           "datasets": labels, "inputs": [str(p) for p in inputs], "n_stimuli": len(ids),
+           "n_attributes": len(attributes), "n_components": k_all, "n_kept": result.n_kept,
+           "kept": [int(c) + 1 for c in np.flatnonzero(result.kept)],
+           "n_significant_loadings": [int(x) for x in result.n_significant_loadings],
+           "preservation_r": None if preservation is None or not np.isfinite(preservation) else preservation}
+    Path(files["run"]).write_text(json.dumps(run, indent=2) + "\n")
     return PpcaReport(inputs=[str(p) for p in inputs], id_column=id_column, out_dir=str(out), attributes=attributes,
                       n_stimuli=len(ids), result=result, files=files, ignored_columns=ignored,
-                      seconds=time.perf_counter() - t0)
+                      seconds=time.perf_counter() - t0, names=labels, preservation_r=preservation)
