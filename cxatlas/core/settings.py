@@ -339,6 +339,17 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
+class ReleaseSettings:
+    total_epsilon: PosFloat
+    total_delta: Annotated[float, Field(gt=0, lt=1)]
+    correlation: Literal["partial", "semipartial"]
+    max_contexts_per_video: PosInt
+    min_occurrences: NonNegFloat
+    count_share: Annotated[float, Field(gt=0, lt=1)]
+    charge_attempts: PosInt
+
+
+@dataclass(frozen=True)
 class DemoSettings:
     analyze_overrides: dict
     simulated_videos: NonNegInt
@@ -365,6 +376,7 @@ class Settings:
     train: TrainSettings
     incremental: IncrementalSettings
     reprocess: ReprocessSettings
+    release: ReleaseSettings
     demo: DemoSettings
 
 
