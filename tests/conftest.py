@@ -30,10 +30,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-# Every process of this test run -- this one and every `cxatlas` subprocess a test starts -- uses a Derby metastore
-# server on a port of its own (an overlay config in $CXATLAS_CONF), which the session fixture stops at the end.
+# Every process of this test run -- this one and every `cxatlas` subprocess a test starts -- shares ONE Derby
+# metastore (catalog.metastore_root: a folder of this run, holding its database and its server's record) on a port of
+# its own (an overlay config in $CXATLAS_CONF), which the session fixture stops at the end. Tests of the per-data-root
+# design set catalog.metastore_root=null and stop what they start.
 _OVERLAY = Path(tempfile.mkdtemp(prefix="cxatlas-tests-")) / "tests.yaml"
-_OVERLAY.write_text(f"catalog:\n  derby_port: {_free_port()}\n")
+_OVERLAY.write_text(f"catalog:\n  derby_port: {_free_port()}\n  metastore_root: {_OVERLAY.parent / 'catalog'}\n")
 os.environ["CXATLAS_CONF"] = str(_OVERLAY)
 os.environ["CXATLAS_DERBY_HOME"] = str(_OVERLAY.parent / "derby")
 
@@ -64,9 +66,9 @@ def metastore_server():
     from cxatlas.core.metastore import ensure_server, stop_server
 
     cfg = load_config()
-    ensure_server(cfg.settings.catalog, cfg.settings.spark.jars_dir)
+    ensure_server(cfg.data_root, cfg.settings.catalog, cfg.settings.spark.jars_dir)
     yield
-    stop_server(cfg.settings.catalog, cfg.settings.spark.jars_dir)
+    stop_server(cfg.data_root, cfg.settings.catalog, cfg.settings.spark.jars_dir)
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from typing import Any, Callable
 
 from cxatlas.core.catalog import ALL_TABLES, register_catalog, table_spec
-from cxatlas.core.config import Config
-from cxatlas.core.errors import UserError
+from cxatlas.core.config import Config, ConfigError
+from cxatlas.core.errors import EXIT_FAILED, UserError
 
 
 def open_store(cfg: Config, name: str) -> tuple[Any, Any]:
@@ -24,9 +26,65 @@ def open_store(cfg: Config, name: str) -> tuple[Any, Any]:
     return spark, TableStore.from_config(spark, cfg)
 
 
-def exit_code(report: Any) -> int:
-    """0 when a report's counts reconcile, else 1 (a run whose counts do not add up has failed)."""
-    return 0 if report.reconciles else 1
+def exit_code(report: Any, cfg: Config | None = None) -> int:
+    """The exit contract for a stage that raised nothing: 0 when it did what was asked (quarantined rows are data);
+    1 when its counts do not reconcile or a systemic share of its inputs failed for one reason (``failures.*``),
+    saying so in one line on stderr (what it committed is in its summary above)."""
+    if cfg is None:
+        why = None if report.reconciles else "its counts do not reconcile"
+    else:
+        f = cfg.settings.failures
+        why = report.systemic_failure(f.systemic_share, f.systemic_min_inputs, f.not_failures)
+    if why is None:
+        return 0
+    print(f"cxatlas: error: the run failed: {why}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def check_settings(command: str, cfg: Config) -> None:
+    """Rules on settings that need a layer above core (which expression models need a checkpoint), checked right
+    after loading and before any Spark session, for the commands that use them."""
+    if command not in ("annotate", "reprocess", "demo"):
+        return
+    from cxatlas.models.registry import REGISTRY
+
+    expression = cfg.settings.annotate.expression
+    if REGISTRY[expression.model].needs_checkpoint and expression.checkpoint is None:
+        raise ConfigError(f"invalid setting annotate.expression.checkpoint=None ({cfg.origin('annotate.expression')}): "
+                          f"model {expression.model} needs a checkpoint file (only "
+                          f"{', '.join(n for n, m in REGISTRY.items() if not m.needs_checkpoint)} ship their weights)")
+
+
+def explain_failure(cfg: Config, exc: BaseException) -> str | None:
+    """A better one-line cause for a fault whose own message says little: the data root's metastore server went
+    away during the run. None: the exception's own first line says it."""
+    if cfg.settings.catalog.metastore != "derby-server":
+        return None
+    from cxatlas.core.metastore import server_of
+
+    server = server_of(cfg.data_root, cfg.settings.catalog)
+    if server is None or server.alive():
+        return None
+    how = "was stopped" if server.stopped is not None else "died"
+    return (f"the metastore server of data root {cfg.data_root} ({server.describe()}) {how} during the run; "
+            f"nothing after that point was committed (`cxatlas --data {cfg.data_root} metastore start`, then rerun)")
+
+
+def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
+    """``cxatlas config show [KEY]``: the effective settings, each with where its value came from."""
+    import difflib
+
+    pairs = cfg.leaves()
+    if args.key:
+        chosen = [(k, v) for k, v in pairs if k == args.key or k.startswith(args.key + ".")]
+        if not chosen:
+            near = difflib.get_close_matches(args.key, [k for k, _ in pairs], n=1, cutoff=0.5)
+            raise ConfigError(f"unknown setting '{args.key}'" + (f"; did you mean '{near[0]}'?" if near else ""))
+        pairs = chosen
+    width = max(len(k) for k, _ in pairs)
+    for key, value in pairs:
+        print(f"{key:<{width}} = {json.dumps(value, default=str)}  # {cfg.origin(key)}")
+    return 0
 
 
 # -- pipeline stages -------------------------------------------------------------------------------------------------
@@ -36,7 +94,7 @@ def cmd_ingest(args: argparse.Namespace, cfg: Config) -> int:
     spark, store = open_store(cfg, "ingest")
     report = run_ingest(spark, cfg, store, args.manifest, args.format)
     print(report.summary())
-    return exit_code(report)
+    return exit_code(report, cfg)
 
 
 def cmd_annotate(args: argparse.Namespace, cfg: Config) -> int:
@@ -45,7 +103,7 @@ def cmd_annotate(args: argparse.Namespace, cfg: Config) -> int:
     spark, store = open_store(cfg, "annotate")
     report = run_annotate(spark, cfg, store)
     print(report.summary())
-    return exit_code(report)
+    return exit_code(report, cfg)
 
 
 def cmd_import(args: argparse.Namespace, cfg: Config) -> int:
@@ -56,22 +114,38 @@ def cmd_import(args: argparse.Namespace, cfg: Config) -> int:
                         allow_extra_columns=args.allow_extra_columns,
                         missing_contexts_as_zero=args.missing_contexts_as_zero, skip_non_parquet=args.skip_non_parquet)
     print(report.summary())
-    return exit_code(report)
+    return exit_code(report, cfg)
 
 
 def cmd_analyze(args: argparse.Namespace, cfg: Config) -> int:
     from cxatlas.stages.analyze import run_analyze
 
     spark, store = open_store(cfg, "analyze")
-    print(run_analyze(spark, cfg, store, analysis_id=args.analysis_id, incremental=args.incremental).summary())
-    return 0
+    report = run_analyze(spark, cfg, store, analysis_id=args.analysis_id, incremental=args.incremental)
+    print(report.summary())
+    return _committed_analysis(report)
+
+
+def _committed_analysis(report: Any) -> int:
+    """0 when the analysis' ``analyses`` row (its commit marker) was written, else 1 naming what is missing."""
+    marker = report.commits.get("analyses")
+    if marker is not None and marker.version is not None:
+        return 0
+    print(f"cxatlas: error: analysis {report.analysis_id} wrote no analyses row: its results are not visible",
+          file=sys.stderr)
+    return EXIT_FAILED
 
 
 def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
     from cxatlas.stages.report import write_report
 
     spark, store = open_store(cfg, "report")
-    print(write_report(spark, cfg, store, args.analysis_id, args.out).summary())
+    report = write_report(spark, cfg, store, args.analysis_id, args.out)
+    print(report.summary())
+    out = getattr(report, "path", None) or getattr(report, "out", None)
+    if out is not None and not os.path.isfile(str(out)):
+        print(f"cxatlas: error: the report {out} was not written", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -79,7 +153,12 @@ def cmd_compare(args: argparse.Namespace, cfg: Config) -> int:
     from cxatlas.stages.compare import run_compare
 
     spark, store = open_store(cfg, "compare")
-    print(run_compare(spark, cfg, store, args.taxonomy_1, args.taxonomy_2, args.comparison_id).summary())
+    report = run_compare(spark, cfg, store, args.taxonomy_1, args.taxonomy_2, args.comparison_id)
+    print(report.summary())
+    if report.table.empty:
+        print(f"cxatlas compare-experiments: error: comparison {report.comparison_id} found no headline numbers to "
+              f"compare", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -100,7 +179,7 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     report = run_train(spark, cfg, store, args.model, args.ratings, out=args.out, epochs=args.epochs,
                        batch_size=args.batch_size, resume=args.resume)
     print(report.summary())
-    return exit_code(report)
+    return exit_code(report, cfg)
 
 
 def cmd_transfer(args: argparse.Namespace, cfg: Config) -> int:
@@ -111,7 +190,7 @@ def cmd_transfer(args: argparse.Namespace, cfg: Config) -> int:
                           ratings_b=args.ratings_b, ratings=args.ratings, country_a=args.country_a,
                           country_b=args.country_b, epochs=args.epochs, batch_size=args.batch_size)
     print(report.summary())
-    return exit_code(report)
+    return exit_code(report, cfg)
 
 
 # -- simulated and sample data ---------------------------------------------------------------------------------------
@@ -212,16 +291,21 @@ def cmd_sql_server(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_metastore(args: argparse.Namespace, cfg: Config) -> int:
-    from cxatlas.core.metastore import ensure_server, is_listening, stop_server
+    from cxatlas.core.metastore import ensure_server, server_of, stop_server
 
-    c, jars = cfg.settings.catalog, cfg.settings.spark.jars_dir
-    where = f"{c.derby_host}:{c.derby_port}"
+    c, jars, root = cfg.settings.catalog, cfg.settings.spark.jars_dir, cfg.data_root
+    if c.metastore != "derby-server":
+        raise UserError(f"catalog.metastore is {c.metastore}: there is no Derby network server to {args.action}")
     if args.action == "status":
-        print(f"Derby metastore server on {where}: {'running' if is_listening(c.derby_host, c.derby_port) else 'not running'}")
+        server = server_of(root, c)
+        state = f"running on {server.describe()}" if server is not None and server.alive() else "not running"
     elif args.action == "start":
-        print(f"Derby metastore server on {where}: {'started' if ensure_server(c, jars) else 'already running'}")
+        server = ensure_server(root, c, jars)
+        state = f"{'started' if server.started_now else 'already running'} on {server.describe()}"
     else:
-        print(f"Derby metastore server on {where}: {'stopped' if stop_server(c, jars) else 'was not running'}")
+        server = stop_server(root, c, jars)
+        state = f"stopped ({server.describe()})" if server is not None else "was not running"
+    print(f"Derby metastore server of data root {root}: {state}")
     return 0
 
 
@@ -273,7 +357,10 @@ def cmd_reprocess(args: argparse.Namespace, cfg: Config) -> int:
     spark, store = open_store(cfg, "reprocess")
     report = run_reprocess(spark, cfg, store, args.manifest_dir, max_videos=args.max_videos, wait=args.wait)
     print(report.summary())
-    return 0
+    if report.status in ("succeeded", "skipped"):  # skipped: another run holds the lease and does the work
+        return 0
+    print(f"cxatlas reprocess: error: run {report.run_id} {report.status}: {report.message}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def cmd_runs(args: argparse.Namespace, cfg: Config) -> int:

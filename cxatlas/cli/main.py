@@ -4,21 +4,26 @@ Common options (before or after the subcommand): ``--conf FILE`` (an overlay ove
 ``$CXATLAS_CONF``), ``--data DIR`` (data root; default ``$CXATLAS_DATA`` or ``./data``), ``--set key.path=value``
 (repeatable; any setting), ``-v`` for debug logging.
 
-Errors: a :class:`~cxatlas.core.errors.UserError` (bad input or settings) prints one line on stderr and exits 2;
-anything else is a fault of cxatlas or its environment and keeps its traceback (exit 1).
+The exit contract (every command; README "Exit codes"): 0 = did what was asked (quarantined rows are data,
+reported); 1 = failed: one line on stderr says why, what this process committed, and names the log file under the
+data root holding the full trace; 2 = refused before touching any table (bad input or settings: one line). A
+:class:`~cxatlas.core.errors.UserError` raised after a commit is a failure (1), not a refusal.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import time
+import traceback
 from typing import Sequence
 
 from cxatlas.cli import commands as c
 from cxatlas.cli.demo import cmd_demo
 from cxatlas.cli.quiet import quiet_spark_startup
 from cxatlas.core.config import Config, load_config
-from cxatlas.core.errors import EXIT_USAGE, UserError
+from cxatlas.core.errors import EXIT_FAILED, EXIT_USAGE, UserError
 
 log = logging.getLogger("cxatlas")
 QUIET_LOGGERS = ("py4j", "matplotlib", "PIL", "urllib3", "filelock", "sentence_transformers")
@@ -183,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("tables", c.cmd_tables, "List the tables with their version and row count.")
 
+    p = add("config", c.cmd_config, "Show the effective settings and where each value came from (the packaged "
+                                     "default, an overlay file, --data or --set); nothing is started.")
+    p.add_argument("action", choices=["show"])
+    p.add_argument("key", nargs="?", help="one setting or a section, e.g. annotate.video (default: all)")
+
     p = add("history", c.cmd_history, "Show a table's Delta commit history.")
     p.add_argument("table")
 
@@ -208,18 +218,79 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def one_line(exc: BaseException) -> str:
+    """The informative first line of an error: for a JVM error (py4j) the innermost Java exception, not
+    "An error occurred while calling o123.save"."""
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    java = [line for line in lines if line.startswith("Caused by: ")]
+    if java:
+        line = java[-1][len("Caused by: "):]
+    elif lines and lines[0].startswith("An error occurred while calling") and len(lines) > 1:
+        line = lines[1].lstrip(": ")
+    else:
+        line = lines[0] if lines else ""
+    line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return line if len(line) <= 400 else line[:397] + "..."
+
+
+def describe_commits(commits) -> str:
+    if not commits:
+        return "nothing was committed"
+    return "committed before it stopped: " + ", ".join(f"{c.table} v{c.version}" for c in commits)
+
+
+def write_trace(cfg: Config | None, command: str, exc: BaseException) -> str:
+    """Write the full trace to ``<data_root>/<failures.log_dir>/<command>-<UTC>-<pid>.log`` (a temp folder when the
+    data root is remote or unknown); returns the file's path."""
+    import tempfile
+
+    root = cfg.data_root if cfg is not None and "://" not in cfg.data_root else None
+    folder = os.path.join(root, cfg.settings.failures.log_dir) if root else os.path.join(tempfile.gettempdir(),
+                                                                                       "cxatlas-logs")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for where in (folder, os.path.join(tempfile.gettempdir(), "cxatlas-logs")):
+        try:
+            os.makedirs(where, exist_ok=True)
+            path = os.path.join(where, f"{command}-{stamp}-{os.getpid()}.log")
+            with open(path, "w", encoding="utf-8") as out:
+                out.write(f"cxatlas {command} (argv {sys.argv!r})\n")
+                out.write("".join(traceback.format_exception(exc)))
+            return path
+        except OSError:
+            continue
+    return "(no log file could be written)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, load the config, run the command. Returns the exit code (see the module docstring)."""
+    from cxatlas.core.tables import commits_made
+
     args = build_parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
     setup_logging(verbose)
+    mark = len(commits_made())
+    cfg = None
     with quiet_spark_startup(enabled=not verbose):
         try:
             cfg = config_from_args(args)
+            c.check_settings(args.command, cfg)
             return int(args.func(args, cfg) or 0)
         except UserError as exc:
-            print(f"cxatlas {args.command}: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            done = commits_made(mark)
+            if not done:
+                print(f"cxatlas {args.command}: error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            print(f"cxatlas {args.command}: failed: {exc} ({describe_commits(done)})", file=sys.stderr)
+            return EXIT_FAILED
+        except Exception as exc:  # noqa: BLE001 - the one place a fault becomes one line and a log file
+            trace = write_trace(cfg, args.command, exc)
+            cause = c.explain_failure(cfg, exc) if cfg is not None else None
+            print(f"cxatlas {args.command}: failed: {cause or one_line(exc)} ({describe_commits(commits_made(mark))}"
+                  f"); full trace: {trace}", file=sys.stderr)
+            if verbose:
+                traceback.print_exception(exc)
+            return EXIT_FAILED
 
 
 if __name__ == "__main__":

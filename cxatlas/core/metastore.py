@@ -1,21 +1,37 @@
-"""The Hive metastore of the embedded default: Derby, served by Derby's own network server.
+"""The Hive metastore of the embedded default: Derby, served by Derby's own network server, one server per data root.
 
 Why a server: an embedded Derby database admits one process at a time, yet jobs must keep writing while analysts
 query the catalog through ``cxatlas sql-server``. Derby's network server (``derbynet``, fetched from Maven Central
-with Delta's jars, the same Derby version as the embedded one inside pyspark) lets every Spark process on the machine
-open the metastore of a data root at once. It is started on first use, listens on loopback only
-(``catalog.derby_host``/``derby_port``), serves the metastore of every data root (each is its own Derby database,
-``<data_root>/<catalog.metastore_dir>``), and keeps running until ``cxatlas metastore stop``.
+with Delta's jars, the same Derby version as the embedded one inside pyspark) lets every Spark process of a data root
+open its metastore at once.
+
+Why one server per data root (no machine-wide shared state): each data root's metastore folder
+(``<data_root>/<catalog.metastore_dir>``, or ``<catalog.metastore_root>/<metastore_dir>`` when several data roots
+are meant to share one catalog, as the test suite does) holds its own Derby database, its own server's home
+(``derby.log``, ``server.log``) and ``server.json``, the record of the server that serves it: host, port (a free
+one picked at start when ``catalog.derby_port`` is 0, the default), pid and start time. Every process of that data
+root reads the record to connect; ``cxatlas --data B metastore stop`` shuts down only the server B's record names, so
+a job on data root A never loses its metastore to another user's command, and two checkouts never collide on a port.
+Starting is serialised by a file lock in the folder, so concurrent jobs of one data root start one server.
+
+The folder is created readable by its owner only (0700) and the record is written 0600: it is where a per-data-root
+credential for the server (Derby authentication) belongs, next to the server it protects; ``MetastoreServer.user``
+and ``password_file`` are carried through to the JDBC settings when present (written by the server's owner).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
+import json
 import logging
 import os
 import socket
 import subprocess
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 from cxatlas.core.errors import UserError
 from cxatlas.core.settings import CatalogSettings
@@ -24,6 +40,42 @@ log = logging.getLogger(__name__)
 SERVER_CLASS = "org.apache.derby.drda.NetworkServerControl"
 CLIENT_DRIVER = "org.apache.derby.jdbc.ClientDriver"
 START_TIMEOUT_S = 120.0
+RECORD = "server.json"
+DATABASE = "metastore_db"
+
+
+@dataclass(frozen=True)
+class MetastoreServer:
+    """The Derby network server of one data root, as recorded in ``<home>/server.json``."""
+
+    host: str
+    port: int
+    home: str
+    pid: int | None = None
+    started: float | None = None
+    user: str | None = None            # reserved for a per-data-root credential (Derby authentication)
+    password_file: str | None = None   # a file readable by the owner only, next to the record
+    stopped: float | None = None       # when `cxatlas metastore stop` shut it down
+    started_now: bool = False          # not recorded: whether this process started it
+
+    def listening(self) -> bool:
+        return is_listening(self.host, self.port)
+
+    def alive(self) -> bool:
+        """The recorded process exists (on this host) and the port answers."""
+        if self.stopped is not None:
+            return False
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                pass
+        return self.listening()
+
+    def describe(self) -> str:
+        return f"{self.host}:{self.port} (pid {self.pid}, {self.home})"
 
 
 def pyspark_jars_dir() -> Path:
@@ -51,60 +103,126 @@ def is_listening(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def server_home(settings: CatalogSettings) -> Path:
-    """Where the server writes its log (``derby.log``); per user, not per data root: one server serves them all."""
-    home = Path(os.environ.get("CXATLAS_DERBY_HOME", Path.home() / ".cxatlas" / "derby"))
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
-def ensure_server(settings: CatalogSettings, jars_dir: str | None) -> bool:
-    """Start the Derby network server unless one already listens; True when this call started it."""
-    host, port = settings.derby_host, settings.derby_port
-    if is_listening(host, port):
-        return False
-    home = server_home(settings)
-    cmd = ["java", "-cp", os.pathsep.join(derby_classpath(jars_dir)), f"-Dderby.system.home={home}",
-           "-Dderby.drda.startNetworkServer=true", SERVER_CLASS, "start", "-h", host, "-p", str(port),
-           "-noSecurityManager"]
-    log.info("starting the Derby metastore server on %s:%d (log: %s)", host, port, home / "server.log")
-    deadline = time.time() + START_TIMEOUT_S
-    server = None
-    while not is_listening(host, port):
-        if server is None or server.poll() is not None:
-            # (Re)start: right after a shutdown the port can still be held by closing connections for a minute.
-            with open(home / "server.log", "ab") as out:
-                server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)  # outlives us: other jobs and the SQL server
-        if time.time() > deadline:
-            raise UserError(f"the Derby metastore server did not start on {host}:{port} within {START_TIMEOUT_S:.0f}s; "
-                            f"see {home / 'server.log'} (is the port taken? set catalog.derby_port)")
-        time.sleep(0.5)
-    return True
+def metastore_home(data_root: str, settings: CatalogSettings) -> Path:
+    """The folder of a data root's metastore: its Derby database, server home and record."""
+    root = settings.metastore_root or data_root
+    if "://" in root:
+        raise UserError(f"catalog.metastore: {settings.metastore} keeps the metastore in a local folder, but the data "
+                        f"root is {root}: set catalog.metastore_root to a local folder, or catalog.metastore: external")
+    return Path(root).resolve() / settings.metastore_dir
 
 
-def stop_server(settings: CatalogSettings, jars_dir: str | None) -> bool:
-    """Shut the Derby network server down; False when none was listening."""
-    host, port = settings.derby_host, settings.derby_port
-    if not is_listening(host, port):
-        return False
-    subprocess.run(["java", "-cp", os.pathsep.join(derby_classpath(jars_dir)), SERVER_CLASS, "shutdown", "-h", host,
-                    "-p", str(port)], check=False, capture_output=True, timeout=60)
+def read_record(home: Path) -> MetastoreServer | None:
+    try:
+        data = json.loads((home / RECORD).read_text())
+        return MetastoreServer(**{k: v for k, v in data.items() if k in MetastoreServer.__dataclass_fields__})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_record(server: MetastoreServer) -> None:
+    path = Path(server.home) / RECORD
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    data = {k: v for k, v in asdict(server).items() if k != "started_now"}
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(home: Path) -> Iterator[None]:
+    with open(home / "server.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def server_of(data_root: str, settings: CatalogSettings) -> MetastoreServer | None:
+    """The recorded server of a data root (alive or not), or None when none was ever started there."""
+    try:
+        return read_record(metastore_home(data_root, settings))
+    except UserError:
+        return None
+
+
+def ensure_server(data_root: str, settings: CatalogSettings, jars_dir: str | None) -> MetastoreServer:
+    """The running server of this data root, started (and recorded) when there is none; ``started_now`` says which."""
+    home = metastore_home(data_root, settings)
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _locked(home):
+        recorded = read_record(home)
+        if recorded is not None and recorded.alive():
+            return recorded
+        host = settings.derby_host
+        port = settings.derby_port or _free_port(host)
+        if settings.derby_port and is_listening(host, port):
+            raise UserError(f"catalog.derby_port {port} on {host} is taken by another process (another data root's "
+                            f"metastore?); set catalog.derby_port: 0 to give every data root a free port of its own")
+        cmd = ["java", "-cp", os.pathsep.join(derby_classpath(jars_dir)), f"-Dderby.system.home={home}",
+               "-Dderby.drda.startNetworkServer=true", SERVER_CLASS, "start", "-h", host, "-p", str(port),
+               "-noSecurityManager"]
+        log.info("starting the Derby metastore server of %s on %s:%d (log: %s)", data_root, host, port,
+                 home / "server.log")
+        deadline = time.time() + START_TIMEOUT_S
+        process = None
+        while not is_listening(host, port):
+            if process is None or process.poll() is not None:
+                # (Re)start: right after a shutdown a fixed port can still be held by closing connections a while.
+                with open(home / "server.log", "ab") as out:
+                    process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                               start_new_session=True)  # outlives us: other jobs, the SQL server
+            if time.time() > deadline:
+                raise UserError(f"the Derby metastore server did not start on {host}:{port} within "
+                                f"{START_TIMEOUT_S:.0f}s; see {home / 'server.log'}")
+            time.sleep(0.3)
+        server = MetastoreServer(host, port, str(home), process.pid if process else None, time.time(),
+                                 started_now=True)
+        _write_record(server)
+        return server
+
+
+def stop_server(data_root: str, settings: CatalogSettings, jars_dir: str | None) -> MetastoreServer | None:
+    """Shut down the server recorded for THIS data root (never another's); None when none was running."""
+    home = metastore_home(data_root, settings)
+    recorded = read_record(home)
+    if recorded is None or not recorded.alive():
+        return None
+    subprocess.run(["java", "-cp", os.pathsep.join(derby_classpath(jars_dir)), SERVER_CLASS, "shutdown", "-h",
+                    recorded.host, "-p", str(recorded.port)], check=False, capture_output=True, timeout=60)
     deadline = time.time() + 30
-    while is_listening(host, port) and time.time() < deadline:
+    while recorded.listening() and time.time() < deadline:
         time.sleep(0.2)
-    return True
+    _write_record(replace(recorded, stopped=time.time()))
+    return recorded
 
 
-def metastore_conf(settings: CatalogSettings, metastore_path: str, warehouse_path: str) -> dict[str, str]:
-    """Spark settings that point the Hive metastore client at this data root's Derby database."""
+def metastore_conf(data_root: str, settings: CatalogSettings, warehouse_path: str,
+                   server: MetastoreServer | None = None) -> dict[str, str]:
+    """Spark settings that point the Hive metastore client at this data root's Derby database (through ``server``,
+    its network server, for ``derby-server``)."""
     conf = {"spark.sql.catalogImplementation": "hive", "spark.sql.warehouse.dir": warehouse_path}
+    if settings.metastore == "external":
+        return conf
+    database = metastore_home(data_root, settings) / DATABASE
     if settings.metastore == "derby-server":
-        url = f"jdbc:derby://{settings.derby_host}:{settings.derby_port}/{metastore_path};create=true"
+        if server is None:
+            raise UserError(f"the metastore server of {data_root} is not running (`cxatlas metastore start`)")
+        url = f"jdbc:derby://{server.host}:{server.port}/{database};create=true"
         conf.update({"spark.hadoop.javax.jdo.option.ConnectionURL": url,
                      "spark.hadoop.javax.jdo.option.ConnectionDriverName": CLIENT_DRIVER})
-    elif settings.metastore == "embedded":
-        conf["spark.hadoop.javax.jdo.option.ConnectionURL"] = f"jdbc:derby:;databaseName={metastore_path};create=true"
-    elif settings.metastore != "external":
-        raise UserError(f"catalog.metastore must be derby-server, embedded or external, got {settings.metastore!r}")
+        if server.user:
+            conf["spark.hadoop.javax.jdo.option.ConnectionUserName"] = server.user
+            if server.password_file:
+                conf["spark.hadoop.javax.jdo.option.ConnectionPassword"] = Path(server.password_file).read_text().strip()
+    else:
+        conf["spark.hadoop.javax.jdo.option.ConnectionURL"] = f"jdbc:derby:;databaseName={database};create=true"
     return conf

@@ -71,6 +71,22 @@ class RunReport:
         balance = self.balance()
         return balance is None or balance[0][1] == sum(part[1] for part in balance[1])
 
+    def systemic_failure(self, share: float, min_inputs: int, not_failures=()) -> str | None:
+        """Why this run failed as a whole although it raised nothing, or None: its counts do not reconcile, or more
+        than ``share`` of at least ``min_inputs`` inputs failed for one reason (settings ``failures.*``)."""
+        if not self.reconciles:
+            return "its counts do not reconcile"
+        balance = self.balance()
+        total = balance[0][1] if balance else 0
+        if total < min_inputs:
+            return None
+        for reason, n in sorted(self.reasons.items(), key=lambda kv: -kv[1]):
+            if reason not in not_failures and n > share * total:
+                return (f"{n} of its {total} inputs failed for one reason ({reason}): more than "
+                        f"failures.systemic_share = {share:g}, a systemic fault (a setting, storage, a model) rather "
+                        f"than bad input; what it committed is kept")
+        return None
+
     def reconcile_line(self) -> list[str]:
         balance = self.balance()
         if balance is None:

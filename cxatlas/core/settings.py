@@ -96,6 +96,7 @@ class CatalogSettings:
     derby_host: NonEmpty
     derby_port: Port
     metastore_dir: NonEmpty
+    metastore_root: Optional[NonEmpty]
     warehouse_dir: NonEmpty
 
 
@@ -357,6 +358,14 @@ class DemoSettings:
 
 
 @dataclass(frozen=True)
+class FailuresSettings:
+    systemic_share: Annotated[float, Field(ge=0, lt=1)]
+    systemic_min_inputs: PosInt
+    not_failures: tuple[str, ...]
+    log_dir: NonEmpty
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole configuration. ``data_root`` is the root of every table and output (a path or a URI)."""
 
@@ -378,6 +387,7 @@ class Settings:
     reprocess: ReprocessSettings
     release: ReleaseSettings
     demo: DemoSettings
+    failures: FailuresSettings
 
 
 # ---------------------------------------------------------------------------------------------------------------------

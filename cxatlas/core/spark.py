@@ -13,7 +13,7 @@ import sys
 
 from cxatlas.core.config import Config, join_uri
 from cxatlas.core.errors import UserError
-from cxatlas.core.metastore import ensure_server, metastore_conf
+from cxatlas.core.metastore import MetastoreServer, ensure_server, metastore_conf, server_of
 
 log = logging.getLogger(__name__)
 DELTA_CLASS = "io.delta.tables.DeltaTable"
@@ -23,8 +23,9 @@ def local_jars(jars_dir: str | None) -> list[str]:
     return sorted(glob.glob(os.path.join(jars_dir, "*.jar"))) if jars_dir else []
 
 
-def session_conf(cfg: Config) -> dict[str, str]:
-    """Everything the session is built with: ``spark.conf``, the local jars and the catalog settings."""
+def session_conf(cfg: Config, server: MetastoreServer | None = None) -> dict[str, str]:
+    """Everything the session is built with: ``spark.conf``, the local jars and the catalog settings (``server``:
+    the data root's metastore server; default: the one recorded under the data root)."""
     s = cfg.settings
     conf = {key: (str(value).lower() if isinstance(value, bool) else str(value))
             for key, value in s.spark.conf.items() if value is not None}
@@ -34,8 +35,9 @@ def session_conf(cfg: Config) -> dict[str, str]:
         # The metastore's JDBC driver must be visible to the driver's own class loader, not only to Spark's.
         conf["spark.driver.extraClassPath"] = os.pathsep.join(
             [*jars, *filter(None, conf.get("spark.driver.extraClassPath", "").split(os.pathsep))])
-    metastore = join_uri(cfg.data_root, s.catalog.metastore_dir, "metastore_db")
-    conf.update(metastore_conf(s.catalog, metastore, join_uri(cfg.data_root, s.catalog.warehouse_dir)))
+    if server is None and s.catalog.metastore == "derby-server":
+        server = server_of(cfg.data_root, s.catalog)
+    conf.update(metastore_conf(cfg.data_root, s.catalog, join_uri(cfg.data_root, s.catalog.warehouse_dir), server))
     return conf
 
 
@@ -52,8 +54,9 @@ def build_spark(cfg: Config, app_suffix: str = ""):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     s = cfg.settings.spark
+    server = None
     if cfg.settings.catalog.metastore == "derby-server":
-        ensure_server(cfg.settings.catalog, s.jars_dir)
+        server = ensure_server(cfg.data_root, cfg.settings.catalog, s.jars_dir)
     builder = SparkSession.builder.appName(f"{s.app_name}{app_suffix}")
     if os.environ.get("PYSPARK_GATEWAY_PORT"):
         # Under spark-submit the JVM already holds the command line's settings; start the gateway first so
@@ -62,7 +65,7 @@ def build_spark(cfg: Config, app_suffix: str = ""):
     existing = SparkConf()
     if s.master and not existing.contains("spark.master"):
         builder = builder.master(str(s.master))
-    for key, value in session_conf(cfg).items():
+    for key, value in session_conf(cfg, server).items():
         if not existing.contains(key):
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
