@@ -149,6 +149,16 @@ def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_release(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.release import check_request, run_release
+
+    check_request(args.epsilon, args.delta, cfg.settings.release)  # before Spark starts
+    spark, store = open_store(cfg, "release")
+    print(run_release(spark, cfg, store, args.epsilon, args.delta, args.out, analysis_id=args.analysis,
+                      correlation=args.correlation).summary())
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace, cfg: Config) -> int:
     from cxatlas.stages.compare import run_compare
 

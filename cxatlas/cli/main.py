@@ -91,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("analysis_id", nargs="?", help="the analysis (default: the latest)")
     p.add_argument("--out", help="HTML file (default <data>/<analyze.report_dir>/<analysis_id>.html)")
 
+    p = add("release", c.cmd_release,
+            "Publish an analysis' per-region context x expression correlations with differential privacy (OpenDP "
+            "Gaussian noise on the per-region sums; privacy unit one video): one CSV per region in the published "
+            "data's layout, the released_correlations and releases tables, charged to the data root's budget.")
+    p.add_argument("--epsilon", type=float, required=True, help="epsilon of this release (> 0; charged to "
+                   "release.total_epsilon)")
+    p.add_argument("--delta", type=float, required=True, help="delta of this release, in (0, 1/n) for n videos "
+                   "(charged to release.total_delta)")
+    p.add_argument("--analysis", help="the analysis to release (default: the latest)")
+    p.add_argument("--out", required=True, help="folder for the per-region CSV files and release.json")
+    p.add_argument("--correlation", choices=["partial", "semipartial"],
+                   help="default: release.correlation (partial)")
+
     p = add("compare-experiments", c.cmd_compare,
             "Analyse the same annotations against the paper's two context taxonomies (experiment 1: video content; "
             "experiment 2: titles and descriptions) and write their headline numbers side by side "

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from cxatlas.core.errors import UserError
 from cxatlas.core.regions import REGIONS
+from cxatlas.core.release_schemas import RELEASE_TABLES
 from cxatlas.core.result_schemas import (CONTEXT_EXPRESSION_CORRELATIONS, REGION_SIMILARITY, REGION_VS_WORLD,
                                          RESULT_TABLES)
 from cxatlas.core.run_schemas import RUN_TABLES
 from cxatlas.core.schemas import CORE_TABLES, EXPR_PREFIX, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, TableSpec
 from cxatlas.core.tables import TableStore
 
-ALL_TABLES: tuple[TableSpec, ...] = (*CORE_TABLES, *RESULT_TABLES, *RUN_TABLES)
+ALL_TABLES: tuple[TableSpec, ...] = (*CORE_TABLES, *RESULT_TABLES, *RUN_TABLES, *RELEASE_TABLES)
 VIEWS = ("expression_scores", "context_scores", "regions", "context_expression_correlations_labelled",
          "region_similarity_labelled", "region_vs_world_labelled")
 
