@@ -461,3 +461,26 @@ def test_train_refuses_bad_ratings_before_any_work(spark, tmp_path, capsys):
     assert code == 2 and "lack column(s) ['country']" in err and err.count("\n") == 1
     code = main(["train", "--model", "fer7", "--ratings", str(tmp_path / "nope.parquet"), *cli_args(cfg)])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_group_by_refuses_missing_column_and_leaking_stimuli(spark, tmp_path, capsys):
+    """--group-by (split by person, Inagaki et al.): a ratings table without the column, or a stimulus under two
+    persons, is refused with one line and exit 2 before anything is written."""
+    cfg = make_config(tmp_path / "data")
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("uri,country,joy\n/x.jpg,US,3\n/y.jpg,US,2\n")
+    out = tmp_path / "transfer"
+    code = main(["transfer", "--ratings", str(ratings), "--country-a", "US", "--country-b", "IN", "--group-by",
+                 "poser", "--out", str(out), *cli_args(cfg)])
+    err = capsys.readouterr().err
+    assert code == 2 and "no group column 'poser'" in err and err.count("\n") == 1
+    assert not out.exists()
+    code = main(["train", "--model", "fer7", "--ratings", str(ratings), "--group-by", "poser", *cli_args(cfg)])
+    assert code == 2 and "no group column 'poser'" in capsys.readouterr().err
+    leaking = tmp_path / "leaking.csv"
+    leaking.write_text("uri,country,poser,joy\n/x.jpg,US,p1,3\n/x.jpg,US,p2,2\n/y.jpg,US,p2,1\n")
+    code = main(["train", "--model", "fer7", "--ratings", str(leaking), "--group-by", "poser", *cli_args(cfg)])
+    err = capsys.readouterr().err
+    assert code == 2 and "exactly one value per stimulus" in err and "/x.jpg (2 values)" in err
+    assert err.count("\n") == 1
+    assert not list((tmp_path / "data").rglob("training_examples*"))

@@ -187,7 +187,7 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
 
     spark, store = open_store(cfg, "train")
     report = run_train(spark, cfg, store, args.model, args.ratings, out=args.out, epochs=args.epochs,
-                       batch_size=args.batch_size, resume=args.resume)
+                       batch_size=args.batch_size, resume=args.resume, group_by=args.group_by)
     print(report.summary())
     return exit_code(report, cfg)
 
@@ -198,7 +198,8 @@ def cmd_transfer(args: argparse.Namespace, cfg: Config) -> int:
     spark, store = open_store(cfg, "transfer")
     report = run_transfer(spark, cfg, store, args.model, args.out, ratings_a=args.ratings_a,
                           ratings_b=args.ratings_b, ratings=args.ratings, country_a=args.country_a,
-                          country_b=args.country_b, epochs=args.epochs, batch_size=args.batch_size)
+                          country_b=args.country_b, epochs=args.epochs, batch_size=args.batch_size,
+                          group_by=args.group_by, runs=args.runs)
     print(report.summary())
     return exit_code(report, cfg)
 

@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="default: train.epochs")
     p.add_argument("--batch-size", type=int, help="default: train.batch_size")
     p.add_argument("--resume", action="store_true", help="continue --out from its last saved epoch")
+    p.add_argument("--group-by", help="split by this ratings column (the person, e.g. the poser id) instead of by "
+                                      "stimulus; a split that leaks a group is refused")
     # recipe, split, crops, device, trunk weights: train.* settings (--set train.lr=1e-3)
 
     p = add("transfer", c.cmd_transfer, "Cross-dataset transfer: train the same head on two datasets (two ratings "
@@ -147,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--country-a", help="rater country of dataset A in --ratings")
     p.add_argument("--country-b", help="rater country of dataset B in --ratings")
     p.add_argument("--model", default="fer7", choices=["brooks288", "fer7"], help="which head to train (default fer7)")
+    p.add_argument("--group-by", help="split by this ratings column (the person, e.g. the poser id; Inagaki et al. "
+                                      "split by individual) instead of by stimulus; a leaking split is refused")
+    p.add_argument("--runs", type=int, help="repeat with seeds train.seed + 0..N-1: runs.csv, mean/SD, paired "
+                                            "t-tests and the two-way ANOVA (Inagaki et al.: 40 runs)")
     p.add_argument("--out", required=True, help="folder for the tables, figures and the two checkpoints")
     p.add_argument("--epochs", type=int, help="default: train.epochs")
     p.add_argument("--batch-size", type=int, help="default: train.batch_size")

@@ -66,9 +66,10 @@ def ratings_format(path: str) -> str:
     return "csv" if path.lower().endswith((".csv", ".tsv", ".csv.gz")) else "parquet"
 
 
-def read_ratings(spark, path: str) -> tuple[Any, list[str], list[str]]:
-    """(DataFrame, label columns, ignored columns) of a ratings table; every numeric column other than ``uri`` and
-    ``country`` is a label. Refuses (one line) a table without ``uri``/``country`` or without a numeric column."""
+def read_ratings(spark, path: str, group_by: str | None = None) -> tuple[Any, list[str], list[str]]:
+    """(DataFrame, label columns, ignored columns) of a ratings table; every numeric column other than ``uri``,
+    ``country`` and the ``group_by`` column is a label. Refuses (one line) a table without ``uri``/``country``, without
+    the ``group_by`` column when one is given, or without a numeric column."""
     from pyspark.errors import AnalysisException
     from pyspark.sql.types import NumericType
 
@@ -87,8 +88,12 @@ def read_ratings(spark, path: str) -> tuple[Any, list[str], list[str]]:
     if missing:
         raise RatingsError(f"ratings '{path}' lack column(s) {missing}; expected {URI!r} (the rated image or clip), "
                            f"{COUNTRY!r} (the rater's country) and one numeric column per label; found {names}")
-    labels = [f.name for f in fields if f.name not in (URI, COUNTRY) and isinstance(f.dataType, NumericType)]
-    ignored = [f.name for f in fields if f.name not in (URI, COUNTRY, *labels)]
+    if group_by and group_by not in names:
+        raise RatingsError(f"ratings '{path}' have no group column {group_by!r} (--group-by: the person, e.g. the "
+                           f"poser id, whose stimuli must all fall on one side of the split); found {names}")
+    keys = (URI, COUNTRY) + ((group_by,) if group_by else ())
+    labels = [f.name for f in fields if f.name not in keys and isinstance(f.dataType, NumericType)]
+    ignored = [f.name for f in fields if f.name not in (*keys, *labels)]
     if not labels:
         raise RatingsError(f"ratings '{path}' have no numeric label column (columns: {names})")
     return df, labels, ignored
@@ -165,20 +170,53 @@ def _set_settings(cfg: Config) -> dict:
             "crops_per_window": t.crops_per_window, "heldout_fraction": t.heldout_fraction, "seed": t.seed}
 
 
-def _split(seed: int, heldout_fraction: float):
+def _split(seed: int, heldout_fraction: float, key: str = "stimulus_id"):
+    """``train``/``heldout`` by hash of ``key`` (the stimulus, or its group: the person) and the seed."""
     from pyspark.sql import functions as F
 
-    bucket = F.pmod(F.xxhash64(F.col("stimulus_id"), F.lit(seed)), F.lit(10_000))
+    bucket = F.pmod(F.xxhash64(F.col(key), F.lit(seed)), F.lit(10_000))
     return F.when(bucket < int(round(heldout_fraction * 10_000)), "heldout").otherwise("train")
 
 
-def prepare_training_set(spark, cfg: Config, store: TableStore, ratings_path: str, run_id: str) -> TrainingSet:
+class LeakingSplitError(RatingsError):
+    """A split by group would put one group (a person) on both sides: refused before anything is written."""
+
+
+def group_split_check(spark, ratings, group_by: str, ratings_path: str) -> None:
+    """Refuse ratings whose split by ``group_by`` cannot be clean: a stimulus with no group value, or with two.
+
+    Inagaki et al. (2022) split by person: "In each run, we randomly divided the images of 60 individuals into a
+    training dataset (40), validation dataset (8), and test dataset (12)." A stimulus rated under two group values
+    (two posers for one image) would have to go to one side while its other person is on the other: a leak, so the
+    whole input is refused (one line naming stimuli), before any crop or table is written.
+    """
+    from pyspark.sql import functions as F
+
+    per = ratings.groupBy(URI).agg(F.countDistinct(F.col(f"`{group_by}`")).alias("n"),
+                                   F.sum(F.col(f"`{group_by}`").isNull().cast("int")).alias("nulls"))
+    bad = per.filter((F.col("n") != 1) | (F.col("nulls") > 0)).limit(5).collect()
+    if bad:
+        shown = ", ".join(f"{r[URI]} ({r['n']} values{', some missing' if r['nulls'] else ''})" for r in bad)
+        raise LeakingSplitError(f"ratings '{ratings_path}': group column {group_by!r} must hold exactly one value per "
+                                f"stimulus for a split by person that does not leak; offending stimuli: {shown}")
+
+
+def prepare_training_set(spark, cfg: Config, store: TableStore, ratings_path: str, run_id: str, *,
+                         group_by: str | None = None) -> TrainingSet:
     """Ratings -> targets -> face crops in ``training_examples`` (+ quarantine), or the stored set when these
-    ratings were prepared with these settings before."""
+    ratings were prepared with these settings before.
+
+    ``group_by`` (a ratings column, e.g. the poser id) splits by person instead of by stimulus: every stimulus of one
+    group falls on the same side (hash of the group value and ``train.seed``). Why (Inagaki et al. 2022, who split
+    "the images of 60 individuals" into training, validation and test sets): with a split by stimulus a poser's
+    other expressions are in the training set and inflate the "matched" accuracy. A group on both sides is refused
+    (:class:`LeakingSplitError`)."""
     from pyspark.sql import functions as F
 
     t = cfg.settings.train
-    ratings, labels, ignored = read_ratings(spark, ratings_path)
+    ratings, labels, ignored = read_ratings(spark, ratings_path, group_by)
+    if group_by:
+        group_split_check(spark, ratings, group_by, ratings_path)
     if ignored:
         log.info("ratings %s: non-numeric columns ignored: %s", ratings_path, ignored)
     # An order-independent fingerprint of the ratings' content: row count, sum of row hashes (mod a prime, so the
@@ -187,6 +225,8 @@ def prepare_training_set(spark, cfg: Config, store: TableStore, ratings_path: st
     content = ratings.select(F.count(F.lit(1)).alias("n"), F.sum(F.pmod(row_hash, F.lit(2_147_483_647))).alias("h"),
                              F.bit_xor(row_hash).alias("x")).collect()[0]
     settings = _set_settings(cfg)
+    if group_by:  # only when given, so sets prepared before keep their ids
+        settings["group_by"] = group_by
     set_id = "ts-" + fingerprint(int(content["n"]), int(content["h"] or 0), int(content["x"] or 0), labels,
                                  settings)
     examples = store.table(TRAINING_EXAMPLES).create_if_missing()
@@ -208,8 +248,17 @@ def prepare_training_set(spark, cfg: Config, store: TableStore, ratings_path: st
     if not countries:
         raise RatingsError(f"ratings '{ratings_path}' have no row with both a uri and a country")
     stimuli = (stimulus_targets(good, labels, countries)
-               .withColumn("stimulus_id", F.substring(F.sha2(F.col(URI), 256), 1, 16))
-               .withColumn("split", _split(t.seed, t.heldout_fraction)))
+               .withColumn("stimulus_id", F.substring(F.sha2(F.col(URI), 256), 1, 16)))
+    if group_by:
+        group_of = good.groupBy(URI).agg(F.first(F.col(f"`{group_by}`").cast("string")).alias("split_group"))
+        stimuli = stimuli.join(group_of, URI).withColumn("split", _split(t.seed, t.heldout_fraction, "split_group"))
+        leaked = stimuli.groupBy("split_group").agg(F.countDistinct("split").alias("sides")).filter("sides > 1")
+        if leaked.limit(1).count():  # cannot happen with a hash of the group; checked, not assumed
+            raise LeakingSplitError(f"ratings '{ratings_path}': the split puts group(s) "
+                                    f"{[r[0] for r in leaked.limit(5).collect()]} on both sides")
+        stimuli = stimuli.drop("split_group")
+    else:
+        stimuli = stimuli.withColumn("split", _split(t.seed, t.heldout_fraction))
 
     from cxatlas.udfs.training import CROPPED, OUTPUT_SCHEMA, QUARANTINED, StimulusCrops
 
@@ -463,7 +512,8 @@ def _mean_r(values: Sequence[float | None]) -> float | None:
 
 
 def run_train(spark, cfg: Config, store: TableStore, model: str, ratings: str, out: str | None = None,
-              epochs: int | None = None, batch_size: int | None = None, resume: bool = False) -> TrainReport:
+              epochs: int | None = None, batch_size: int | None = None, resume: bool = False,
+              group_by: str | None = None) -> TrainReport:
     """Prepare (or reuse) the training set of ``ratings`` and train ``model`` on it, saving ``out`` every epoch."""
     import torch
 
@@ -479,7 +529,7 @@ def run_train(spark, cfg: Config, store: TableStore, model: str, ratings: str, o
         raise UserError(f"unknown model '{model}'; models: {sorted(REGISTRY)}")
     device = pick_device(t.device)
     check_trainable(model, t.trunk_checkpoint)  # refuse before any Spark work
-    prepared = prepare_training_set(spark, cfg, store, ratings, report.run_id)
+    prepared = prepare_training_set(spark, cfg, store, ratings, report.run_id, group_by=group_by)
     report.prepared = prepared
     out = out or join_uri(cfg.data_root, "models", f"{model}-{prepared.training_set}.pt")
     report.checkpoint = out
