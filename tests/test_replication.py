@@ -547,37 +547,80 @@ def test_fig2_zscores_within_each_context_row():
     assert np.isnan(z[1, 2])
 
 
-def test_report_renders_every_section_with_the_papers_values(world, tmp_path):
+def test_report_shows_every_headline_row_beside_its_paper_value_and_the_tables(world, tmp_path):
+    """Read back from the page: every headline row with its value, SE, paper value and paper SE as stored; the 66
+    region pairs with SE; the held-out CCA correlations; loadings; both Fig. 4 maps; a paragraph per figure."""
     import base64
     import json
     import re
 
     from cxatlas.stages.analyze.results import write_figures
-    from cxatlas.stages.report import SECTIONS, render_html
+    from cxatlas.stages.report import FIGURE_NOTES, SECTIONS, render_html
+    from tests.html_tables import number, report_tables
 
     f = world["frames"]
     figs = write_figures(f, str(tmp_path / "fig"), 0.5, 40)
-    assert {"fig2_context_expression_heatmap", "fig2_zscored_with_marginal_means", "fig4_geobin_variates"} <= set(figs)
+    assert {"fig2_context_expression_heatmap", "fig2_zscored_with_marginal_means", "fig4_geobin_variates",
+            "fig4_geobin_context_variates"} <= set(figs)
     row = dict(analysis_id="a-1", taxonomy="nature2021_exp1", n_videos=int(world["m"].n[:, 0].sum()), n_contexts=K,
                n_contexts_analysed=int(world["keep"].sum()), n_expressions=E, n_replicates=B,
                parameters=json.dumps({"correlation": "partial"}))
     page = render_html(row, {"headline_numbers": f.headline, "sign_agreement": f.sign_agreement,
-                             "region_vs_world": f.world, "cca_tests": f.cca_tests}, figs)
+                             "region_similarity": f.similarity, "region_vs_world": f.world,
+                             "cca_tests": f.cca_tests, "cca_heldout": f.cca_heldout, "cca_loadings": f.cca_loadings},
+                       figs)
     for section in SECTIONS:
-        assert f"<section id='{section}'>" in page, section
+        assert f'<section id="{section}">' in page, section
     imgs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
     assert len(imgs) == len(figs) and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in imgs)
+    for name in figs:
+        assert FIGURE_NOTES[name][:40] in page.replace("&#34;", '"').replace("&quot;", '"'), name
+    tables = report_tables(page)
+    shown = tables["headline_numbers"].set_index("name")
     head = f.headline.set_index("name")
-    # each headline number is shown, with its SE and the paper's value beside it
-    same = re.search(r"<td>same_sign_share</td><td>([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td>", page)
-    assert same and float(same.group(1)) == pytest.approx(head.loc["same_sign_share", "value"], rel=1e-3)
-    assert float(same.group(2)) == pytest.approx(head.loc["same_sign_share", "se"], rel=1e-3)
-    assert same.group(3) == "0.496"
-    assert re.search(r"<td>universality</td><td>[^<]+</td><td>[^<]+</td><td>0.7</td><td>0.008</td>", page)
-    for name in head.index:
-        assert f"<td>{name}</td>" in page
-    assert "&quot;correlation&quot;: &quot;partial&quot;" in page  # the settings
-    assert f"<td>n_videos</td><td>{row['n_videos']:,}</td>" in page  # the counts
+    assert set(shown.index) == set(head.index)
+    for name, r in head.iterrows():
+        for col in ("value", "se", "paper_value", "paper_se"):
+            want, got = r[col], number(shown.loc[name, col])
+            assert (np.isnan(got) if pd.isna(want) else got == pytest.approx(want, rel=5e-4, abs=1e-12)), (name, col)
+    assert number(shown.loc["min_region_similarity", "paper_value"]) == 0.703
+    assert number(shown.loc["min_region_similarity", "paper_se"]) == 0.008
+    pairs = tables["region pairs (region_similarity, each pair once, r2 = shared variance)"]
+    assert len(pairs) == 66 and pairs["se"].map(number).notna().all()
+    held = tables["held-out canonical correlations (cca_heldout)"]
+    assert len(held) == f.cca_heldout.groupby(["variant", "heldout_region"]).ngroups
+    assert not tables[next(k for k in tables if k.startswith("loadings"))].empty
+    import html as html_lib
+
+    assert '"correlation": "partial"' in html_lib.unescape(page)  # the settings
+
+
+def test_fig2_red_rectangles_on_cells_positive_in_every_region(tmp_path):
+    """The red rectangles mark exactly the cells positive in all regions: drawn on a table with one such cell, and
+    absent from the same table with that cell negative in one region."""
+    from matplotlib.image import imread
+
+    from cxatlas.stages.analyze.figures import heatmap_contexts, positive_everywhere_cells
+
+    rng = np.random.default_rng(2)
+    rows = [dict(region=r, context=c, expression=e, r=float(rng.uniform(-0.3, 0.3)))
+            for r in REGION_IDS for c in ("a", "b") for e in ("expr_x", "expr_y")]
+    df = pd.DataFrame(rows)
+    df.loc[(df["context"] == "a") & (df["expression"] == "expr_y"), "r"] = np.linspace(0.05, 0.3, R)
+    df.loc[(df["context"] == "b") & (df["expression"] == "expr_x"), "r"] = np.r_[np.linspace(0.05, 0.3, R - 1), -0.1]
+    cells = positive_everywhere_cells(df)
+    expected = (df.assign(p=df["r"] > 0).groupby(["context", "expression"])["p"].all())
+    assert set(map(tuple, cells.to_numpy())) == set(expected[expected].index) == {("a", "expr_y")}
+
+    def red_pixels(frame, name):
+        path = heatmap_contexts(frame, ["a", "b"], tmp_path / name, dpi=60, marginals=True)
+        img = imread(path)[..., :3]
+        return int(np.sum((img[..., 0] > 0.95) & (img[..., 1] < 0.05) & (img[..., 2] < 0.05)))
+
+    assert red_pixels(df, "with.png") > 20
+    none = df.copy()
+    none.loc[(none["context"] == "a") & (none["expression"] == "expr_y") & (none["region"] == "brazil"), "r"] = -0.2
+    assert red_pixels(none, "without.png") == 0
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -586,12 +629,14 @@ def test_report_renders_every_section_with_the_papers_values(world, tmp_path):
 def test_compare_headlines_side_by_side_with_ratio_and_se():
     from cxatlas.stages.compare import compare_headlines
 
-    h1 = pd.DataFrame({"name": ["mean_region_similarity", "same_sign_share", "only_1"], "value": [0.8, 0.5, 1.0],
-                       "se": [0.02, 0.01, np.nan], "detail": ""})
-    h2 = pd.DataFrame({"name": ["mean_region_similarity", "same_sign_share"], "value": [0.48, 0.3],
+    h1 = pd.DataFrame({"name": ["mean_region_similarity", "contexts_positive_everywhere", "only_1"],
+                       "value": [0.8, 0.5, 1.0], "se": [0.02, 0.01, np.nan], "detail": ""})
+    h2 = pd.DataFrame({"name": ["mean_region_similarity", "contexts_positive_everywhere"], "value": [0.48, 0.3],
                        "se": [0.03, 0.02], "detail": ""})
     t = compare_headlines(h1, h2).set_index("name")
     assert t.loc["mean_region_similarity", "ratio"] == pytest.approx(0.6)
     assert t.loc["mean_region_similarity", "ratio_se"] == pytest.approx(0.6 * np.hypot(0.02 / 0.8, 0.03 / 0.48))
-    assert t.loc["same_sign_share", "paper_exp1"] == 0.496 and t.loc["same_sign_share", "paper_exp2"] == 0.335
+    assert t.loc["contexts_positive_everywhere", "paper_exp1"] == 0.496
+    assert t.loc["contexts_positive_everywhere", "paper_exp2"] == 0.335
+    assert t.loc["mean_region_similarity", "paper_exp1"] == 0.838 and t.loc["mean_region_similarity", "paper_exp2"] == 0.596
     assert np.isnan(t.loc["only_1", "exp2_value"]) and np.isnan(t.loc["only_1", "ratio"])

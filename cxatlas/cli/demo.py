@@ -49,7 +49,7 @@ def analyse_simulated_world(spark, cfg: Config) -> str | None:
     from cxatlas.core.tables import TableStore
     from cxatlas.sim.world import import_simulated, world_params_from_config
     from cxatlas.stages.analyze import run_analyze
-    from cxatlas.stages.report import experiment_of, headline_table, write_report
+    from cxatlas.stages.report import write_report
 
     n = cfg.settings.demo.simulated_videos
     if n <= 0:
@@ -63,9 +63,8 @@ def analyse_simulated_world(spark, cfg: Config) -> str | None:
     report = run_analyze(spark, sim_cfg, store)
     print(report.summary())
     page = write_report(spark, sim_cfg, store, report.analysis_id)
-    table = headline_table(page.headline, experiment_of("simulated_exp1"))
     cols = ["name", "value", "se", "paper_value", "paper_se"]
-    print(table[cols].to_string(index=False, float_format="%.4g"))
+    print(page.headline[cols].to_string(index=False, float_format="%.4g"))
     print(f"       report: {page.path}")
     return page.path
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cxatlas.core.errors import UserError
-from cxatlas.stages.report import PAPER_VALUES
+from cxatlas.core.paper_values import paper_value
 
 __all__ = ["CompareError", "CompareReport", "compare_headlines", "run_compare"]
 
@@ -40,8 +40,8 @@ def compare_headlines(h1: pd.DataFrame, h2: pd.DataFrame) -> pd.DataFrame:
         rel = np.sqrt((out["exp1_se"] / out["exp1_value"]) ** 2 + (out["exp2_se"] / out["exp2_value"]) ** 2)
     out["ratio"] = ratio.where(np.isfinite(ratio))
     out["ratio_se"] = (ratio.abs() * rel).where(np.isfinite(ratio * rel))
-    out["paper_exp1"] = [PAPER_VALUES[1].get(n, (math.nan,))[0] for n in out.index]
-    out["paper_exp2"] = [PAPER_VALUES[2].get(n, (math.nan,))[0] for n in out.index]
+    out["paper_exp1"] = [getattr(paper_value(1, n), "value", math.nan) for n in out.index]
+    out["paper_exp2"] = [getattr(paper_value(2, n), "value", math.nan) for n in out.index]
     return out.reset_index().rename(columns={"index": "name"})
 
 

@@ -1,66 +1,105 @@
 """``cxatlas report``: one self-contained HTML page per analysis, every headline number next to the paper's.
 
 Why: a scientist judges a replication by putting its numbers beside the published ones. The page holds the
-analysis' settings, how many videos, contexts and regions entered, every headline number of
-Cowen et al. (2021), Nature 589:251 with its bootstrap SE next to the paper's value (and SE where the paper gives
-one), the tables behind them, and the figures embedded as base64 PNG, so the single file can be mailed or archived.
+analysis' settings, how many videos, contexts and regions entered, every headline number of Cowen et al. (2021),
+Nature 589:251 with its bootstrap SE next to the paper's value and SE for the *same quantity* (the
+``headline_numbers`` columns ``paper_value``, ``paper_se``, ``paper_source``, paired in
+:mod:`cxatlas.stages.analyze.headline`), the tables behind them (the 66 region pairs, region vs world, held-out
+canonical correlations, tests, loadings), and the figures embedded as base64 PNG with a paragraph each, so the single
+file can be mailed or archived. Sections of the later papers (Brooks et al. 2024, Inagaki et al. 2022) and of
+releases come from :data:`SECTION_PROVIDERS` and appear only when their results exist.
 
-:func:`render_html` is pure (pandas frames in, a string out); :func:`write_report` reads the result tables of one
-analysis (Spark + Delta) and writes ``<data_root>/<analyze.report_dir>/<analysis_id>.html``.
+The page is rendered from the Jinja2 template ``templates/report.html.j2`` (autoescaped); tables come from pandas.
+:func:`render_html` is pure (frames in, a string out); :func:`write_report` reads one analysis' result tables
+(Spark + Delta) and writes ``<data_root>/<analyze.report_dir>/<analysis_id>.html``.
 """
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 import os
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
 from cxatlas.core.errors import UserError
+from cxatlas.core.paper_values import experiment_for_labels
 
-__all__ = ["PAPER_VALUES", "SECTIONS", "ReportError", "ReportResult", "experiment_of", "headline_table",
-           "render_html", "write_report"]
+__all__ = ["FIGURE_NOTES", "SECTIONS", "SECTION_PROVIDERS", "extra_sections", "ReportError", "ReportResult", "ReportSection",
+           "ReportTable", "render_html", "write_report"]
 
 
 class ReportError(UserError, ValueError):
     """No analysis to report on (or the one named does not exist)."""
 
 
-#: The paper's values of the headline numbers, per experiment (1: contexts from video content; 2: from titles and
-#: descriptions only): (value, SE or None, where the paper says it). Missing names have no published counterpart.
-PAPER_VALUES: dict[int, dict[str, tuple[float, float | None, str]]] = {
-    1: {
-        "n_videos": (6_000_000, None, "about 6 million videos, 144 countries"),
-        "n_regions": (12, None, "12 world regions"),
-        "n_contexts": (653, None, "653 contexts (experiment 1)"),
-        "same_sign_share": (0.496, None, "main text: 49.6% of context-expression correlations share their sign in "
-                                         "all 12 regions"),
-        "universality": (0.70, 0.008, "main text: sqrt of the lowest region similarity, 70% (s.e. 0.8%)"),
-        "leave_one_region_out_dims_positive_everywhere": (16, None, "Fig. 3c: 16 of 16 dimensions preserved"),
-        "leave_one_region_out_dims_significant": (16, None, "Fig. 3c: all 16 significant (Wilcoxon, BH)"),
-        "fit_on_us_canada_n_videos": (333_226, None, "Methods: CCA trained on all US/Canada videos"),
-        "bartlett_chi2_last": (860.4, None, "Extended Data Fig. 3: 16th variate, df (16-15)(653-15)"),
-        "geobin_expression_variance_share": (0.02, None, "Fig. 4: about 2% of expression variance between "
-                                                         "0.5-degree geobins"),
-    },
-    2: {
-        "n_contexts": (1953, None, "1,953 contexts (experiment 2)"),
-        "n_regions": (12, None, "12 world regions"),
-        "same_sign_share": (0.335, None, "main text: 33.5% share their sign in all 12 regions (experiment 2)"),
-    },
+#: The sections every analysis report has, in order (ids of the HTML ``<section>`` elements).
+SECTIONS = ("summary", "headline", "counts", "sign-agreement", "regions", "cca", "geobins", "figures", "settings")
+
+#: What each figure shows, printed under it.
+FIGURE_NOTES: dict[str, str] = {
+    "fig2_context_expression_heatmap": (
+        "Fig. 2: partial correlations of selected contexts (rows) with each expression (columns), one small square "
+        "per region inside each cell. A red rectangle marks a context-expression pair whose correlation is positive in "
+        "every region present (the paper's red rectangles). The bars on top give each expression's mean correlation "
+        "over the drawn contexts (light) and over all analysed contexts (dark); the bars on the right each context's "
+        "mean over expressions and regions."),
+    "fig2_zscored_with_marginal_means": (
+        "Fig. 2 as the paper draws it: correlations z-scored within each context (row), with the same red "
+        "rectangles and marginal means."),
+    "fig3a_region_similarity": (
+        "Fig. 3a: correlations between regions of their context-expression correlations, each context weighted by "
+        "sqrt(p1(1-p1)p2(1-p2)). The lowest of them is min_region_similarity (the paper's 0.703, \"70% shared\")."),
+    "fig3b_region_vs_world": (
+        "Fig. 3b: shared variance (r2) between each region and the Fisher average of the remaining regions, and with "
+        "the region it is most similar to."),
+    "fig3c_heldout_canonical_correlations": (
+        "Fig. 3c: canonical correlations of each dimension evaluated in held-out regions (CCA fitted without the "
+        "region, or on the USA/Canada alone); the paper found all 16 positive in every region."),
+    "fig4_geobin_variates": (
+        "Fig. 4, expression side: the first three canonical variates (red, green, blue) of the expression "
+        "annotations, averaged within 0.5-degree bins."),
+    "fig4_geobin_context_variates": (
+        "Fig. 4, context side: the same three variates of the context annotations per bin. The paper says the "
+        "expression map \"closely tracked\" the context map; geobin_variate_tracking_k gives the correlation "
+        "across bins."),
 }
 
-#: The sections every report has, in order (ids of the HTML ``<section>`` elements).
-SECTIONS = ("summary", "headline", "settings", "counts", "sign-agreement", "regions", "cca", "figures")
+
+@dataclass
+class ReportTable:
+    """One table of a section: a caption and its frame (rendered by pandas)."""
+
+    caption: str
+    frame: pd.DataFrame
+    max_rows: int = 200
 
 
-def experiment_of(taxonomy: str | None) -> int:
-    """Experiment 2 for its taxonomy (titles/descriptions), experiment 1 for anything else (incl. simulations)."""
-    return 2 if taxonomy and "exp2" in str(taxonomy).lower() else 1
+@dataclass
+class ReportSection:
+    """A section of the page. Stages of the other papers return these from their report provider."""
+
+    id: str
+    title: str
+    paragraphs: Sequence[str] = ()
+    tables: Sequence[ReportTable] = ()
+    figures: Mapping[str, str] = field(default_factory=dict)  # figure name -> PNG path
+    preformatted: str | None = None
+
+
+#: Modules that add sections to the page: each has ``report_sections(spark, cfg, store, analysis_row) ->
+#: list[ReportSection]`` and returns nothing when its results do not exist (other papers' stages, releases).
+SECTION_PROVIDERS: tuple[str, ...] = ()
+
+
+def extra_sections(spark, cfg, store, analysis_row: Mapping[str, Any]) -> list[ReportSection]:
+    """The sections of every module in :data:`SECTION_PROVIDERS`, in that order."""
+    import importlib
+
+    return [s for name in SECTION_PROVIDERS
+            for s in importlib.import_module(name).report_sections(spark, cfg, store, analysis_row)]
 
 
 @dataclass
@@ -73,17 +112,6 @@ class ReportResult:
         return f"report of analysis {self.analysis_id}: {self.path}"
 
 
-def headline_table(headline: pd.DataFrame, experiment: int) -> pd.DataFrame:
-    """The analysis' headline numbers with the paper's value, SE and source beside each (NaN where none)."""
-    paper = PAPER_VALUES.get(experiment, {})
-    out = headline.copy()
-    out["paper_value"] = [paper.get(n, (math.nan,))[0] for n in out["name"]]
-    out["paper_se"] = [paper.get(n, (math.nan, None))[1] for n in out["name"]]
-    out["paper_source"] = [paper.get(n, (None, None, ""))[2] for n in out["name"]]
-    out["paper_se"] = out["paper_se"].astype(float)
-    return out
-
-
 def _fmt(x: Any) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
@@ -91,82 +119,162 @@ def _fmt(x: Any) -> str:
         if x != 0 and (abs(x) >= 1e5 or x == round(x)) and abs(x) < 1e15:
             return f"{x:,.0f}"
         return f"{x:,.1f}" if abs(x) >= 1000 else f"{x:.4g}"
-    return html.escape(str(x))
+    return str(x)
 
 
-def _table(df: pd.DataFrame, max_rows: int = 200) -> str:
+def _table_html(t: ReportTable) -> dict:
+    df = t.frame
     if df is None or df.empty:
-        return "<p class='empty'>(no rows)</p>"
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    rows = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>"
-                   for row in df.head(max_rows).itertuples(index=False))
-    more = f"<p class='note'>{len(df) - max_rows} more rows in the table</p>" if len(df) > max_rows else ""
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{more}"
+        return dict(caption=t.caption, html="", more=0)
+    body = df.head(t.max_rows).to_html(index=False, na_rep="–", formatters={c: _fmt for c in df.columns},
+                                       escape=True, border=0)
+    body = body.replace("<table class=\"dataframe\">", f"<table class=\"dataframe\"><caption>{_escape(t.caption)}"
+                        "</caption>", 1)
+    return dict(caption=t.caption, html=body, more=max(0, len(df) - t.max_rows), source="")
 
 
-def _image(path: str) -> str:
+def _escape(text: str) -> str:
+    from markupsafe import escape
+
+    return str(escape(text))
+
+
+def _figure(name: str, path: str, caption: str) -> dict | None:
+    if not path or not os.path.isfile(path):
+        return None
     with open(path, "rb") as fh:
         data = base64.b64encode(fh.read()).decode("ascii")
-    name = html.escape(os.path.basename(path))
-    return f"<figure><img alt='{name}' src='data:image/png;base64,{data}'/><figcaption>{name}</figcaption></figure>"
+    return dict(name=name, data=data, caption=caption)
 
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}img{max-width:100%}figure{margin:1em 0}
-.note,.empty{color:#666;font-size:13px}pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:12px}"""
+def _environment():
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    return Environment(loader=PackageLoader("cxatlas.stages", "templates"), autoescape=select_autoescape(["j2"]),
+                       trim_blocks=True, lstrip_blocks=True)
 
 
-def render_html(analysis: Mapping[str, Any], tables: Mapping[str, pd.DataFrame], figures: Mapping[str, str]) -> str:
+def _experiment_note(analysis: Mapping[str, Any], tables: Mapping[str, pd.DataFrame]) -> str:
+    """Which experiment the headline is compared with, and why (the labels the analysed taxonomy shares)."""
+    from cxatlas.core.taxonomies import load_taxonomy
+
+    try:
+        labels = list(load_taxonomy(str(analysis.get("taxonomy"))).labels)
+    except (FileNotFoundError, ValueError, TypeError):
+        corr = tables.get("context_expression_correlations", pd.DataFrame())
+        labels = list(corr["context"].unique()) if "context" in corr else []
+    return experiment_for_labels(labels).describe()
+
+
+def _pairs(similarity: pd.DataFrame) -> pd.DataFrame:
+    """The region pairs once each (a < b in the table's order), with r, its SE and the shared variance r2."""
+    if similarity.empty:
+        return similarity
+    order = {r: i for i, r in enumerate(dict.fromkeys(similarity["region_a"]))}
+    pairs = similarity[similarity["region_a"].map(order) < similarity["region_b"].map(order)].copy()
+    pairs["r2"] = pairs["r"] ** 2
+    return pairs.sort_values("r", ascending=False)[["region_a", "region_b", "r", "se", "r2"]]
+
+
+def _heldout(heldout: pd.DataFrame) -> pd.DataFrame:
+    if heldout.empty:
+        return heldout
+    wide = heldout.pivot_table(index=["variant", "heldout_region"], columns="dimension", values="r")
+    wide.columns = [f"dim {d}" for d in wide.columns]
+    return wide.reset_index()
+
+
+def _top_loadings(loadings: pd.DataFrame, n: int = 5) -> pd.DataFrame:
+    """Per variant, dimension and side, the ``n`` features with the largest |structure correlation|."""
+    if loadings.empty:
+        return loadings
+    ranked = loadings.assign(_a=loadings["correlation"].abs()).sort_values(
+        ["variant", "dimension", "side", "_a"], ascending=[True, True, True, False])
+    return ranked.groupby(["variant", "dimension", "side"]).head(n).drop(columns="_a")
+
+
+def analysis_sections(analysis: Mapping[str, Any], tables: Mapping[str, pd.DataFrame],
+                      figures: Mapping[str, str]) -> list[ReportSection]:
+    """The sections of the Cowen et al. (2021) replication, from one analysis' row, result frames and figures."""
+    get = lambda name: tables.get(name, pd.DataFrame())  # noqa: E731
+    aid = str(analysis.get("analysis_id", ""))
+    head = get("headline_numbers")
+    cols = ["name", "value", "se", "paper_value", "paper_se", "detail", "paper_source"]
+    head = head.reindex(columns=cols) if not head.empty else pd.DataFrame(columns=cols)
+    counts = pd.DataFrame([(k, analysis.get(k)) for k in ("n_videos", "n_videos_filtered", "n_contexts",
+                                                          "n_contexts_analysed", "n_expressions", "n_replicates")
+                           if k in analysis], columns=["count", "value"])
+    world = get("region_vs_world")
+    if not world.empty:
+        counts.loc[len(counts)] = ("n_regions", float(world["region"].nunique()))
+    try:
+        params = json.dumps(json.loads(analysis.get("parameters") or "{}"), indent=2, sort_keys=True)
+    except (TypeError, ValueError):
+        params = str(analysis.get("parameters"))
+    filter_note = analysis.get("video_filter")
+    return [
+        ReportSection("summary", f"cxatlas replication report: analysis {aid}", paragraphs=[
+            "Cowen, Keltner, Schroff, Jou, Adam & Prasad (2021), \"Sixteen facial expressions occur in similar "
+            "contexts worldwide\", Nature 589:251.",
+            f"Taxonomy {_fmt(analysis.get('taxonomy'))}, {_experiment_note(analysis, tables)}. Expression model "
+            f"{_fmt(analysis.get('expression_model_version'))}, context model "
+            f"{_fmt(analysis.get('context_model_version'))}; started {_fmt(analysis.get('started'))}, "
+            f"{_fmt(analysis.get('run_seconds'))} s. SE = bootstrap standard error "
+            f"({_fmt(analysis.get('n_replicates'))} Poisson replicates over videos).",
+            "Paper values stand beside a number only when it is the same quantity and all 12 regions entered. They "
+            "cannot be expected to match closely: the paper's expression and context models are proprietary, its "
+            "videos and the contexts' prevalences are not public, and the published per-region correlations carry "
+            "differential-privacy noise (see README, 'What can and cannot be reproduced').",
+            *([f"Video filter: {filter_note}"] if filter_note else [])]),
+        ReportSection("headline", "Headline numbers next to the paper's", paragraphs=[
+            "Each row is computed the paper's way (the sentence it comes from is in paper_source); null paper values "
+            "mean the paper gives none for this quantity or the analysis lacks some of the 12 regions."],
+            tables=[ReportTable("headline_numbers", head)]),
+        ReportSection("counts", "What entered the analysis", tables=[ReportTable("counts", counts)]),
+        ReportSection("sign-agreement", "Contexts positive everywhere, per expression", paragraphs=[
+            "Per expression, the share of analysed contexts whose correlation with it is positive in every region (the "
+            "red rectangles of its column); 'all' counts contexts with at least one such expression (the paper's "
+            "49.6% / 33.5%)."], tables=[ReportTable("sign_agreement", get("sign_agreement"))]),
+        ReportSection("regions", "Region similarity and region vs world", tables=[
+            ReportTable("region pairs (region_similarity, each pair once, r2 = shared variance)",
+                        _pairs(get("region_similarity")), max_rows=100),
+            ReportTable("region_vs_world (r2 with the average of the remaining regions; best match)", world)]),
+        ReportSection("cca", "Canonical dimensions", tables=[
+            ReportTable("held-out canonical correlations (cca_heldout)", _heldout(get("cca_heldout"))),
+            ReportTable("tests (cca_tests)", get("cca_tests")),
+            ReportTable("loadings: the 5 features per dimension and side with the largest |structure correlation| "
+                        "(cca_loadings)", _top_loadings(get("cca_loadings")), max_rows=400)]),
+        ReportSection("geobins", "Geography (Fig. 4)", paragraphs=[
+            "geobin_variate_tracking_k: correlation across 0.5-degree bins between the mean expression-side and "
+            "context-side score of canonical variate k; the paper's claim that expression variation \"closely "
+            "tracked\" context variation is supported when these are high."],
+            tables=[ReportTable("geobin numbers", head[head["name"].astype(str).str.startswith("geobin_")])]),
+        ReportSection("figures", "Figures", figures=dict(figures)),
+        ReportSection("settings", "Settings", preformatted=params),
+    ]
+
+
+def render_html(analysis: Mapping[str, Any], tables: Mapping[str, pd.DataFrame], figures: Mapping[str, str],
+                extra: Sequence[ReportSection] = ()) -> str:
     """The report page.
 
     Parameters
     ----------
     analysis : the ``analyses`` row (analysis_id, taxonomy, n_videos, n_contexts, parameters JSON, ...).
-    tables : result frames by table name (``headline_numbers``, ``sign_agreement``, ``region_vs_world``,
-        ``region_similarity``, ``cca_tests``, ``cca_heldout``); missing ones render as empty.
-    figures : figure name -> PNG path; each is embedded.
+    tables : result frames by table name (``headline_numbers``, ``sign_agreement``, ``region_similarity``,
+        ``region_vs_world``, ``cca_tests``, ``cca_heldout``, ``cca_loadings``); missing ones render as empty.
+    figures : figure name -> PNG path; each is embedded with its paragraph (:data:`FIGURE_NOTES`).
+    extra : further sections (other papers, releases), appended before the settings.
     """
-    aid = str(analysis.get("analysis_id", ""))
-    exp = experiment_of(analysis.get("taxonomy"))
-    get = lambda name: tables.get(name, pd.DataFrame())  # noqa: E731
-    head = headline_table(get("headline_numbers"), exp) if not get("headline_numbers").empty else pd.DataFrame(
-        columns=["name", "value", "se", "paper_value", "paper_se", "detail", "paper_source"])
-    head = head[["name", "value", "se", "paper_value", "paper_se", "detail", "paper_source"]]
-    try:
-        params = json.dumps(json.loads(analysis.get("parameters") or "{}"), indent=2, sort_keys=True)
-    except (TypeError, ValueError):
-        params = str(analysis.get("parameters"))
-    counts = pd.DataFrame([(k, analysis.get(k)) for k in ("n_videos", "n_contexts", "n_contexts_analysed",
-                                                          "n_expressions", "n_replicates")],
-                          columns=["count", "value"])
-    world = get("region_vs_world")
-    if not world.empty:
-        counts = pd.concat([counts, pd.DataFrame([("n_regions", float(world["region"].nunique()))],
-                                                 columns=["count", "value"])], ignore_index=True)
-    counts["value"] = counts["value"].astype(float)
-    wil = get("cca_tests")
-    parts = [
-        f"<section id='summary'><h1>cxatlas replication report: analysis {html.escape(aid)}</h1>"
-        f"<p>Cowen, Keltner, Schroff, Jou, Adam &amp; Prasad (2021), \"Sixteen facial expressions occur in similar "
-        f"contexts worldwide\", Nature 589:251, experiment {exp}. Taxonomy {_fmt(analysis.get('taxonomy'))}, "
-        f"expression model {_fmt(analysis.get('expression_model_version'))}, context model "
-        f"{_fmt(analysis.get('context_model_version'))}; started {_fmt(analysis.get('started'))}, "
-        f"{_fmt(analysis.get('run_seconds'))} s. SE = bootstrap standard error "
-        f"({_fmt(analysis.get('n_replicates'))} Poisson replicates).</p></section>",
-        "<section id='headline'><h2>Headline numbers next to the paper's</h2>" + _table(head) + "</section>",
-        f"<section id='settings'><h2>Settings</h2><pre>{html.escape(params)}</pre></section>",
-        "<section id='counts'><h2>What entered the analysis</h2>" + _table(counts) + "</section>",
-        "<section id='sign-agreement'><h2>Same sign in every region, per expression</h2>"
-        + _table(get("sign_agreement")) + "</section>",
-        "<section id='regions'><h2>Region vs rest of world, best match</h2>" + _table(world) + "</section>",
-        "<section id='cca'><h2>Canonical dimensions: tests</h2>" + _table(wil) + "</section>",
-        "<section id='figures'><h2>Figures</h2>" + ("".join(_image(p) for p in figures.values() if p and
-                                                            os.path.isfile(p)) or "<p class='empty'>(none)</p>")
-        + "</section>",
-    ]
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>cxatlas report {html.escape(aid)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+    sections = analysis_sections(analysis, tables, figures)
+    sections[-1:-1] = list(extra)
+    rendered = []
+    for s in sections:
+        figs = [f for f in (_figure(n, p, FIGURE_NOTES.get(n, "")) for n, p in dict(s.figures).items()) if f]
+        rendered.append(dict(id=s.id, title=s.title, paragraphs=list(s.paragraphs),
+                             tables=[_table_html(t) for t in s.tables], figures=figs, preformatted=s.preformatted))
+    return _environment().get_template("report.html.j2").render(
+        analysis_id=str(analysis.get("analysis_id", "")), sections=rendered)
 
 
 def write_report(spark, cfg, store, analysis_id: str | None = None, out: str | None = None) -> ReportResult:
@@ -176,8 +284,8 @@ def write_report(spark, cfg, store, analysis_id: str | None = None, out: str | N
     """
     from pyspark.sql import functions as F
 
-    from cxatlas.core.result_schemas import (ANALYSES, CCA_TESTS, HEADLINE_NUMBERS, REGION_VS_WORLD,
-                                             SIGN_AGREEMENT)
+    from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_LOADINGS, CCA_TESTS, HEADLINE_NUMBERS,
+                                             REGION_SIMILARITY, REGION_VS_WORLD, SIGN_AGREEMENT)
 
     analyses = store.table(ANALYSES)
     if not analyses.exists():
@@ -191,23 +299,19 @@ def write_report(spark, cfg, store, analysis_id: str | None = None, out: str | N
     row = rows[0].asDict()
     aid = row["analysis_id"]
     tables = {}
-    for spec in (HEADLINE_NUMBERS, SIGN_AGREEMENT, REGION_VS_WORLD, CCA_TESTS):
+    for spec in (HEADLINE_NUMBERS, SIGN_AGREEMENT, REGION_VS_WORLD, REGION_SIMILARITY, CCA_TESTS, CCA_HELDOUT,
+                 CCA_LOADINGS):
         t = store.table(spec)
         tables[spec.name] = (t.read().filter(F.col("analysis_id") == aid).drop("analysis_id").toPandas()
                              if t.exists() else pd.DataFrame())
     if not tables[CCA_TESTS.name].empty:
         tables[CCA_TESTS.name] = tables[CCA_TESTS.name].sort_values(["variant", "dimension"])
-    if not tables[HEADLINE_NUMBERS.name].empty:
-        order = {n: i for i, n in enumerate(PAPER_VALUES[1])}
-        h = tables[HEADLINE_NUMBERS.name]
-        tables[HEADLINE_NUMBERS.name] = h.assign(_o=h["name"].map(lambda n: order.get(n, len(order)))).sort_values(
-            ["_o", "name"]).drop(columns="_o")
     figures = {}
     fdir = row.get("figures_dir")
     if fdir and os.path.isdir(fdir):
         figures = {os.path.splitext(f)[0]: os.path.join(fdir, f) for f in sorted(os.listdir(fdir))
                    if f.endswith(".png")}
-    page = render_html(row, tables, figures)
+    page = render_html(row, tables, figures, extra_sections(spark, cfg, store, row))
     path = out or os.path.join(cfg.data_root, cfg.settings.analyze.report_dir, f"{aid}.html")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:

@@ -127,7 +127,10 @@ def heatmap_contexts(
     zscore_rows : colour by the values z-scored within each context row (over its regions and expressions), as the
         paper's Fig. 2 does, so each context's pattern shows whatever its overall strength.
     marginals : add the marginal means of the (raw) values: per expression above (over the drawn contexts and
-        regions), per context on the right (over expressions and regions).
+        regions in light grey, over every context of ``corr_df`` in dark grey), per context on the right (over
+        expressions and regions).
+
+    Cells positive in every region get the paper's red rectangle (:func:`positive_everywhere_cells`).
     """
     _require(corr_df, ["region", "context", "expression", value], "heatmap_contexts")
     contexts = [str(c) for c in contexts]
@@ -181,8 +184,14 @@ def heatmap_contexts(
     ax.set_xlabel("Facial expression")
     ax.set_ylabel("Context")
     (top if marginals else ax).set_title(title)
+    for ctx, expr in positive_everywhere_cells(df, value).itertuples(index=False):
+        # The paper's red rectangles: positive in every region present.
+        ax.add_patch(Rectangle((e_idx[expr], c_idx[ctx]), 1, 1, fill=False, edgecolor=RED_RECTANGLE,
+                               linewidth=1.6, zorder=3))
     if marginals:
-        _marginal_bars(top, side, raw, m_rows, m_cols, value)
+        all_means = (corr_df.groupby(corr_df["expression"].astype(str))[value].mean()
+                     .reindex(expressions).to_numpy(dtype=float))
+        _marginal_bars(top, side, raw, m_rows, m_cols, value, all_means)
 
     cax = fig.add_subplot(cax_spec)
     cax.set_box_aspect(6)
@@ -203,6 +212,22 @@ def heatmap_contexts(
     return _save(fig, out, dpi)
 
 
+RED_RECTANGLE = "#ff0000"
+
+
+def positive_everywhere_cells(corr_df: pd.DataFrame, value: str = "r") -> pd.DataFrame:
+    """The (context, expression) cells whose ``value`` is positive in every region of ``corr_df``.
+
+    Fig. 2a legend: "correlations with specific expressions that were positive in all 12 regions, as represented by
+    the red rectangles". A cell missing in a region, or NaN there, is not positive everywhere.
+    """
+    regions = corr_df["region"].nunique()
+    pos = corr_df.assign(_pos=corr_df[value].to_numpy(dtype=float) > 0)
+    agg = pos.groupby([pos["context"].astype(str), pos["expression"].astype(str)])["_pos"].agg(["sum", "size"])
+    hit = agg[(agg["sum"] == regions) & (agg["size"] == regions)]
+    return hit.reset_index()[["context", "expression"]]
+
+
 def _zscore_rows(image: np.ndarray, m_rows: int) -> np.ndarray:
     """Z-score each context's block of ``m_rows`` image rows (all its regions x expressions), NaN kept."""
     out = np.full(image.shape, np.nan)
@@ -214,8 +239,10 @@ def _zscore_rows(image: np.ndarray, m_rows: int) -> np.ndarray:
     return out
 
 
-def _marginal_bars(top, side, raw: np.ndarray, m_rows: int, m_cols: int, value: str) -> None:
-    """Means of the raw values per expression (bars above the heatmap) and per context (bars to its right)."""
+def _marginal_bars(top, side, raw: np.ndarray, m_rows: int, m_cols: int, value: str,
+                   all_means: np.ndarray) -> None:
+    """Means of the raw values per expression (bars above the heatmap: over the drawn contexts in light grey, over
+    all contexts of the table in dark grey, as the paper's Fig. 2) and per context (bars to its right)."""
     def block_means(a: np.ndarray, size: int) -> np.ndarray:  # mean of each block of `size` rows, NaN if empty
         blocks = a.reshape(a.shape[0] // size, -1)
         ok = np.isfinite(blocks)
@@ -227,8 +254,9 @@ def _marginal_bars(top, side, raw: np.ndarray, m_rows: int, m_cols: int, value: 
     n_ctx, n_expr = per_ctx.size, per_expr.size
     cmap = colormaps[_DIVERGING]
     lim = max(np.nanmax(np.abs(np.r_[per_expr, per_ctx, 1e-12])), 1e-12)
-    top.bar(np.arange(n_expr) + 0.5, np.nan_to_num(per_expr), width=0.8,
-            color=cmap(0.5 + 0.5 * np.nan_to_num(per_expr) / lim))
+    top.bar(np.arange(n_expr) + 0.3, np.nan_to_num(per_expr), width=0.4, color="#c8c8c8", label="drawn contexts")
+    top.bar(np.arange(n_expr) + 0.7, np.nan_to_num(all_means), width=0.4, color="#5a5a5a", label="all contexts")
+    top.legend(fontsize=6, frameon=False, loc="upper right")
     top.axhline(0, color="#555555", linewidth=0.6)
     top.set_ylabel(f"mean {value}", fontsize=7)
     top.tick_params(axis="x", labelbottom=False, length=0)

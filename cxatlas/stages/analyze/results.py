@@ -301,7 +301,13 @@ def write_figures(frames: ResultFrames, out_dir: str, bin_deg: float, dpi: int) 
         ("fig3c_heldout_canonical_correlations", not frames.cca_heldout.empty,
          lambda p: figures.heldout_canonical_correlations(frames.cca_heldout, p, dpi=dpi)),
         ("fig4_geobin_variates", not frames.geobins.empty and frames.geobins["variate_3"].notna().any(),
-         lambda p: figures.geobin_map(frames.geobins, p, bin_deg, dpi=dpi)),
+         lambda p: figures.geobin_map(frames.geobins, p, bin_deg, dpi=dpi,
+                                      title="Expression side: canonical variates 1-3 as colour, per geographic bin")),
+        ("fig4_geobin_context_variates",
+         not frames.geobins.empty and frames.geobins["context_variate_3"].notna().any(),
+         lambda p: figures.geobin_map(frames.geobins, p, bin_deg, dpi=dpi,
+                                      variates=("context_variate_1", "context_variate_2", "context_variate_3"),
+                                      title="Context side: canonical variates 1-3 as colour, per geographic bin")),
     ]
     for name, ok, draw in jobs:
         if not ok:
