@@ -33,11 +33,13 @@ def demo_config(cfg: Config) -> Config:
 
 def simulated_world_config(cfg: Config) -> Config:
     """The demo's simulated world lives in tables of its own (``<tables.dir>_simulated``, catalog database
-    ``<catalog.database>_simulated``) so it never mixes with the real videos; all 653 contexts of experiment 1."""
+    ``<catalog.database>_simulated``) so it never mixes with the real videos; all 653 contexts of experiment 1, with the
+    regional share calibrated to the paper's mean region similarity (``demo.simulated_regional_share``)."""
     out = cfg.copy()
     out.set("tables.dir", f"{cfg.settings.tables.dir}_simulated")
     out.set("catalog.database", f"{cfg.settings.catalog.database}_simulated")
     out.set("simulate.n_contexts", None)
+    out.set("simulate.regional_share", cfg.settings.demo.simulated_regional_share)
     out.set("analyze.replicates", cfg.settings.demo.simulated_replicates)
     return out
 

@@ -355,6 +355,7 @@ class DemoSettings:
     analyze_overrides: dict
     simulated_videos: NonNegInt
     simulated_replicates: NonNegInt
+    simulated_regional_share: Annotated[float, Field(ge=0, le=1)]
 
 
 @dataclass(frozen=True)
