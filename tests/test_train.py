@@ -484,3 +484,30 @@ def test_group_by_refuses_missing_column_and_leaking_stimuli(spark, tmp_path, ca
     assert code == 2 and "exactly one value per stimulus" in err and "/x.jpg (2 values)" in err
     assert err.count("\n") == 1
     assert not list((tmp_path / "data").rglob("training_examples*"))
+
+
+def test_split_grouped_by_poser_never_has_a_poser_on_both_sides(spark, world):
+    """Inagaki et al. split by individual: with --group-by every stimulus of one poser is on one side."""
+    from cxatlas.core.runs import new_run_id
+    from cxatlas.stages.train import prepare_training_set
+
+    cfg, root = world["cfg"], world["root"]
+    frame = world["frame"].copy()
+    uris = sorted(frame.uri.unique())
+    frame["poser"] = frame.uri.map({u: f"p{i // 2}" for i, u in enumerate(uris)})  # two stimuli per poser
+    path = root / "ratings_posers.parquet"
+    frame.to_parquet(path, index=False)
+    store = TableStore.from_config(spark, cfg)
+    before = cfg.get("train.heldout_fraction")
+    cfg.set("train.heldout_fraction", 0.5)
+    try:
+        prepared = prepare_training_set(spark, cfg, store, str(path), new_run_id(), group_by="poser")
+    finally:
+        cfg.set("train.heldout_fraction", before)
+    assert "poser" not in prepared.labels
+    rows = (store.table(TRAINING_EXAMPLES).read().filter(f"training_set = '{prepared.training_set}'")
+            .select("uri", "split").distinct().toPandas())
+    rows["poser"] = rows.uri.map(dict(zip(frame.uri, frame.poser)))
+    sides = rows.groupby("poser").split.nunique()
+    assert (sides == 1).all(), rows.sort_values("poser")
+    assert set(rows.split) == {"train", "heldout"}  # both sides used, so the check above is not vacuous
