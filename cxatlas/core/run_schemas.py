@@ -72,10 +72,12 @@ PROCESSED_MANIFESTS = TableSpec(
         _f("run_id", pa.string(), "the run that ingested it"),
         _f("ingest_run_id", pa.string(), "the ingest run inside it (quarantine rows carry this id)"),
         _f("processed", TS, "when"),
+        _f("error", pa.string(), "null: ingested; else why the file was refused (not a manifest, wrong columns, ...): "
+                                 "later runs skip it until its content changes"),
     ]),
     partition_by=(),
     key=("path", "checksum"),
-    comment="Manifest files already ingested, by content: a changed file is ingested again.",
+    comment="Manifest files already ingested or refused, by content: a changed file is read again.",
 )
 
 STAT_SUMS = TableSpec(

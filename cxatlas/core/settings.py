@@ -483,6 +483,8 @@ def describe_validation_error(exc: ValidationError, data: Mapping[str, Any], sou
     item = f" (item {index[0]})" if index else ""
     return f"invalid setting {key}={value!r}{item} ({where}): {_allowed(error)}"
 
+    if error.get("type") == "missing" and index:
+        return f"invalid setting {key}={value!r} ({where}): has too few items (item {index[0]} is missing)"
 
 def build(cls: type, data: Mapping[str, Any], source: Any, path: str = "") -> Any:
     """Build settings class ``cls`` from ``data``: unknown and missing keys, then every value (types, ranges,

@@ -61,6 +61,9 @@ class ReprocessReport(RunReport):
     analysis_id: str | None = None
     statistics: str = ""
     versions: dict[str, int] = field(default_factory=dict)
+    step: str = ""                                                    # the step running (or that failed)
+    refused: dict[str, str] = field(default_factory=dict)            # manifests refused by THIS run: path -> why
+    still_refused: dict[str, str] = field(default_factory=dict)      # refused earlier, unchanged since: skipped
 
     def headline(self) -> str:
         return f"reprocess {self.manifest_dir} (run {self.run_id}): {self.status}"
@@ -81,6 +84,9 @@ class ReprocessReport(RunReport):
             " (the next runs continue)" if self.remaining else ""))
         if self.statistics:
             lines.append(f"  statistics: {self.statistics}")
+        lines += [f"  manifest refused (recorded; skipped until the file changes): {p}: {why}"
+                  for p, why in self.refused.items()]
+        lines += [f"  manifest skipped, refused earlier and unchanged: {p}: {why}" for p, why in self.still_refused.items()]
         return lines
 
 
@@ -107,22 +113,30 @@ def list_manifests(manifest_dir: str) -> list[tuple[str, str, int]]:
     return out
 
 
-def _processed(store: TableStore) -> set[tuple[str, str]]:
+def _processed(store: TableStore) -> dict[tuple[str, str], str | None]:
+    """(path, checksum) of every manifest already read -> None when ingested, else why it was refused."""
     table = store.table(PROCESSED_MANIFESTS)
     if not table.exists():
-        return set()
-    return {(r["path"], r["checksum"]) for r in table.read().select("path", "checksum").collect()}
+        return {}
+    df = table.read()
+    error = "error" if "error" in df.columns else "CAST(NULL AS STRING) AS error"
+    return {(r["path"], r["checksum"]): r["error"] for r in df.selectExpr("path", "checksum", error).collect()}
 
 
 def _record_manifest(store: TableStore, path: str, checksum: str, size: int, rows_in: int, run_id: str,
-                     ingest_run_id: str) -> None:
+                     ingest_run_id: str | None, error: str | None = None) -> None:
     from pyspark.sql import functions as F
 
     df = store.spark.createDataFrame([(path, checksum, size, rows_in, run_id, ingest_run_id,
-                                       utc_timestamp(time.time()))],
+                                       utc_timestamp(time.time()), error)],
                                      "path string, checksum string, size long, rows_in long, run_id string, "
-                                     "ingest_run_id string, processed string")
-    store.table(PROCESSED_MANIFESTS).insert_new(df.withColumn("processed", F.col("processed").cast("timestamp")))
+                                     "ingest_run_id string, processed string, error string")
+    store.table(PROCESSED_MANIFESTS).insert_new(df.withColumn("processed", F.col("processed").cast("timestamp")),
+                                                evolve_schema=True)
+
+
+class StepFailed(Exception):
+    """A step of the run ended without raising but failed (its counts, a systemic share of failures)."""
 
 
 def _latest_analysis(store: TableStore):
@@ -190,12 +204,31 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
                 outputs[name] = commit.version
         report.commits.update(commits)
 
+    failures = cfg.settings.failures
+
+    def check(step_report) -> None:
+        why = step_report.systemic_failure(failures.systemic_share, failures.systemic_min_inputs,
+                                           failures.not_failures)
+        if why is not None:
+            raise StepFailed(why)
+
     try:
+        report.step = "list manifests"
         done = _processed(store)
-        pending = [m for m in list_manifests(manifest_dir) if (m[0], m[1]) not in done]
+        found = list_manifests(manifest_dir)
+        report.still_refused = {m[0]: done[(m[0], m[1])] for m in found if done.get((m[0], m[1]), None)}
+        pending = [m for m in found if (m[0], m[1]) not in done]
         log.info("reprocess %s: %d new or changed manifest(s) in %s", report.run_id, len(pending), manifest_dir)
         for path, checksum, size in pending:
-            ing = run_ingest(spark, cfg, store, path)
+            report.step = f"ingest {path}"
+            try:
+                ing = run_ingest(spark, cfg, store, path)
+            except UserError as exc:  # a file that is not a manifest: recorded, and the others go on
+                why = str(exc).splitlines()[0][:1000]
+                _record_manifest(store, path, checksum, size, 0, report.run_id, None, error=why)
+                report.refused[path] = why
+                log.warning("reprocess %s: manifest %s refused: %s", report.run_id, path, why)
+                continue
             print(ing.summary(), flush=True)
             report.manifests += 1
             report.rows_in += ing.rows_in
@@ -206,15 +239,20 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
             report.annotations_deleted += ing.annotations_deleted
             note(ing.commits)
             _record_manifest(store, path, checksum, size, ing.rows_in, report.run_id, ing.run_id)
+            check(ing)  # recorded first: its rows are committed, and the next run must not fail on it again
             lease.renew()
+        report.step = "withdrawals"
         report.annotations_deleted += apply_withdrawals(store, report.commits)
 
+        report.step = "annotate"
         annotated = run_annotate(spark, cfg, store, max_videos=max_videos)
         print(annotated.summary(), flush=True)
         report.annotated, report.remaining = annotated.annotated, annotated.remaining
         report.quarantined += annotated.quarantined
         note(annotated.commits)
+        check(annotated)
         lease.renew()
+        report.step = "statistics"
 
         expr_version, _, ctx_version = validate_models(cfg.settings.annotate)
         latest = _latest_analysis(store)
@@ -244,14 +282,22 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
                 report.statistics += (f"; the configured models ({expr_version} / {ctx_version}) take over once they "
                                       f"cover every upload ({annotated.remaining} to go)")
         report.status = "succeeded"
+        if report.refused:  # every other manifest was ingested and the run went on; now it says so, and fails
+            report.status = "failed"
+            report.step = "ingest"
+            report.message = ("step ingest: manifest(s) refused (recorded in processed_manifests; skipped until "
+                              "changed): " + "; ".join(f"{p}: {why}" for p, why in report.refused.items()))
+    except StepFailed as exc:
+        report.status = "failed"
+        report.message = f"step {report.step}: {exc}"[:2000]
     except BaseException as exc:
         report.status = "failed"
-        report.message = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
+        report.message = f"step {report.step}: {type(exc).__name__}: {exc}".splitlines()[0][:2000]
         run_log.finish("failed", error=report.message, counts=report.counts(), input_versions=report.versions,
                        output_versions=outputs)
         lease.release()
         raise
-    run_log.finish("succeeded", counts=report.counts(), analysis_id=report.analysis_id,
-                   input_versions=report.versions, output_versions=outputs)
+    run_log.finish(report.status, error=report.message or None, counts=report.counts(),
+                   analysis_id=report.analysis_id, input_versions=report.versions, output_versions=outputs)
     lease.release()
     return report.finish()
