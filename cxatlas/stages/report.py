@@ -91,7 +91,7 @@ class ReportSection:
 
 #: Modules that add sections to the page: each has ``report_sections(spark, cfg, store, analysis_row) ->
 #: list[ReportSection]`` and returns nothing when its results do not exist (other papers' stages, releases).
-SECTION_PROVIDERS: tuple[str, ...] = ()
+SECTION_PROVIDERS: tuple[str, ...] = ("cxatlas.stages.release.utility",)
 
 
 def extra_sections(spark, cfg, store, analysis_row: Mapping[str, Any]) -> list[ReportSection]:

@@ -345,7 +345,9 @@ def run_release(spark, cfg, store: TableStore, epsilon: float, delta: float, out
         noisy = unpack(cal.add_noise(pack(exact, cal.sensitivities, cal.shares)), E, K, cal.sensitivities,
                        cal.shares)
         r = correlations_from_sums(noisy, kind)
-        hidden = ~(noisy.occurrences >= settings.min_occurrences) | ~(noisy.n >= 2)
+        hidden = ~(noisy.occurrences >= settings.min_occurrences)
+        if not noisy.n >= 2:  # a (noisy) region of fewer than 2 videos has no correlations at all
+            hidden[:] = True
         r[hidden] = np.nan
         suppressed[region] = [unique[k] for k in np.flatnonzero(hidden)]
         path = os.path.join(out, names[region])
@@ -374,7 +376,7 @@ def run_release(spark, cfg, store: TableStore, epsilon: float, delta: float, out
         json.dump(meta, fh, indent=2, sort_keys=True)
 
     corr = pd.concat(rows, ignore_index=True)
-    corr["r"] = corr["r"].where(~corr["suppressed"], None)
+    corr["suppressed"] = corr["suppressed"].astype(bool)  # r of a suppressed cell is NaN: null in the table
     table = store.table(RELEASED_CORRELATIONS).create_if_missing()
     report.commits[RELEASED_CORRELATIONS.name] = table.append(_to_spark(spark, RELEASED_CORRELATIONS, corr))
     report.seconds = time.time() - started
