@@ -204,6 +204,24 @@ def cmd_transfer(args: argparse.Namespace, cfg: Config) -> int:
     return exit_code(report, cfg)
 
 
+def cmd_au_tuning(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.au_tuning import run_au_tuning
+
+    print(run_au_tuning(args.manifest, args.out, transfer=args.transfer, checkpoint_a=args.checkpoint_a,
+                        checkpoint_b=args.checkpoint_b, names=args.name, confusion=args.confusion,
+                        device=cfg.settings.train.device).summary())
+    return 0
+
+
+def cmd_au_series(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.inagaki import synthetic_au_series
+
+    series = synthetic_au_series(args.out)
+    print(f"wrote a synthetic AU series ({len(series.aus)} AUs x {len(series.levels)} levels, shared null image) and "
+          f"{series.manifest}")
+    return 0
+
+
 # -- simulated and sample data ---------------------------------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace, cfg: Config) -> int:
     from cxatlas.sim.world import run_simulate

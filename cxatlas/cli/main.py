@@ -157,6 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="default: train.epochs")
     p.add_argument("--batch-size", type=int, help="default: train.batch_size")
 
+    p = add("au-tuning", c.cmd_au_tuning, "Inagaki et al.'s AU tuning: run two trained models on an action-unit "
+                                          "image series (manifest au, level, image), subtract the null-image "
+                                          "baseline, the units x units Spearman matrix vs the swapped confusion "
+                                          "matrices, the peak/trough PCA; CSV + PNG.")
+    p.add_argument("--manifest", required=True, help="CSV with columns au, level, image (relative paths: from the "
+                                                     "manifest's folder); the lowest level is the null image")
+    p.add_argument("--transfer", help="a `cxatlas transfer` --out folder: its two models and confusion.csv")
+    p.add_argument("--checkpoint-a", help="instead of --transfer: model A's checkpoint")
+    p.add_argument("--checkpoint-b", help="... and model B's")
+    p.add_argument("--name", action="append", help="with --checkpoint-a/-b: the two models' names (twice)")
+    p.add_argument("--confusion", help="a transfer confusion.csv to correlate with (default: --transfer's)")
+    p.add_argument("--out", required=True, help="folder for au_*.csv, au_similarity.png and au_run.json")
+
+    p = add("au-series", c.cmd_au_series, "Write the small synthetic AU image series (generated, not downloaded; "
+                                          "a stand-in for FaceGen renders) for tests and the demo.")
+    p.add_argument("--out", required=True, help="folder for the PNG images and manifest.csv")
+
     # Data to try it on.
     p = add("sample-corpus", c.cmd_sample_corpus, "Build the demo corpus: a manifest over real videos shipped in "
                                                   "installed packages, spread over the 12 regions.")

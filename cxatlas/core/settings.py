@@ -257,6 +257,7 @@ class AnalyzeSettings:
     cca: CcaSettings
     geobin_min_videos: PosInt
     report_dir: NonEmpty
+    report_results: tuple[NonEmpty, ...]
     partitions: PosInt
     broadcast_max_rows: NonNegInt
     batch_rows: PosInt

@@ -14,6 +14,9 @@ stimulus id column and the same numeric attribute columns, aligns the rows by id
   then ``rotated_j_p_value`` and ``rotated_j_snr`` (bootstrap significance of each loading).
 - ``loadings_heatmap.png``: attributes x kept (rotated) components, diverging colour map, significant loadings
   marked.
+- ``pairs.csv``, ``loading_significance.csv``, ``ppca_run.json`` (the rule, the counts), and, when attributes are
+  ``country:label``, ``universality.csv``: each rotated dimension's class (the paper's 21 of 28, see
+  :func:`cxatlas.stats.ppca.universality_classes`).
 
 Everything runs in-process with pandas and numpy (the inputs are stimuli x attributes, thousands of rows at most);
 no Spark. Bad input raises :class:`PpcaInputError` (a :class:`~cxatlas.core.errors.UserError`) naming the file and
@@ -33,7 +36,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cxatlas.core.errors import UserError
-from cxatlas.stats.ppca import PpcaResult, ppca
+from cxatlas.stats.ppca import UNIVERSALITY_CLASSES, PpcaResult, ppca
 
 __all__ = ["PpcaInputError", "PpcaReport", "read_table", "load_datasets", "run_ppca", "loadings_heatmap"]
 
@@ -61,6 +64,7 @@ class PpcaReport:
 
     names: list[str] = field(default_factory=list)
     preservation_r: float | None = None
+    universality: pd.DataFrame | None = field(default=None, repr=False)
 
     def summary(self) -> str:
         r = self.result
@@ -82,6 +86,11 @@ class PpcaReport:
         if self.preservation_r is not None and np.isfinite(self.preservation_r):
             lines.append(f"  countrywise loadings explained by the average loading: r = {self.preservation_r:.2f}, "
                          f"r^2 = {self.preservation_r ** 2:.2f} (Brooks et al.: r = .80, 63%)")
+        if self.universality is not None and len(self.universality):
+            u = self.universality
+            counts = ", ".join(f"{c} {int((u['class'] == c).sum())}" for c in UNIVERSALITY_CLASSES)
+            lines.append(f"  universal in meaning: {int(u['universal'].sum())} of {len(u)} rotated dimensions ({counts}; "
+                         f"Brooks et al.: 21 of 28 = 12 + 4 + 5)")
         for path, cols in self.ignored_columns.items():
             lines.append(f"  ignored non-numeric columns of {Path(path).name}: {', '.join(cols)}")
         lines.append(f"  wrote {', '.join(Path(p).name for p in self.files.values())} to {self.out_dir}")
@@ -300,7 +309,7 @@ def run_ppca(inputs: list[str], id_column: str, out_dir: str, *, resamples: int 
     """
     import json
 
-    from cxatlas.stats.ppca import RULES, loading_preservation, rule_for
+    from cxatlas.stats.ppca import RULES, loading_preservation, rule_for, universality_classes
 
     t0 = time.perf_counter()
     if rule not in RULES:
@@ -356,10 +365,16 @@ def run_ppca(inputs: list[str], id_column: str, out_dir: str, *, resamples: int 
             per_country.append({"rotated": j + 1, "country": g, "attributes": len(rows),
                                 "significant_loadings": int(result.significant_loadings[rows, j].sum())})
     preservation = None
+    universality = pd.DataFrame(columns=["rotated", "class", "universal", "countries", "countries_significant",
+                                         "not_significant", "concepts", "average_top"])
     if any(g is not None for g, _ in groups) and k:
         keep = [i for i, (g, _) in enumerate(groups) if g is not None]
         preservation, _ = loading_preservation(result.rotated_loadings[keep], [groups[i][0] for i in keep],
                                                [groups[i][1] for i in keep])
+        universality = pd.DataFrame(universality_classes(
+            result.rotated_loadings[keep], result.significant_loadings[keep], [groups[i][0] for i in keep],
+            [groups[i][1] for i in keep]), columns=universality.columns)
+    universality["rule"] = result.rule_text
     dims = pd.DataFrame({"rotated": np.arange(1, k + 1), "n_significant_loadings": result.n_significant_loadings,
                          "rule": result.rule_text})
 
@@ -369,6 +384,7 @@ def run_ppca(inputs: list[str], id_column: str, out_dir: str, *, resamples: int 
         "rotated_loadings": str(out / "rotated_loadings.csv"),
         "pairs": str(out / "pairs.csv"),
         "loading_significance": str(out / "loading_significance.csv"),
+        "universality": str(out / "universality.csv"),
         "heatmap": str(out / "loadings_heatmap.png"),
         "run": str(out / "ppca_run.json"),
     }
@@ -380,6 +396,7 @@ def run_ppca(inputs: list[str], id_column: str, out_dir: str, *, resamples: int 
     if per_country:
         loading_sig = dims.merge(pd.DataFrame(per_country), on="rotated", how="left")
     loading_sig.to_csv(files["loading_significance"], index=False)
+    universality.to_csv(files["universality"], index=False)
     kind = "G-PPCA" if result.generalized else "PPCA"
     loadings_heatmap(result.rotated_loadings, attributes, files["heatmap"],
                      p_values=np.where(result.significant_loadings, 0.0, 1.0), alpha=alpha,
@@ -393,8 +410,12 @@ def run_ppca(inputs: list[str], id_column: str, out_dir: str, *, resamples: int 
            "n_attributes": len(attributes), "n_components": k_all, "n_kept": result.n_kept,
            "kept": [int(c) + 1 for c in np.flatnonzero(result.kept)],
            "n_significant_loadings": [int(x) for x in result.n_significant_loadings],
-           "preservation_r": None if preservation is None or not np.isfinite(preservation) else preservation}
+           "preservation_r": None if preservation is None or not np.isfinite(preservation) else preservation,
+           "n_universal": int(universality["universal"].sum()) if len(universality) else None,
+           "universality": {c: int((universality["class"] == c).sum()) for c in UNIVERSALITY_CLASSES}
+           if len(universality) else None}
     Path(files["run"]).write_text(json.dumps(run, indent=2) + "\n")
     return PpcaReport(inputs=[str(p) for p in inputs], id_column=id_column, out_dir=str(out), attributes=attributes,
                       n_stimuli=len(ids), result=result, files=files, ignored_columns=ignored,
-                      seconds=time.perf_counter() - t0, names=labels, preservation_r=preservation)
+                      seconds=time.perf_counter() - t0, names=labels, preservation_r=preservation,
+                      universality=universality)

@@ -87,11 +87,13 @@ class ReportSection:
     tables: Sequence[ReportTable] = ()
     figures: Mapping[str, str] = field(default_factory=dict)  # figure name -> PNG path
     preformatted: str | None = None
+    captions: Mapping[str, str] = field(default_factory=dict)  # figure name -> paragraph (else FIGURE_NOTES)
 
 
 #: Modules that add sections to the page: each has ``report_sections(spark, cfg, store, analysis_row) ->
 #: list[ReportSection]`` and returns nothing when its results do not exist (other papers' stages, releases).
-SECTION_PROVIDERS: tuple[str, ...] = ("cxatlas.stages.release.utility",)
+SECTION_PROVIDERS: tuple[str, ...] = ("cxatlas.stages.brooks_report", "cxatlas.stages.inagaki_report",
+                                       "cxatlas.stages.release.utility")
 
 
 def extra_sections(spark, cfg, store, analysis_row: Mapping[str, Any]) -> list[ReportSection]:
@@ -270,7 +272,8 @@ def render_html(analysis: Mapping[str, Any], tables: Mapping[str, pd.DataFrame],
     sections[-1:-1] = list(extra)
     rendered = []
     for s in sections:
-        figs = [f for f in (_figure(n, p, FIGURE_NOTES.get(n, "")) for n, p in dict(s.figures).items()) if f]
+        figs = [f for f in (_figure(n, p, dict(s.captions).get(n) or FIGURE_NOTES.get(n, ""))
+                            for n, p in dict(s.figures).items()) if f]
         rendered.append(dict(id=s.id, title=s.title, paragraphs=list(s.paragraphs),
                              tables=[_table_html(t) for t in s.tables], figures=figs, preformatted=s.preformatted))
     return _environment().get_template("report.html.j2").render(

@@ -45,7 +45,7 @@ __all__ = [
     "bh_qvalues", "forward_stop", "keep_components", "varimax", "bootstrap_loadings",
     "RULES", "bh_first", "rule_for", "describe_rule", "PairTests", "pair_partial_pearson", "pair_tests",
     "graph_passes", "gppca_graph_keep", "resample_rotated_loadings", "top_n_loading_pvalues", "significant_loadings",
-    "loading_preservation",
+    "loading_preservation", "UNIVERSALITY_CLASSES", "universality_classes",
 ]
 
 _JITTER = 1e-9  # added to the diagonal of rank-correlation matrices so collinear controls stay factorable
@@ -931,6 +931,80 @@ def loading_preservation(rotated: np.ndarray, groups: Sequence[str], labels: Seq
     if x.size < 3 or np.std(x) == 0 or np.std(y) == 0:
         return float("nan"), int(x.size)
     return float(np.corrcoef(x, y)[0, 1]), int(x.size)
+
+
+#: The classes of :func:`universality_classes`, in the paper's order; the first three count as universal.
+UNIVERSALITY_CLASSES = ("same_concept", "close_concept", "consistent_not_significant", "culture_specific")
+
+
+def universality_classes(rotated: np.ndarray, significant: np.ndarray, groups: Sequence[str],
+                         labels: Sequence[str], *, close_top: int = 2, max_nonsignificant: int = 1) -> list[dict]:
+    """Classify each rotated dimension as universal in meaning (three ways) or culture-specific: the paper's 21 of 28.
+
+    Brooks et al. (2024): "the facial expressions corresponding to 12 different emotion concepts in English ... were
+    categorized with what we had previously determined were their most direct translations across all six countries
+    and four languages. In four other cases, the correspondence was not exact, but very close: expressions that were
+    associated with "contemplation" in some countries were associated with "doubt" in others ... For another five
+    dimensions ... loadings were consistent in all six countries but not statistically significant in Ethiopia. Thus,
+    a total of 21 dimensions of facial expression showed a high degree of cultural universality in meaning across the
+    6 countries."
+
+    Readings taken (the paper judged translations by hand; this is the closest mechanical rule):
+
+    - A country's concept on a dimension is its attribute (``country:label``) with the highest loading, the dimension
+      oriented so its largest-|loading| entry is positive; the country is *significant* on it when that attribute's
+      loading is among the dimension's significant loadings (top-N sign test + ForwardStop).
+    - ``same_concept``: every country's concept is the same label and every country is significant (the 12).
+    - ``close_concept``: the countries' concepts differ, but each is among the ``close_top`` labels with the highest
+      mean loading over countries (contemplation/doubt, love/romance: the 4), every country significant.
+    - ``consistent_not_significant``: same or close concepts, but up to ``max_nonsignificant`` countries are not
+      significant ("not statistically significant in Ethiopia": the 5).
+    - ``culture_specific``: anything else (the remaining 7).
+
+    Parameters
+    ----------
+    rotated : ndarray, (p, k)
+    significant : ndarray of bool, (p, k)
+    groups, labels : the country and the label of each attribute (``"US:joy"`` -> ``"US"``, ``"joy"``).
+
+    Returns
+    -------
+    list of dict, one per dimension: rotated (1-based), class, universal, countries, countries_significant,
+    not_significant (countries, ``;``-separated), concepts (``country:label`` per country), average_top (the
+    ``close_top`` labels of the mean loading).
+    """
+    rotated = np.asarray(rotated, dtype=np.float64)
+    significant = np.asarray(significant, dtype=bool)
+    groups, labels = list(groups), list(labels)
+    countries = sorted(set(groups))
+    label_set = sorted(set(labels))
+    out = []
+    for d in range(rotated.shape[1]):
+        col = rotated[:, d]
+        sign = 1.0 if col.size == 0 or col[np.argmax(np.abs(col))] >= 0 else -1.0
+        col = sign * col
+        concept, is_sig = {}, {}
+        for g in countries:
+            rows = [i for i, gg in enumerate(groups) if gg == g]
+            top = rows[int(np.argmax(col[rows]))]
+            concept[g], is_sig[g] = labels[top], bool(significant[top, d]) and col[top] > 0
+        mean = {lab: float(np.mean([col[i] for i, ll in enumerate(labels) if ll == lab])) for lab in label_set}
+        average_top = sorted(label_set, key=lambda lab: (-mean[lab], lab))[:max(1, int(close_top))]
+        distinct = set(concept.values())
+        same = len(distinct) == 1
+        close = not same and distinct <= set(average_top)
+        missing = [g for g in countries if not is_sig[g]]
+        if (same or close) and not missing:
+            kind = "same_concept" if same else "close_concept"
+        elif (same or close) and len(missing) <= max_nonsignificant:
+            kind = "consistent_not_significant"
+        else:
+            kind = "culture_specific"
+        out.append({"rotated": d + 1, "class": kind, "universal": kind != "culture_specific",
+                    "countries": len(countries), "countries_significant": len(countries) - len(missing),
+                    "not_significant": ";".join(missing), "concepts": ";".join(f"{g}:{concept[g]}" for g in countries),
+                    "average_top": ";".join(average_top)})
+    return out
 
 
 def _loading_pvalues(boot: np.ndarray) -> np.ndarray:
