@@ -178,3 +178,57 @@ def test_au_tuning_command_recovers_a_planted_unit_swap_and_reports_it(tmp_path,
     assert number(matrix.loc["sad", "happy"]) == pytest.approx(1.0) and number(matrix.loc["neutral", "neutral"]) == 1
     shown = tables[next(k for k in tables if "vs the swapped confusion" in k)]
     assert number(shown["spearman"].iloc[0]) == pytest.approx(vs["spearman"].iloc[0], abs=1e-3)
+
+
+def test_pool_mimics_targets_are_seed_means_per_country_assigned_to_every_mimic(tmp_path, capsys):
+    rows = [  # seed s1: mimics m1 (rated in US twice, CN once) and m2 (rated in US once); seed s2: mimic m3 (CN)
+        ("m1", "US", "s1", 10.0, 0.0), ("m1", "US", "s1", 30.0, 4.0), ("m1", "CN", "s1", 50.0, 8.0),
+        ("m2", "US", "s1", 50.0, 2.0), ("m3", "CN", "s2", 70.0, 1.0)]
+    ratings = pd.DataFrame(rows, columns=["uri", "country", "seed_id", "joy", "anger"])
+    ratings.to_csv(tmp_path / "r.csv", index=False)
+    out, judg = tmp_path / "pooled.parquet", tmp_path / "judgments.csv"
+    assert main(["--data", str(tmp_path / "d"), "pool-mimics", "--ratings", str(tmp_path / "r.csv"), "--out",
+                 str(out), "--judgments", str(judg)]) == 0
+    pooled = pd.read_parquet(out).set_index(["uri", "country"]).sort_index()
+    # m2 was rated only in the US, yet carries its seed's CN mean too ("regardless of the country of the mimic")
+    assert set(pooled.index) == {("m1", "US"), ("m1", "CN"), ("m2", "US"), ("m2", "CN"), ("m3", "CN")}
+    assert pooled.loc[("m2", "US"), "joy"] == pytest.approx(30.0) == pooled.loc[("m1", "US"), "joy"]
+    assert pooled.loc[("m2", "CN"), "anger"] == pytest.approx(8.0) and pooled.loc[("m3", "CN"), "joy"] == 70.0
+    j = pd.read_csv(judg).set_index("seed_id")
+    assert list(j.columns) == ["CN:joy", "CN:anger", "US:joy", "US:anger"]
+    assert j.loc["s1", "US:anger"] == pytest.approx(2.0) and np.isnan(j.loc["s2", "US:joy"])
+    # a mimic under two seeds is refused: one line, exit 2, nothing written
+    ratings.loc[4, "uri"] = "m1"
+    ratings.to_csv(tmp_path / "bad.csv", index=False)
+    capsys.readouterr()
+    assert main(["--data", str(tmp_path / "d"), "pool-mimics", "--ratings", str(tmp_path / "bad.csv"), "--out",
+                 str(tmp_path / "no.parquet")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "more than one seed_id" in err[0] and not (tmp_path / "no.parquet").exists()
+
+
+def test_predict_images_scores_stills_for_ppca(tmp_path, capsys):
+    from PIL import Image
+    from skimage import data as skdata
+
+    from cxatlas.models.registry import load_expression_model
+
+    Image.fromarray(skdata.astronaut()).save(tmp_path / "astronaut.png")
+    Image.fromarray(np.full((120, 120, 3), 128, np.uint8)).save(tmp_path / "grey.png")
+    pd.DataFrame({"stimulus_id": ["s1", "s2", "s3"], "image": ["astronaut.png", "grey.png", "astronaut.png"]}).to_csv(
+        tmp_path / "images.csv", index=False)
+    out = tmp_path / "outputs.csv"
+    assert main(["--data", str(tmp_path / "d"), "--set", "train.device=cpu", "predict-images", "--model", "fer7",
+                 "--images", str(tmp_path / "images.csv"), "--out", str(out)]) == 0
+    assert "scored 2 of 3 images" in capsys.readouterr().out
+    scores = pd.read_csv(out, dtype={"stimulus_id": str})
+    model = load_expression_model("fer7", device="cpu")
+    assert list(scores.columns) == ["stimulus_id", *model.labels] and scores["stimulus_id"].tolist() == ["s1", "s3"]
+    assert scores.iloc[0, 1:].astype(float).idxmax() == "happy"  # she smiles
+    np.testing.assert_allclose(scores.iloc[0, 1:].astype(float), scores.iloc[1, 1:].astype(float))
+    assert pd.read_csv(tmp_path / "outputs_no_face.csv")["stimulus_id"].astype(str).tolist() == ["s2"]
+    capsys.readouterr()
+    assert main(["--data", str(tmp_path / "d"), "predict-images", "--model", "fer7", "--images",
+                 str(tmp_path / "images.csv"), "--id", "seed", "--out", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lacks column(s) ['seed']" in err[0] and not (tmp_path / "x.csv").exists()

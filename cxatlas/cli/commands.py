@@ -213,6 +213,21 @@ def cmd_au_tuning(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_pool_mimics(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.pool_mimics import pool_mimics
+
+    print(pool_mimics(args.ratings, args.out, seed_column=args.seed_column, judgments=args.judgments).summary())
+    return 0
+
+
+def cmd_predict_images(args: argparse.Namespace, cfg: Config) -> int:
+    from cxatlas.stages.predict_images import run_predict_images
+
+    print(run_predict_images(cfg, args.model, args.images, args.out, checkpoint=args.checkpoint, id_column=args.id,
+                             whole_image=args.whole_image).summary())
+    return 0
+
+
 def cmd_au_series(args: argparse.Namespace, cfg: Config) -> int:
     from cxatlas.stages.inagaki import synthetic_au_series
 

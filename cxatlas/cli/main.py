@@ -170,6 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confusion", help="a transfer confusion.csv to correlate with (default: --transfer's)")
     p.add_argument("--out", required=True, help="folder for au_*.csv, au_similarity.png and au_run.json")
 
+    p = add("pool-mimics", c.cmd_pool_mimics, "Brooks et al.'s targets: per seed and rater country, the mean rating "
+                                              "of all the seed's mimics, assigned to each mimic; a ratings table "
+                                              "for `cxatlas train --group-by <seed column>`.")
+    p.add_argument("--ratings", required=True, help="one row per rating: uri (mimic image), country, the seed "
+                                                    "column, numeric concept columns (Parquet or CSV)")
+    p.add_argument("--seed-column", default="seed_id", help="the seed each mimic imitates (default seed_id)")
+    p.add_argument("--out", required=True, help="pooled ratings (Parquet)")
+    p.add_argument("--judgments", help="also write the seed judgments for `cxatlas ppca` (CSV, country:concept)")
+
+    p = add("predict-images", c.cmd_predict_images, "A trained expression model's outputs on still images (MTCNN "
+                                                    "face crop, as in training), one row per image: an input of "
+                                                    "`cxatlas ppca`.")
+    p.add_argument("--images", required=True, help="CSV with the id column and image (paths relative to the CSV)")
+    p.add_argument("--model", default="brooks288", choices=["brooks288", "fer7", "cowen16"],
+                   help="registered model (default brooks288)")
+    p.add_argument("--checkpoint", help="its weights (e.g. what `cxatlas train` wrote)")
+    p.add_argument("--id", default="stimulus_id", help="id column of --images, kept in the output (default "
+                                                       "stimulus_id)")
+    p.add_argument("--whole-image", action="store_true", help="score each image whole (already a face crop)")
+    p.add_argument("--out", required=True, help="output CSV (and <stem>_no_face.csv beside it)")
+
     p = add("au-series", c.cmd_au_series, "Write the small synthetic AU image series (generated, not downloaded; "
                                           "a stand-in for FaceGen renders) for tests and the demo.")
     p.add_argument("--out", required=True, help="folder for the PNG images and manifest.csv")
