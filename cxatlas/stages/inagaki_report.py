@@ -47,6 +47,7 @@ def _confusion_tables(slug: str, conf: pd.DataFrame) -> list[ReportTable]:
         labels = list(dict.fromkeys(part["true_label"]))
         wide = part.pivot_table(index="true_label", columns="predicted_label", values="count", aggfunc="sum")
         wide = wide.reindex(index=labels, columns=labels).fillna(0).astype(int)
+        wide.columns.name = None  # else pandas draws the axis name as an extra header cell
         wide.insert(0, "rated \\ chosen", wide.index)
         tables.append(ReportTable(f"Inagaki {slug}: confusion matrix, model {train} on {test} ({cond})",
                                   wide.reset_index(drop=True)))
@@ -92,6 +93,7 @@ def au_section(folder: Path) -> ReportSection:
     sim = _read(folder, "au_similarity.csv")
     units = list(run["units"])
     wide = sim.pivot(index="unit_a", columns="unit_b", values="spearman").reindex(index=units, columns=units)
+    wide.columns.name = None
     wide.insert(0, f"{a} \\ {b}", wide.index)
     vs = _read(folder, "au_vs_confusion.csv")
     if not vs.empty:
