@@ -144,7 +144,7 @@ def test_other_broken_inputs(tmp_path, paths):
     shutil.copyfile(feat_data_dir() / "single_face.jpg", jpeg)  # a real picture with a video suffix
     (tmp_path / "folder.mp4").mkdir()
     for path, reason in [(tmp_path / "cut.mp4", "corrupt_video"), (jpeg, "not_a_video"),
-                         (tmp_path / "folder.mp4", "unreadable")]:
+                         (tmp_path / "folder.mp4", "not_a_regular_file")]:
         with pytest.raises(VideoError) as err:
             sample_windows(str(path))
         assert err.value.reason == reason, err.value

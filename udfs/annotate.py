@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cxatlas.core.settings import AnnotateSettings
+from cxatlas.core.uris import UriPolicy
 from cxatlas.models.annotation import AnnotationModels, build_annotation_models
 from cxatlas.models.device import pick_device
 
@@ -100,6 +101,7 @@ class AnnotateBatches:
     """``mapInPandas`` function: batches of uploads -> one output row per video (see ``OUTPUT_SCHEMA``)."""
 
     settings: AnnotateSettings
+    uri_policy: UriPolicy | None = None  # checked again right before a file is opened (README "Security")
 
     def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
@@ -134,6 +136,10 @@ class AnnotateBatches:
 
         v, f = self.settings.video, self.settings.faces
         started = time.time()
+        refused = self.uri_policy.refusal(video.row["uri"], resolve_links=True) if self.uri_policy else None
+        if refused is not None:  # ingested before the policy, or under other settings: never opened
+            video.quarantine(*refused)
+            return
         try:
             decoded = sample_windows(str(video.row["uri"]), fps=v.fps, window_seconds=v.window_seconds,
                                      max_windows=v.max_windows, placement=v.placement, max_side=v.max_side,

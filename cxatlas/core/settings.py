@@ -104,6 +104,8 @@ class CatalogSettings:
 class SqlServerSettings:
     host: NonEmpty
     port: Port
+    authentication: Literal["auto", "password"]
+    allow_writes: bool
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,9 @@ class IngestSettings:
     max_description_chars: PosInt
     allow_extra_columns: bool
     csv_multiline: bool
+    allowed_schemes: tuple[Annotated[str, Field(pattern=r"^[a-z][a-z0-9+.\-]*$")], ...]
+    allowed_roots: tuple[NonEmpty, ...]
+    shared_uri: Literal["warn", "quarantine"]
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import stat
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
@@ -37,10 +38,13 @@ import av.error
 import fsspec
 import numpy as np
 
+from cxatlas.core.uris import SYSTEM_ROOTS
+
 #: Why a video could not be used. Values of :attr:`VideoError.reason`.
 REASONS: dict[str, str] = {
     "missing_file": "the path or URI does not exist",
-    "unreadable": "the file exists but cannot be read (permissions, a directory, a storage error)",
+    "unreadable": "the file exists but cannot be read (permissions, a storage error)",
+    "not_a_regular_file": "a directory, device, FIFO, socket or pseudo-file (/proc, /sys): never opened as a stream",
     "empty_video": "zero-length file, or a video stream that yields no decodable frame",
     "not_a_video": "the bytes are not a media container FFmpeg can read (text, image, random bytes)",
     "no_video_stream": "a valid media file without a video stream (audio only, or only cover art)",
@@ -181,8 +185,13 @@ def _file_size(uri: str) -> int:
             path = _local_path(uri)
             if not os.path.exists(path):
                 raise VideoError("missing_file", uri)
-            if os.path.isdir(path):
-                raise VideoError("unreadable", uri, "is a directory")
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):
+                kind = "a directory" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
+                raise VideoError("not_a_regular_file", uri, kind)
+            real = os.path.realpath(path)
+            if any(real == root or real.startswith(root + "/") for root in SYSTEM_ROOTS):
+                raise VideoError("not_a_regular_file", uri, f"{real} is a pseudo-file")
             return os.path.getsize(path)
         fs, path = fsspec.core.url_to_fs(uri)
         if not fs.exists(path):

@@ -23,6 +23,7 @@ from cxatlas.core.runs import RunReport
 from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, live_uploads
 from cxatlas.core.settings import AnnotateSettings
 from cxatlas.core.tables import TableStore
+from cxatlas.core.uris import UriPolicy
 from cxatlas.models.annotation import annotation_versions, build_annotation_models
 from cxatlas.udfs.annotate import ANNOTATED, OUTPUT_SCHEMA, QUARANTINED, AnnotateBatches
 
@@ -150,7 +151,8 @@ def run_annotate(spark, cfg: Config, store: TableStore, max_videos: int | None =
 
     n_parts = settings.partitions
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", settings.videos_per_batch)
-    annotated = (todo.repartition(n_parts, "video_id").mapInPandas(AnnotateBatches(settings), OUTPUT_SCHEMA)
+    batches = AnnotateBatches(settings, UriPolicy.from_settings(cfg.settings.ingest))
+    annotated = (todo.repartition(n_parts, "video_id").mapInPandas(batches, OUTPUT_SCHEMA)
                  .join(todo.select("video_id", "uri", "region", "lat_bin", "lon_bin"), "video_id"))
     # The UDF's output is staged as Parquet before any table is written: every later step (counts, three commits,
     # MERGE's own reads of its source) reads these files instead of decoding the videos again, and a lost executor

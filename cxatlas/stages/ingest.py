@@ -29,6 +29,8 @@ from cxatlas.core.quarantine import to_quarantine_rows, write_quarantine
 from cxatlas.core.regions import load_country_regions
 from cxatlas.core.schemas import UPLOADS
 from cxatlas.core.settings import GeoSettings
+from cxatlas.core.uris import REASONS as URI_REASONS
+from cxatlas.core.uris import UriPolicy
 from cxatlas.core.tables import CommitResult, TableStore
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ class IngestReport(RunReport):
     replaced_rows_quarantined: int = 0
     withdrawn: int = 0
     annotations_deleted: int = 0
+    shared_uri_rows: int = 0
 
     def headline(self) -> str:
         return f"ingest {self.manifest} (run {self.run_id})"
@@ -88,6 +91,9 @@ class IngestReport(RunReport):
         if self.withdrawn or self.annotations_deleted:
             lines.append(f"  withdrawals (tombstones among new + updated): {self.withdrawn}; annotation rows deleted: "
                          f"{self.annotations_deleted}")
+        if self.shared_uri_rows:
+            lines.append(f"  warning: shared uri: {self.shared_uri_rows} new or updated uploads name a uri another "
+                         f"video_id names first (ingest.shared_uri=quarantine quarantines them)")
         if self.replaced_rows_quarantined:
             lines.append(f"  older uploads replaced and moved to quarantine: {self.replaced_rows_quarantined}")
         return lines
@@ -326,6 +332,18 @@ def geo_reason_udf(country_regions: Mapping[str, str | None], geo: GeoSettings):
     return geo_reason
 
 
+def uri_refusal_udf(policy: UriPolicy):
+    """A pandas UDF uri -> struct(reason, detail) of :meth:`UriPolicy.refusal` (nulls when the uri may be read)."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("reason string, detail string")
+    def uri_refusal(uri: pd.Series) -> pd.DataFrame:
+        found = [policy.refusal(None if pd.isna(u) else u) or (None, None) for u in uri]
+        return pd.DataFrame(found, columns=["reason", "detail"], index=uri.index, dtype=object)
+
+    return uri_refusal
+
+
 def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg: Config):
     """Parse and validate manifest rows: adds the uploads columns plus ``_reason``/``_detail``/``_source_row``.
 
@@ -363,6 +381,7 @@ def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg
     unparseable = ((lat_raw.isNotNull() & (lat_raw != "") & F.col("_lat").isNull()) |
                    (lon_raw.isNotNull() & (lon_raw != "") & F.col("_lon").isNull()))
     geo_reason = geo_reason_udf(country_regions, geo)(F.col("_lat"), F.col("_lon"), F.col("_country"))
+    df = df.withColumn("_uri_check", uri_refusal_udf(UriPolicy.from_settings(ing))(F.col("uri")))
     reason = (F.when(F.col(CORRUPT).isNotNull(), "malformed_record")
               .when(F.col("_vid").isNull(), "missing_video_id")
               .when(F.col("upload_time").isNull() | (F.trim(F.col("upload_time")) == ""), "missing_upload_time")
@@ -370,10 +389,12 @@ def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg
               .when(F.col("_withdrawn_text").isNotNull() & ~F.col("_withdrawn_text").isin(list(_TRUE + _FALSE)),
                     "invalid_withdrawn")
               .when(withdrawn, F.lit(None).cast("string"))  # a tombstone needs only video_id and upload_time
+              .when(F.col("_uri_check.reason").isNotNull(), F.col("_uri_check.reason"))  # never read: README Security
               .when(F.col("_lat").isNull() | F.col("_lon").isNull(),
                     F.when(unparseable, "invalid_coordinates").otherwise("missing_coordinates"))
               .otherwise(geo_reason))
     detail = (F.when(reason == "malformed_record", F.lit("the reader could not parse this line"))
+              .when(reason.isin(list(URI_REASONS)), F.col("_uri_check.detail"))
               .when(reason == "malformed_upload_time",
                     F.concat(F.lit("upload_time '"), F.col("upload_time"), F.lit("' is not an ISO-8601 timestamp")))
               .when(reason == "invalid_withdrawn",
@@ -473,6 +494,38 @@ def classify(valid, existing):
             .drop("_winner_time"))
 
 
+def mark_shared_uris(classified, existing, mode: str):
+    """Find uris held by several video_ids (the study counts videos as independent): adds ``_shared_with``, the
+    video_id that holds the uri first (a live stored upload, else the earliest upload_time, then the smallest id),
+    on every new or updated row whose uri another video_id holds first. ``mode`` quarantine turns those rows into
+    ``shared_uri`` rejects; warn leaves them (the run's report counts them)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    live = F.col("uri").isNotNull() & ~F.coalesce(F.col("withdrawn"), F.lit(False))
+    incoming = classified.filter(F.col("_status").isin("new", "updated") & live)
+    stored = existing if "withdrawn" in existing.columns else existing.withColumn("withdrawn", F.lit(False))
+    holders = (stored.filter(live).join(incoming.select("video_id"), "video_id", "left_anti")
+               .select("uri", "video_id", F.lit(0).alias("_tier"), "upload_time"))
+    both = holders.unionByName(incoming.select("uri", "video_id", F.lit(1).alias("_tier"), "upload_time"))
+    by_uri = Window.partitionBy("uri").orderBy("_tier", "upload_time", "video_id")
+    firsts = (both.withColumn("_shared_with", F.first("video_id").over(
+                  by_uri.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)))
+              .filter((F.col("_tier") == 1) & (F.col("_shared_with") != F.col("video_id")))
+              .select("video_id", "_shared_with"))
+    marked = classified.join(firsts, "video_id", "left").withColumn(
+        "_shared_with", F.when(F.col("_status").isin("new", "updated") & live, F.col("_shared_with")))
+    if mode != "quarantine":
+        return marked
+    shared = F.col("_shared_with").isNotNull()
+    return (marked.withColumn("_reason", F.when(shared, F.lit("shared_uri")).otherwise(F.col("_reason")))
+            .withColumn("_detail", F.when(shared, F.concat(
+                F.lit("uri "), F.col("uri"), F.lit(" is already the uri of video_id "), F.col("_shared_with"),
+                F.lit(" (ingest.shared_uri: quarantine; the study counts videos as independent)")))
+                .otherwise(F.col("_detail")))
+            .withColumn("_status", F.when(shared, F.lit("quarantined")).otherwise(F.col("_status"))))
+
+
 def _in_manifest_detail():
     """Why a row lost to another row of its video_id in the same manifest: a later upload_time, or a tie that
     manifest order broke (saying "a later upload" for a tie sends the user looking for a timestamp that is not
@@ -539,20 +592,27 @@ def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | 
     checked = validate(raw, source=manifest, country_regions=country_regions, cfg=cfg)
     checked = checked.repartition(n_parts, "video_id").persist(StorageLevel.MEMORY_AND_DISK)
     valid = checked.filter(F.col("_reason").isNull())
-    classified = classify(valid, uploads.read(read_version)).persist(StorageLevel.MEMORY_AND_DISK)
+    classified = mark_shared_uris(classify(valid, uploads.read(read_version)), uploads.read(read_version),
+                                  ing.shared_uri).persist(StorageLevel.MEMORY_AND_DISK)
 
     invalid_counts = {r["_reason"]: r["count"] for r in
                       checked.filter(F.col("_reason").isNotNull()).groupBy("_reason").count().collect()}
-    status_counts, tombstones = {}, 0
-    for r in classified.groupBy("_status", "withdrawn").count().collect():
+    status_counts, tombstones, rejected = {}, 0, Counter()
+    for r in (classified.groupBy("_status", "withdrawn", "_reason", F.col("_shared_with").isNotNull().alias("_shared"))
+              .count().collect()):
         status_counts[r["_status"]] = status_counts.get(r["_status"], 0) + r["count"]
         tombstones += r["count"] if r["withdrawn"] and r["_status"] in ("new", "updated") else 0
+        rejected[r["_reason"]] += r["count"] if r["_status"] == "quarantined" else 0
+        report.shared_uri_rows += r["count"] if r["_shared"] and r["_status"] in ("new", "updated") else 0
     duplicates = status_counts.get("quarantined", 0)
     report.rows_in = sum(invalid_counts.values()) + sum(status_counts.values())
     report.new, report.updated = status_counts.get("new", 0), status_counts.get("updated", 0)
     report.unchanged = status_counts.get("unchanged", 0)
     report.quarantined = sum(invalid_counts.values()) + duplicates
-    report.reasons = dict(invalid_counts, **({"duplicate": duplicates} if duplicates else {}))
+    report.reasons = dict(invalid_counts, **{reason: n for reason, n in rejected.items() if n})
+    if report.shared_uri_rows:
+        log.warning("%d new or updated uploads name a uri another video_id already names (ingest.shared_uri: warn)",
+                    report.shared_uri_rows)
 
     ingest_time = F.lit(utc_timestamp(report.started)).cast("timestamp")
     accepted = (classified.filter(F.col("_status").isin("new", "updated"))
