@@ -96,7 +96,7 @@ def store(spark, cfg):
 # once, on one worker). With --no-loadscope-reorder workers take files in collection order, so the files that take
 # minutes go first: otherwise (xdist's default puts files with many tests first) one worker ends the run alone on
 # the longest files while the other idles. Measured durations, longest first.
-LONGEST_FILES_FIRST = ("test_cluster.py", "test_reprocess.py", "test_catalog.py", "test_analyze.py",
+LONGEST_FILES_FIRST = ("test_cluster.py", "test_reprocess.py", "test_catalog.py", "test_analyze.py", "test_release.py",
                        "test_notebooks.py", "test_train.py", "test_ingest.py", "test_incremental.py",
                        "test_import_robustness.py", "test_annotate.py")
 
