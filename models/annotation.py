@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from cxatlas.core.settings import AnnotateSettings, FaceSettings, fingerprint
+from cxatlas.core.settings import AnnotateSettings, ContextSettings, FaceSettings, fingerprint
 from cxatlas.core.taxonomies import load_taxonomy
 from cxatlas.models.context import MixtureOfExpertsContext, TextContextModel
 from cxatlas.models.faces import FaceDetector
@@ -50,13 +50,30 @@ def build_annotation_models(settings: AnnotateSettings, device: str | torch.devi
     e, f, c = settings.expression, settings.faces, settings.context
     expression = load_expression_model(e.model, e.checkpoint, device=device, batch_size=e.batch_size)
     detector = build_face_detector(f, device)
-    taxonomy = load_taxonomy(c.taxonomy)
-    text = TextContextModel(taxonomy.labels, label_texts=taxonomy.source_names, head_checkpoint=c.head_checkpoint,
+    labels, label_texts = scored_labels(c)
+    text = TextContextModel(labels, label_texts=label_texts, head_checkpoint=c.head_checkpoint,
                             cosine_threshold=c.cosine_threshold, temperature=c.temperature,
                             batch_size=c.batch_size, device=device)
     context = MixtureOfExpertsContext(text, mode=c.mode, visual_checkpoint=c.visual_checkpoint,
                                       gate_checkpoint=c.gate_checkpoint, device=device)
-    return AnnotationModels(expression, detector, context, taxonomy.labels, torch.device(device))
+    return AnnotationModels(expression, detector, context, labels, torch.device(device))
+
+
+def scored_labels(c: ContextSettings) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The labels the context model scores (and the texts it embeds for them): the taxonomy's, followed by the
+    video-filter labels when the taxonomy is one of ``filter_taxonomies``.
+
+    Cowen et al. (2021), Methods, experiment 1: "to focus on naturalistic footage, we filtered out videos predicted by
+    the video topic annotations to include video games and other animated content". Those topics are not among the
+    653 analysed contexts, so they are scored in addition; their scores are stored with the others (the analysis
+    never maps them to a context column) and ``analyze.video_filter`` leaves such videos out. A trained text head for
+    a filtered taxonomy must cover these labels too (its labels are checked against this list).
+    """
+    taxonomy = load_taxonomy(c.taxonomy)
+    if c.taxonomy not in c.filter_taxonomies:
+        return taxonomy.labels, taxonomy.source_names
+    extra = tuple(label for label in dict.fromkeys(c.filter_labels) if label not in set(taxonomy.labels))
+    return taxonomy.labels + extra, taxonomy.source_names + extra
 
 
 def file_tag(path: str | None) -> str:

@@ -564,3 +564,45 @@ def test_demo_analyses_a_simulated_world_in_tables_of_its_own(spark, tmp_path, c
     out = capsys.readouterr().out
     assert "contexts_positive_everywhere" in out and "0.496" in out and "min_region_similarity" in out
     assert "0.703" in out
+
+
+def test_video_filter_leaves_out_video_game_videos_and_records_how_many(spark, tmp_path):
+    """Experiment 1's filter: in annotations under the filtered taxonomy, videos where 'video game' occurred
+    (score >= occur_threshold) are left out, one below the threshold is kept, the count is in the analyses row; an
+    analysis of a taxonomy without filter scores says so and leaves nothing out."""
+    from pyspark.sql import functions as F
+
+    cfg = make_config(tmp_path / "data", "simulate.n_contexts=20", "simulate.seed=5", "analyze.replicates=2",
+                      "analyze.cca.per_region=100", "analyze.figures.enabled=false", "analyze.min_occurrences=5",
+                      "analyze.partitions=2", "analyze.context_model_version=m2")
+    store = TableStore.from_config(spark, cfg)
+    import_simulated(spark, cfg, store, world_params_from_config(cfg), 3_000, model_version="m",
+                     taxonomy="nature2021_exp1")
+    cx = store.table(VIDEO_CONTEXTS).read(store.table(VIDEO_CONTEXTS).version())  # this version: before the append
+    bucket = F.pmod(F.xxhash64("video_id"), F.lit(7))
+    kind = cx.schema["contexts"].dataType
+
+    def one(label, score):
+        return F.array(F.struct(F.lit(label).alias("label"), F.lit(score).alias("score"))).cast(kind)
+
+    extra = (F.when(bucket == 0, one("video game", 0.9)).when(bucket == 1, one("animation", 0.3))
+             .otherwise(F.array().cast(kind)))
+    store.table(VIDEO_CONTEXTS).append(cx.withColumn("model_version", F.lit("m2"))
+                                       .withColumn("contexts", F.concat("contexts", extra)))
+    expected = cx.filter(bucket == 0).count()
+    assert 0 < expected < 3_000
+
+    rep = run_analyze(spark, cfg, store, analysis_id="filtered")
+    unfiltered = run_analyze(spark, cfg, store, analysis_id="unfiltered",
+                             settings=dataclasses.replace(cfg.settings.analyze, video_filter=False))
+    assert rep.n_videos_filtered == expected
+    assert rep.n_videos == unfiltered.n_videos - expected == 3_000 - expected
+    rows = store.table(ANALYSES).read().toPandas().set_index("analysis_id")
+    assert rows.loc["filtered", "n_videos_filtered"] == expected
+    assert f"left out {expected} videos" in rows.loc["filtered", "video_filter"]
+    assert rows.loc["unfiltered", "n_videos_filtered"] == 0
+    assert "analyze.video_filter is off" in rows.loc["unfiltered", "video_filter"]
+
+    sim = run_analyze(spark, cfg, store, analysis_id="other-taxonomy", settings=dataclasses.replace(
+        cfg.settings.analyze, context_model_version="m", taxonomy="nature2021_exp1"))
+    assert sim.n_videos_filtered == 0 and sim.n_videos == 3_000  # m carries no filter scores

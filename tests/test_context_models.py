@@ -275,3 +275,26 @@ def test_to_sparse_edge_cases():
         to_sparse(np.zeros((1, 3)), labels)
     with pytest.raises(ValueError, match=r"\(n, 3\)"):
         to_sparse(np.zeros((1, 4)), labels, top_k=1)
+
+
+def test_experiment1_annotations_also_score_the_video_filter_labels(exp1, offline_sentence_model):
+    """Experiment 1's filter (video games, animated content) needs scores for labels outside the 653 contexts: they
+    are scored in addition for the filtered taxonomy only, and the real model fires on them for such titles."""
+    import dataclasses
+
+    from cxatlas.models.annotation import scored_labels
+    from tests.conftest import make_config
+
+    c = make_config(Path("/tmp/unused")).settings.annotate.context
+    labels, texts = scored_labels(c)
+    extra = labels[len(exp1.labels):]
+    assert labels[:len(exp1.labels)] == exp1.labels and set(extra) == set(c.filter_labels) - set(exp1.labels)
+    assert extra and len(texts) == len(labels)
+    other = dataclasses.replace(c, taxonomy="nature2021_exp2")
+    assert scored_labels(other)[0] == load_taxonomy("nature2021_exp2").labels  # no filter for experiment 2
+    model = TextContextModel(labels, label_texts=texts, device="cpu")
+    scores = model.score(["Minecraft survival let's play episode 12 video game gameplay",
+                          "Cartoon animation for kids: funny animated cats", "Our wedding day in Lisbon"])
+    col = {label: i for i, label in enumerate(labels)}
+    assert scores[0, col["video game"]] >= 0.5 and scores[1, col["animation"]] >= 0.5
+    assert max(scores[2, col[x]] for x in extra) < 0.5

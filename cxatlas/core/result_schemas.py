@@ -195,6 +195,9 @@ ANALYSES = TableSpec(
         _f("n_contexts_analysed", pa.int32(), "contexts passing the occurrence filter"),
         _f("n_expressions", pa.int32(), "expression columns analysed"),
         _f("n_replicates", pa.int32(), "bootstrap replicates (besides replicate 0, the observed data)"),
+        _f("n_videos_filtered", pa.int64(), "videos left out by the video filter (experiment 1: video games and "
+                                            "animation; analyze.video_filter); 0 when no filter applied"),
+        _f("video_filter", pa.string(), "what the video filter did, or why none applied"),
         _f("parameters", pa.string(), "every setting of the analysis, JSON"),
         _f("input_versions", pa.string(), "Delta versions of the input tables read, JSON {table: version}"),
         _f("result_versions", pa.string(), "Delta versions of the result tables written, JSON {table: version}"),

@@ -203,6 +203,8 @@ class ContextSettings:
     store_top_k: PosInt
     batch_size: PosInt
     frame_size: PosInt
+    filter_labels: tuple[NonEmpty, ...]
+    filter_taxonomies: tuple[NonEmpty, ...]
 
     @model_validator(mode="after")
     def _experiment1_needs_experts(self) -> "ContextSettings":
@@ -269,6 +271,7 @@ class AnalyzeSettings:
     chunk_rows: PosInt
     geobin_shards: PosInt
     figures: FigureSettings
+    video_filter: bool
 
 
 @dataclass(frozen=True)

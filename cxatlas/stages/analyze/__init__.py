@@ -40,7 +40,8 @@ from cxatlas.core.tables import TableStore
 from cxatlas.stages.analyze.results import ResultFrames, _to_spark, compute_results, write_figures
 from cxatlas.stages.analyze.settings import (BALANCED_FIT, CCA_BALANCE, LORO, AnalyzeError, AnalyzeReport,
                                              check_settings, new_analysis_id)
-from cxatlas.stages.analyze.sums import Inputs, compute_sums, prepare_input, resolve_inputs, taxonomy_labels
+from cxatlas.stages.analyze.sums import (Inputs, compute_sums, describe_video_filter, prepare_input, resolve_inputs,
+                                         taxonomy_labels, video_filter_labels)
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +91,20 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
     log.info("analyze %s: expressions %s (%d columns), contexts %s / %s (%d labels), tables %s", analysis_id,
              expr_version, len(expr_columns), ctx_version, taxonomy, len(labels), versions)
     prepared = prepare_input(inputs, expr_version, ctx_version, taxonomy, expr_columns, settings.cca.sample_seed,
-                             broadcast=expr_rows <= settings.broadcast_max_rows)
+    exclude = video_filter_labels(taxonomy, settings, cfg.settings.annotate.context)
+    broadcast = expr_rows <= settings.broadcast_max_rows
+                             broadcast=broadcast, exclude_labels=exclude, occur_threshold=settings.occur_threshold)
+    if exclude:
+        report.n_videos_filtered = prepare_input(
+            inputs, expr_version, ctx_version, taxonomy, expr_columns, broadcast=broadcast, exclude_labels=exclude,
+            occur_threshold=settings.occur_threshold, excluded_only=True).count()
+    report.video_filter = describe_video_filter(taxonomy, exclude, report.n_videos_filtered, settings.video_filter)
     t = stage("inputs", t)
 
     if incremental:  # the stored sums of this configuration, brought up to date (cxatlas.stages.analyze.incremental)
         from cxatlas.stages.analyze.incremental import current_sums, selection
 
-        sel = selection(expr_version, ctx_version, taxonomy, expr_columns, labels)
+        sel = selection(expr_version, ctx_version, taxonomy, expr_columns, labels, exclude)
         m, cm, geobins, report.sums = current_sums(store, inputs, sel, settings, cfg.settings.incremental,
                                                    analysis_id, full_prepared=prepared)
     else:
@@ -136,7 +144,8 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
         run_seconds=report.seconds, expression_model_version=expr_version, context_model_version=ctx_version,
         taxonomy=taxonomy, n_videos=report.n_videos, n_contexts=len(labels),
         n_contexts_analysed=report.n_contexts_analysed, n_expressions=len(expr_columns),
-        n_replicates=settings.replicates, parameters=json.dumps(dataclasses.asdict(settings), sort_keys=True),
+        n_replicates=settings.replicates, n_videos_filtered=report.n_videos_filtered,
+        video_filter=report.video_filter, parameters=json.dumps(dataclasses.asdict(settings), sort_keys=True),
         input_versions=json.dumps(versions, sort_keys=True),
         result_versions=json.dumps({k: c.version for k, c in report.commits.items()}, sort_keys=True),
         figures_dir=figures_dir if report.figures else None, cxatlas_version=__version__)])

@@ -59,6 +59,7 @@ class Selection:
     taxonomy: str
     expr_columns: tuple[str, ...]
     labels: tuple[str, ...]
+    exclude_labels: tuple[str, ...] = ()  # the video filter (sums.video_filter_labels)
 
 
 def sums_key(sel: Selection, settings: AnalyzeSettings) -> str:
@@ -268,7 +269,8 @@ def update_state(store: TableStore, state: SumsState, inputs: Inputs, sel: Selec
         prepared = [prepare_input(Inputs(i.versions, *[f.join(ids, "video_id", "left_semi")
                                                         for f in (i.uploads, i.expressions, i.contexts)]),
                                   sel.expr_version, sel.ctx_version, sel.taxonomy, sel.expr_columns,
-                                  settings.cca.sample_seed, broadcast=True)
+                                  settings.cca.sample_seed, broadcast=True, exclude_labels=sel.exclude_labels,
+                                  occur_threshold=settings.occur_threshold)
                     for i in (old_inputs, inputs)]
         # With a sample size the passes' CCA sums hold only the parts that add across videos (a sample's sums come
         # from its candidates below); the new rows' own bottom-k come back as rows.
@@ -314,7 +316,8 @@ def current_sums(store: TableStore, inputs: Inputs, sel: Selection, settings: An
     if new is None:
         log.info("statistics: full pass (%s)", info["reason"])
         prepared = full_prepared if full_prepared is not None else prepare_input(
-            inputs, sel.expr_version, sel.ctx_version, sel.taxonomy, sel.expr_columns, settings.cca.sample_seed)
+            inputs, sel.expr_version, sel.ctx_version, sel.taxonomy, sel.expr_columns, settings.cca.sample_seed,
+            exclude_labels=sel.exclude_labels, occur_threshold=settings.occur_threshold)
         new = full_state(prepared, sel, settings, inc, inputs.versions)
         info["mode"] = "full"
     else:
@@ -327,5 +330,5 @@ def current_sums(store: TableStore, inputs: Inputs, sel: Selection, settings: An
 
 
 def selection(expr_version: str, ctx_version: str, taxonomy: str, expr_columns: Sequence[str],
-              labels: Sequence[str]) -> Selection:
-    return Selection(expr_version, ctx_version, taxonomy, tuple(expr_columns), tuple(labels))
+              labels: Sequence[str], exclude_labels: Sequence[str] = ()) -> Selection:
+    return Selection(expr_version, ctx_version, taxonomy, tuple(expr_columns), tuple(labels), tuple(exclude_labels))

@@ -69,6 +69,8 @@ class AnalyzeReport:
     figures: dict[str, str] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     sums: dict = field(default_factory=dict)  # incremental runs: mode (current | incremental | full), changed, reason
+    n_videos_filtered: int = 0  # left out by the video filter (experiment 1: video games, animation)
+    video_filter: str = ""      # what the filter did, or why none applied
     seconds: float = 0.0
     moments: Moments | None = field(default=None, repr=False)
     cca_moments: CcaMoments | None = field(default=None, repr=False)
@@ -87,6 +89,7 @@ class AnalyzeReport:
             f"{self.n_contexts} contexts analysed)",
             f"  videos analysed: {self.n_videos} of {self.expression_rows} expression rows "
             f"(the rest lack scores, a context row or a region)",
+            f"  video filter: {self.video_filter}",
             "  per region: " + ", ".join(f"{r}={n}" for r, n in self.videos_per_region.items()),
             f"  bootstrap: {self.settings.replicates} Poisson replicates (seed {self.settings.seed}); CCA: "
             + (f"balanced sample of {self.settings.cca.per_region} videos per region"

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from cxatlas.core.regions import REGION_IDS
 from cxatlas.core.schemas import EXPR_PREFIX, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, live_uploads
-from cxatlas.core.settings import AnalyzeSettings
+from cxatlas.core.settings import AnalyzeSettings, ContextSettings
 from cxatlas.core.tables import TableStore
 from cxatlas.stages.analyze.settings import AnalyzeError
 from cxatlas.stats import CcaMoments, Moments
@@ -114,7 +114,8 @@ def taxonomy_labels(inputs: Inputs, ctx_version: str, taxonomy: str) -> list[str
 
 
 def prepare_input(inputs: Inputs, expr_version: str, ctx_version: str, taxonomy: str,
-                  expr_columns: Sequence[str], sample_seed: int = 0, broadcast: bool = False):
+                  expr_columns: Sequence[str], sample_seed: int = 0, broadcast: bool = False,
+                  exclude_labels: Sequence[str] = (), occur_threshold: float = 0.5, excluded_only: bool = False):
     """The analysed videos, one row each: annotations joined with ``uploads`` (region not null, a known region).
 
     Columns: ``_region`` (code in :data:`cxatlas.core.regions.REGION_IDS` order), ``_hash`` = ``xxhash64(video_id)``
@@ -125,6 +126,9 @@ def prepare_input(inputs: Inputs, expr_version: str, ctx_version: str, taxonomy:
     ``broadcast=True`` joins the narrow sides (uploads, then expressions) as broadcast hash tables, so the wide
     context rows stream through without a shuffle or sort; it needs the expression rows to fit in executor memory
     (``analyze.broadcast_max_rows``). Otherwise Spark shuffles all three sides by ``video_id``.
+
+    ``exclude_labels`` (the video filter, :func:`video_filter_labels`) leaves out videos in which one of those labels
+    occurred (score >= ``occur_threshold``); ``excluded_only=True`` returns just those videos instead (to count them).
     """
     from pyspark.sql import functions as F
 
@@ -142,12 +146,40 @@ def prepare_input(inputs: Inputs, expr_version: str, ctx_version: str, taxonomy:
         joined = cx.join(F.broadcast(ex.join(F.broadcast(up), "video_id")), "video_id")
     else:
         joined = ex.join(cx, "video_id").join(up, "video_id")
+    if exclude_labels or excluded_only:
+        hit = F.exists("contexts", lambda c: c["label"].isin(list(exclude_labels)) & (c["score"] >= occur_threshold))
+        joined = joined.filter(hit if excluded_only else ~hit)
     return joined.select(
         region_code[F.col("region")].cast("int").alias("_region"),
         F.xxhash64("video_id").alias("_hash"),
         F.xxhash64(F.lit(f"cxatlas-cca-sample-{sample_seed}"), F.col("video_id")).alias("_key"),
         F.col("lat_bin"), F.col("lon_bin"), *[F.col(c) for c in expr_columns], F.col("contexts"),
     )
+
+
+def video_filter_labels(taxonomy: str, settings: AnalyzeSettings, context: ContextSettings) -> tuple[str, ...]:
+    """The labels whose occurrence leaves a video out of this analysis (empty: no filter).
+
+    Cowen et al. (2021), Methods, experiment 1: "we filtered out videos predicted by the video topic annotations to
+    include video games and other animated content". cxatlas scores ``annotate.context.filter_labels`` in addition
+    to the taxonomies of ``annotate.context.filter_taxonomies`` (:func:`cxatlas.models.annotation.scored_labels`);
+    ``analyze.video_filter`` applies the filter to analyses of those taxonomies.
+    """
+    if not settings.video_filter or taxonomy not in context.filter_taxonomies:
+        return ()
+    return tuple(dict.fromkeys(context.filter_labels))
+
+
+def describe_video_filter(taxonomy: str, labels: Sequence[str], excluded: int | None, enabled: bool) -> str:
+    """The analysis record's sentence about the video filter."""
+    if not labels:
+        why = ("analyze.video_filter is off" if not enabled else
+               f"taxonomy {taxonomy!r} is not one of annotate.context.filter_taxonomies (imported and simulated "
+               "annotations carry no filter scores)")
+        return f"no video filter: {why}"
+    return (f"left out {excluded} videos in which {', '.join(repr(x) for x in labels)} occurred (experiment 1's "
+            "video-game and animation filter); annotations imported under this taxonomy carry no filter scores, so "
+            "none of them is left out")
 
 
 # --------------------------------------------------------------------------------------------------------------------
