@@ -36,6 +36,7 @@ from cxatlas.udfs.moments import MomentsPass, assemble, combine_partials
 from tests.conftest import make_config
 
 R, E, K, PER_REGION, SAMPLE, B = len(REGION_IDS), 4, 9, 260, 150, 30
+PREDICTION = 100  # videos per region of Extended Data Fig. 7's tenfold prediction (the paper: 5,000)
 THR, MIN_OCC = 0.5, 100
 US = REGION_IDS.index("us_canada")
 TOL = 1e-8
@@ -88,7 +89,7 @@ def _sums(w: dict, settings, all_regions=(US,)):
     order = np.random.default_rng(0).permutation(w["region"].size)
     parts = [b for half in np.array_split(order, 2) for b in task(_batches(w, half))]
     pdf = pa.Table.from_batches(parts).to_pandas()
-    combined = pd.concat([combine_partials(g) for _, g in pdf.groupby(["kind", "key"])])
+    combined = pd.concat([combine_partials(g, settings.prediction_per_region) for _, g in pdf.groupby(["kind", "key"])])
     return assemble(combined.itertuples(index=False), R, settings.replicates + 1, E, K)
 
 
@@ -96,7 +97,8 @@ def _sums(w: dict, settings, all_regions=(US,)):
 def world(tmp_path_factory):
     w = _world()
     cfg = make_config(tmp_path_factory.mktemp("repl"), f"analyze.replicates={B}", f"analyze.occur_threshold={THR}",
-                      f"analyze.min_occurrences={MIN_OCC}", f"analyze.cca.per_region={SAMPLE}")
+                      f"analyze.min_occurrences={MIN_OCC}", f"analyze.cca.per_region={SAMPLE}",
+                      f"analyze.prediction_per_region={PREDICTION}")
     settings = check_settings(cfg.settings.analyze)
     m, cm, bins = _sums(w, settings)
     frames = compute_results(m, cm, bins, w["expr"], w["labels"], settings)
@@ -621,6 +623,39 @@ def test_fig2_red_rectangles_on_cells_positive_in_every_region(tmp_path):
     none = df.copy()
     none.loc[(none["context"] == "a") & (none["expression"] == "expr_y") & (none["region"] == "brazil"), "r"] = -0.2
     assert red_pixels(none, "without.png") == 0
+
+
+def test_context_prediction_r_is_tenfold_out_of_sample_ols(world):
+    """Extended Data Fig. 7's r: the analysed contexts predicted from the expressions by OLS fitted on nine folds and
+    applied to the tenth, over the first PREDICTION videos of each region's balanced sample (key order, dealt
+    round-robin into folds), predictions and annotations centred per context and pooled; from the rows with
+    numpy. The in-sample fit, a plausible wrong reading, gives a different number."""
+    w, keep = world["w"], world["keep"]
+    rows, folds = [], []
+    for r in range(R):
+        idx = np.flatnonzero(w["region"] == r)
+        order = idx[np.lexsort((w["h"][idx], w["key"][idx]))][:PREDICTION]
+        rows.append(order)
+        folds.append(np.arange(order.size) % 10)
+    rows, folds = np.concatenate(rows), np.concatenate(folds)
+    X = np.c_[np.ones(rows.size), w["X"][rows]]
+    C = w["C"][rows].toarray()[:, keep]
+    pred = np.empty_like(C)
+    for f in range(10):
+        test = folds == f
+        beta = np.linalg.lstsq(X[~test], C[~test], rcond=None)[0]
+        pred[test] = X[test] @ beta
+
+    def pooled(P):
+        Pc, Cc = P - P.mean(axis=0), C - C.mean(axis=0)
+        return (Pc * Cc).sum() / np.sqrt((Pc ** 2).sum() * (Cc ** 2).sum())
+
+    head = world["frames"].headline.set_index("name")
+    assert head.loc["context_prediction_r", "value"] == pytest.approx(pooled(pred), abs=1e-9)
+    assert f"over {rows.size} videos" in head.loc["context_prediction_r", "detail"]
+    in_sample = X @ np.linalg.lstsq(X, C, rcond=None)[0]
+    assert abs(pooled(in_sample) - pooled(pred)) > 1e-3
+    assert head.loc["context_prediction_r", "paper_value"] == 0.154
 
 
 # ------------------------------------------------------------------------------------------------------------------

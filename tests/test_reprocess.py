@@ -28,7 +28,7 @@ from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPR
 from cxatlas.core.tables import TableStore
 from cxatlas.stages.analyze import Inputs, compute_sums, prepare_input
 from cxatlas.stages.analyze.incremental import _occupied, load_state, selection, sums_key
-from cxatlas.stages.analyze.sums import resolve_inputs, taxonomy_labels
+from cxatlas.stages.analyze.sums import resolve_inputs, taxonomy_labels, video_filter_labels
 from cxatlas.stages.reprocess import run_reprocess
 from tests.conftest import cli_args, make_config
 
@@ -149,10 +149,12 @@ def test_scheduled_runs_withdrawal_and_model_version_change(spark, tmp_path, cor
     inputs = Inputs.read(store)
     ev, cv, tax, columns, _ = resolve_inputs(inputs, settings)
     labels = taxonomy_labels(inputs, cv, tax)
-    sel = selection(ev, cv, tax, columns, labels)
+    exclude = video_filter_labels(tax, settings, cfg3.settings.annotate.context)
+    sel = selection(ev, cv, tax, columns, labels, exclude)
     state = load_state(store, sums_key(sel, settings), sel, settings)
-    m, cm, geo = state.sums(settings.cca.per_region)
-    mf, cmf, geof = compute_sums(prepare_input(inputs, ev, cv, tax, columns), columns, labels, settings)
+    m, cm, geo = state.sums(settings.cca.per_region, settings.prediction_per_region)
+    mf, cmf, geof = compute_sums(prepare_input(inputs, ev, cv, tax, columns, exclude_labels=exclude,
+                                               occur_threshold=settings.occur_threshold), columns, labels, settings)
     for a, b in ((m, mf), (cm, cmf)):
         for f in dataclasses.fields(b):
             np.testing.assert_allclose(getattr(a, f.name), getattr(b, f.name), rtol=1e-9, atol=1e-9)

@@ -38,6 +38,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from cxatlas.stats import CcaMoments, Moments, accumulate, accumulate_cca, poisson_weights
+from cxatlas.stats.moments import prediction_folds
 
 __all__ = ["GeobinSums", "SampleRows", "MomentsPass", "PARTIAL_SCHEMA", "INPUT_COLUMNS", "combine_partials",
            "assemble", "sparse_contexts", "KIND_MOMENTS", "KIND_CCA", "KIND_GEOBIN", "KIND_SAMPLE",
@@ -407,8 +408,11 @@ class MomentsPass:
                 geobins[:] = [GeobinSums.total(geobins)]
 
 
-def combine_partials(pdf: pd.DataFrame) -> pd.DataFrame:
-    """``applyInPandas`` function: add all partial payloads of one ``(kind, key)`` group into one row."""
+def combine_partials(pdf: pd.DataFrame, prediction_per_region: int = 0) -> pd.DataFrame:
+    """``applyInPandas`` function: add all partial payloads of one ``(kind, key)`` group into one row.
+
+    ``prediction_per_region``: the first this many videos of each region's balanced sample also fill the per-fold
+    sums of Extended Data Fig. 7's tenfold prediction (bind it with :func:`functools.partial`)."""
     kind = str(pdf["kind"].iloc[0])
     key = int(pdf["key"].iloc[0])
     payloads = pdf["payload"]
@@ -426,7 +430,8 @@ def combine_partials(pdf: pd.DataFrame) -> pd.DataFrame:
         # CcaMoments, emitted under KIND_CCA with the region as key).
         merged = SampleRows.concat([SampleRows.from_bytes(bytes(p)) for p in payloads])
         rows = merged.bottom(merged.k)
-        cm = accumulate_cca(rows.X, rows.C, np.zeros(len(rows), dtype=np.int64), 1)
+        cm = accumulate_cca(rows.X, rows.C, np.zeros(len(rows), dtype=np.int64), 1,
+                            folds=prediction_folds(len(rows), prediction_per_region))
         return pd.DataFrame({"kind": [KIND_CCA], "key": [key], "payload": [cm.to_bytes()]})
     else:
         raise ValueError(f"unknown partial kind {kind!r}")

@@ -272,6 +272,7 @@ class AnalyzeSettings:
     geobin_shards: PosInt
     figures: FigureSettings
     video_filter: bool
+    prediction_per_region: NonNegInt
 
 
 @dataclass(frozen=True)

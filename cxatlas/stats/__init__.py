@@ -17,6 +17,7 @@ from .moments import (CcaMoments, CovarianceParts, Moments, accumulate, accumula
                       covariance_parts, variance_from_sums)
 from .summaries import (cells_same_sign_everywhere, contexts_positive_everywhere, dims_positive_everywhere,
                         geobin_variance_share, structure_correlations, variate_tracking)
+from .prediction import tenfold_prediction_r
 from .tests import bh_qvalues, signed_rank_tests
 
 __all__ = [
@@ -31,5 +32,5 @@ __all__ = [
     "context_variates",
     "signed_rank_tests", "bh_qvalues",
     "contexts_positive_everywhere", "cells_same_sign_everywhere", "variate_tracking", "dims_positive_everywhere",
-    "structure_correlations", "geobin_variance_share",
+    "structure_correlations", "geobin_variance_share", "tenfold_prediction_r",
 ]

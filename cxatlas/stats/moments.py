@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 __all__ = [
     "Moments", "CcaMoments", "CovarianceParts", "accumulate", "accumulate_cca", "covariance_parts",
-    "covariance_from_sums", "variance_from_sums", "mean_from_sums", "as_csr",
+    "covariance_from_sums", "variance_from_sums", "mean_from_sums", "as_csr", "PREDICTION_FOLDS", "prediction_folds",
 ]
 
 _S = TypeVar("_S", bound="_AdditiveSums")
@@ -200,6 +200,11 @@ class CcaMoments(_AdditiveSums):
     sxc : ndarray, shape (R, E, K)
     scc_full : ndarray, shape (R, K, K)
     n_all, sx_all, sc_all, sxx_all, sxc_all, scc_all : the same sums over all videos of the region (or zeros).
+    fold_n, fold_sx, fold_sc, fold_sxx, fold_sxc, fold_scc : shapes (R, F), (R, F, E), (R, F, K), (R, F, E, E),
+        (R, F, E, K), (R, F, K): the same sums per cross-validation fold over the first videos of the balanced sample
+        (``fold_scc`` holds only the diagonal), for Extended Data Fig. 7's tenfold prediction of the context
+        annotations from the expressions (:func:`cxatlas.stats.prediction.tenfold_prediction_r`). F is
+        :data:`PREDICTION_FOLDS`; zeros when no prediction sample was formed.
     """
 
     n: np.ndarray
@@ -215,16 +220,25 @@ class CcaMoments(_AdditiveSums):
     sxc_all: np.ndarray
     scc_all: np.ndarray
 
-    _format: ClassVar[str] = "cxatlas.stats.CcaMoments/2"
+    fold_n: np.ndarray
+    fold_sx: np.ndarray
+    fold_sc: np.ndarray
+    fold_sxx: np.ndarray
+    fold_sxc: np.ndarray
+    fold_scc: np.ndarray
+
+    _format: ClassVar[str] = "cxatlas.stats.CcaMoments/3"
     _SAMPLE_FIELDS: ClassVar[tuple[str, ...]] = ("n", "sx", "sc", "sxx", "sxc", "scc_full")
     _ALL_FIELDS: ClassVar[tuple[str, ...]] = ("n_all", "sx_all", "sc_all", "sxx_all", "sxc_all", "scc_all")
+    _FOLD_FIELDS: ClassVar[tuple[str, ...]] = ("fold_n", "fold_sx", "fold_sc", "fold_sxx", "fold_sxc", "fold_scc")
 
     @classmethod
     def zeros(cls, n_regions: int, n_expr: int, n_ctx: int) -> "CcaMoments":
         R, E, K = n_regions, n_expr, n_ctx
         one = dict(n=np.zeros(R), sx=np.zeros((R, E)), sc=np.zeros((R, K)), sxx=np.zeros((R, E, E)),
                    sxc=np.zeros((R, E, K)), scc_full=np.zeros((R, K, K)))
-        return cls(**one, **{a: np.zeros_like(one[s]) for s, a in zip(cls._SAMPLE_FIELDS, cls._ALL_FIELDS)})
+        return cls(**one, **{a: np.zeros_like(one[s]) for s, a in zip(cls._SAMPLE_FIELDS, cls._ALL_FIELDS)},
+                   **_zero_folds(R, E, K))
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -235,7 +249,8 @@ class CcaMoments(_AdditiveSums):
     def all_videos(self) -> "CcaMoments":
         """A view whose sample sums are the ``*_all`` sums (for fits that use every video of a region)."""
         arrays = {a: getattr(self, a) for a in self._ALL_FIELDS}
-        return CcaMoments(**{s: arrays[a] for s, a in zip(self._SAMPLE_FIELDS, self._ALL_FIELDS)}, **arrays)
+        return CcaMoments(**{s: arrays[a] for s, a in zip(self._SAMPLE_FIELDS, self._ALL_FIELDS)}, **arrays,
+                          **{f: getattr(self, f) for f in self._FOLD_FIELDS})
 
     def select_contexts(self, keep: np.ndarray) -> "CcaMoments":
         """The sums restricted to the contexts ``keep`` (a boolean mask of length K or an index array)."""
@@ -243,7 +258,42 @@ class CcaMoments(_AdditiveSums):
         for group in (self._SAMPLE_FIELDS, self._ALL_FIELDS):
             n, sx, sc, sxx, sxc, scc = (getattr(self, f) for f in group)
             out.update(zip(group, (n, sx, sc[:, keep], sxx, sxc[:, :, keep], scc[:, keep][:, :, keep])))
+        out.update(fold_n=self.fold_n, fold_sx=self.fold_sx, fold_sc=self.fold_sc[:, :, keep], fold_sxx=self.fold_sxx,
+                   fold_sxc=self.fold_sxc[:, :, :, keep], fold_scc=self.fold_scc[:, :, keep])
         return CcaMoments(**out)
+
+
+#: Extended Data Fig. 7: "tenfold ordinary least squares linear regression".
+PREDICTION_FOLDS = 10
+
+
+def _zero_folds(R: int, E: int, K: int) -> dict[str, np.ndarray]:
+    F = PREDICTION_FOLDS
+    return dict(fold_n=np.zeros((R, F)), fold_sx=np.zeros((R, F, E)), fold_sc=np.zeros((R, F, K)),
+                fold_sxx=np.zeros((R, F, E, E)), fold_sxc=np.zeros((R, F, E, K)), fold_scc=np.zeros((R, F, K)))
+
+
+def prediction_folds(n_rows: int, per_region: int) -> np.ndarray:
+    """Fold of each row of a region's balanced sample (rows in sample-key order): the first ``per_region`` rows are
+    dealt round-robin into :data:`PREDICTION_FOLDS` folds, the rest get -1 (not in the prediction sample)."""
+    idx = np.arange(n_rows)
+    return np.where(idx < per_region, idx % PREDICTION_FOLDS, -1)
+
+
+def _accumulate_folds(out: CcaMoments, X: np.ndarray, C: sp.csr_matrix, region: np.ndarray, folds: np.ndarray,
+                      w: np.ndarray) -> None:
+    """Add the rows with a fold (>= 0) to ``out``'s per-fold sums of their region."""
+    if folds.shape != (X.shape[0],):
+        raise ValueError(f"folds must be ({X.shape[0]},), got {folds.shape}")
+    for r, f in {(int(a), int(b)) for a, b in zip(region[folds >= 0], folds[folds >= 0])}:
+        rows = np.flatnonzero((region == r) & (folds == f))
+        Xr, wr, Cr = X[rows], w[rows], C[rows]
+        out.fold_n[r, f] += wr.sum()
+        out.fold_sx[r, f] += wr @ Xr
+        out.fold_sc[r, f] += Cr.T @ wr
+        out.fold_sxx[r, f] += (Xr * wr[:, None]).T @ Xr
+        out.fold_sxc[r, f] += (Cr.T @ (Xr * wr[:, None])).T
+        out.fold_scc[r, f] += np.asarray(Cr.multiply(Cr).T @ wr).ravel()
 
 
 def as_csr(C: Any, n_rows: int | None = None) -> sp.csr_matrix:
@@ -368,7 +418,8 @@ def accumulate(X: np.ndarray, C: Any, region: np.ndarray, weights: np.ndarray | 
 
 
 def accumulate_cca(X: np.ndarray, C: Any, region: np.ndarray, n_regions: int,
-                   weight: np.ndarray | None = None, all_videos: bool = False) -> CcaMoments:
+                   weight: np.ndarray | None = None, all_videos: bool = False,
+                   folds: np.ndarray | None = None) -> CcaMoments:
     """Per-region sums, including the full context cross-product matrix, for the CCA.
 
     Parameters
@@ -382,6 +433,8 @@ def accumulate_cca(X: np.ndarray, C: Any, region: np.ndarray, n_regions: int,
     all_videos : bool
         False: fill the (balanced-sample) sums ``n, sx, ...``. True: fill the ``*_all`` sums instead (the rows are
         all videos of their region; see :class:`CcaMoments`).
+    folds : ndarray of int, shape (n,), optional
+        Cross-validation fold of each row (:func:`prediction_folds`; -1: none): fills the ``fold_*`` sums.
 
     Returns
     -------
@@ -399,6 +452,8 @@ def accumulate_cca(X: np.ndarray, C: Any, region: np.ndarray, n_regions: int,
         return out
     o_n, o_sx, o_sc, o_sxx, o_sxc, o_scc = (getattr(out, f) for f in (
         CcaMoments._ALL_FIELDS if all_videos else CcaMoments._SAMPLE_FIELDS))
+    if folds is not None:
+        _accumulate_folds(out, X, C, region, np.asarray(folds, dtype=np.int64), w)
     order, bounds = _region_blocks(region, n_regions)
     X, w, C = X[order], w[order], C[order]
     for r in range(n_regions):

@@ -41,6 +41,7 @@ from cxatlas.core.settings import AnalyzeSettings, IncrementalSettings
 from cxatlas.core.tables import TableStore
 from cxatlas.stages.analyze.sums import Inputs, combined_partials, local_partials, prepare_input
 from cxatlas.stats import CcaMoments, Moments, accumulate_cca
+from cxatlas.stats.moments import prediction_folds
 from cxatlas.udfs.moments import KIND_CANDIDATES, GeobinSums, SampleRows, assemble
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def sums_key(sel: Selection, settings: AnalyzeSettings) -> str:
     """Hash of everything the stored sums depend on (the inputs chosen and the heavy pass's settings), so sums made
     under other settings are never reused."""
     heavy = dict(replicates=settings.replicates, seed=settings.seed, occur_threshold=settings.occur_threshold,
-                 cca=dataclasses.asdict(settings.cca))
+                 cca=dataclasses.asdict(settings.cca), prediction_per_region=settings.prediction_per_region)
     text = json.dumps(dict(sel=dataclasses.asdict(sel), heavy=heavy), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -82,14 +83,16 @@ class SumsState:
     candidates: list[SampleRows | None] | None  # per region (subsample mode); None when reweighting
     cuts: list[int] | None                   # per region: candidates hold every video with key <= cut (NO_CUT: all)
 
-    def sums(self, k: int) -> tuple[Moments, CcaMoments, GeobinSums]:
+    def sums(self, k: int, prediction_per_region: int = 0) -> tuple[Moments, CcaMoments, GeobinSums]:
         """The sums the statistics need: the CCA sums of each region's sample (bottom k of its candidates) added to
-        the additive part."""
+        the additive part, with the per-fold sums of its first ``prediction_per_region`` videos (as the full pass
+        forms them in :func:`cxatlas.udfs.moments.combine_partials`)."""
         cm = self.cca.copy()
         for r, cand in enumerate(self.candidates or []):
             if cand is not None and len(cand):
                 rows = cand.bottom(k)
-                cm += accumulate_cca(rows.X, rows.C, np.full(len(rows), r, dtype=np.int64), len(REGION_IDS))
+                cm += accumulate_cca(rows.X, rows.C, np.full(len(rows), r, dtype=np.int64), len(REGION_IDS),
+                                     folds=prediction_folds(len(rows), prediction_per_region))
         return self.moments, cm, _occupied(self.geobins)
 
     @property
@@ -325,7 +328,7 @@ def current_sums(store: TableStore, inputs: Inputs, sel: Selection, settings: An
         log.info("statistics: %s (%s)", info["mode"], info["reason"])
     if info["mode"] != "current":  # unchanged sums are not written again
         save_state(store, key, new, run_id)
-    m, cm, geo = new.sums(settings.cca.per_region)
+    m, cm, geo = new.sums(settings.cca.per_region, settings.prediction_per_region)
     return m, cm, geo, info
 
 

@@ -23,7 +23,8 @@ from cxatlas.stats import (CcaMoments, Moments, analysed_contexts, balanced_cova
                            bootstrap_summary, cca_fit, context_expression_correlations, context_variates,
                            dims_positive_everywhere, expression_variates, fisher_mean, fit_on_one_region,
                            geobin_variance_share, leave_one_region_out, prevalence, region_similarity_batched,
-                           region_vs_world_batched, signed_rank_tests, structure_correlations, variate_tracking)
+                           region_vs_world_batched, signed_rank_tests, structure_correlations, tenfold_prediction_r,
+                           variate_tracking)
 from cxatlas.udfs.moments import GeobinSums
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,13 @@ def compute_results(m: Moments, cm: CcaMoments, geobins: GeobinSums, expr_column
     geo = pd.DataFrame(columns=GEOBIN_COLUMNS)
     if Ka >= 1 and Rp >= 1:
         cm_a = cm.select_contexts(keep)
+        if cm_a.fold_n.sum() > 0:
+            pred_r, pred_n = tenfold_prediction_r(cm_a)
+            headline.append(hl.row(
+                "context_prediction_r", pred_r,
+                detail=f"tenfold OLS of the {Ka} analysed contexts on the {E} expressions over {pred_n} videos (the "
+                       "first analyze.prediction_per_region of each region's balanced sample); out-of-fold "
+                       "predictions and annotations centred per context, r pooled over (video, context) pairs"))
         equal_mass = settings.cca.balance == "reweight"
         sample_regions = np.flatnonzero(cm_a.n > 0)
         if sample_regions.size >= 2:

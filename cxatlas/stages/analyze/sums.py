@@ -4,6 +4,7 @@ Only small partial sums reach the driver; see :mod:`cxatlas.udfs.moments` for th
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -219,7 +220,8 @@ def combined_partials(prepared, expr_columns: Sequence[str], labels: Sequence[st
     """The heavy pass itself: ``(kind, key, payload)`` rows, one per (kind, key), combined on the executors."""
     task = moments_pass(expr_columns, labels, settings, cca_per_region, emit_candidates)
     partials = prepared.coalesce(settings.partitions).mapInArrow(task, PARTIAL_SCHEMA)
-    combined = partials.groupBy("kind", "key").applyInPandas(combine_partials, PARTIAL_SCHEMA)
+    combine = functools.partial(combine_partials, prediction_per_region=settings.prediction_per_region)
+    combined = partials.groupBy("kind", "key").applyInPandas(combine, PARTIAL_SCHEMA)
     return [(r["kind"], int(r["key"]), bytes(r["payload"])) for r in combined.collect()]
 
 
@@ -234,5 +236,6 @@ def local_partials(rows, expr_columns: Sequence[str], labels: Sequence[str], set
     if not out:
         return []
     partials = pd.concat(out, ignore_index=True)
-    combined = [combine_partials(group) for _, group in partials.groupby(["kind", "key"], sort=True)]
+    combined = [combine_partials(group, settings.prediction_per_region)
+                for _, group in partials.groupby(["kind", "key"], sort=True)]
     return [(str(k), int(key), bytes(p)) for df in combined for k, key, p in df.itertuples(index=False)]
