@@ -87,6 +87,46 @@ def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_reasons(args: argparse.Namespace, cfg: Config) -> int:
+    """``cxatlas reasons``: the quarantine reason catalogue (``cxatlas.core.reasons``): code, stage, meaning and what
+    the user does; ``--update-readme FILE`` rewrites the README's generated tables from it instead."""
+    from cxatlas.core import reasons as r
+
+    if args.update_readme:
+        with open(args.update_readme, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            new = r.render_readme(text)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if new != text:
+            with open(args.update_readme, "w", encoding="utf-8") as f:
+                f.write(new)
+        print(f"{args.update_readme}: reason tables {'rewritten' if new != text else 'already current'}")
+        return 0
+    stages = [args.stage] if args.stage else list(r.STAGES)
+    if args.format == "markdown":
+        print("\n\n".join(f"{r.STAGE_TITLES[s]}\n\n{r.markdown_table(s)}" for s in stages))
+        return 0
+    rows = [(x.code, x.stage, x.meaning, x.action) for s in stages for x in r.reasons(s)]
+    if args.format == "json":
+        print(json.dumps([dict(zip(("code", "stage", "meaning", "action"), row)) for row in rows], indent=1))
+    elif args.format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(("code", "stage", "meaning", "action"))
+        writer.writerows(rows)
+    else:
+        for s in stages:
+            print(f"{r.STAGE_TITLES[s]}".replace("`", ""))
+            width = max(len(x.code) for x in r.reasons(s))
+            for x in r.reasons(s):
+                print(f"  {x.code:<{width}}  {x.meaning}\n  {'':<{width}}  -> {x.action}".replace("`", ""))
+            print()
+    return 0
+
+
 # -- pipeline stages -------------------------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace, cfg: Config) -> int:
     from cxatlas.stages.ingest import run_ingest

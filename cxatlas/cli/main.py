@@ -250,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["show"])
     p.add_argument("key", nargs="?", help="one setting or a section, e.g. annotate.video (default: all)")
 
+    p = add("reasons", c.cmd_reasons, "The quarantine reason catalogue: every reason ingest, import, annotate and "
+                                      "train write to the quarantine table, what it means and what you do.")
+    p.add_argument("--stage", choices=["ingest", "import", "annotate", "train"], help="one stage only")
+    p.add_argument("--format", choices=[*c.FORMATS, "markdown"], default="table", help="how it prints (default "
+                                                                                       "table)")
+    p.add_argument("--update-readme", metavar="FILE", help="rewrite the generated reason tables of FILE (the "
+                                                           "README) between their markers instead of printing")
+
     p = add("history", c.cmd_history, "Show a table's Delta commit history.")
     p.add_argument("table")
 
