@@ -51,10 +51,7 @@ def contexts_positive_everywhere(pcorr: np.ndarray) -> tuple[np.ndarray, np.ndar
     counted : ndarray of int, shape (B1,)
         Contexts counted overall.
     """
-    pcorr = np.asarray(pcorr, dtype=np.float64)
-    if pcorr.ndim != 4:
-        raise ValueError(f"pcorr must be (B1, R, K, E), got {pcorr.shape}")
-    finite = np.all(np.isfinite(pcorr), axis=1)                         # (B1, K, E)
+    pcorr, finite = _finite_in_every_region(pcorr)
     with np.errstate(invalid="ignore"):
         positive = finite & np.all(pcorr > 0, axis=1)                   # (B1, K, E): the red rectangles
     counted_ctx = finite.any(axis=2)                                     # (B1, K)
@@ -65,6 +62,15 @@ def contexts_positive_everywhere(pcorr: np.ndarray) -> tuple[np.ndarray, np.ndar
         overall = np.where(counted > 0, hits / np.maximum(counted, 1), np.nan)
         per_expr = np.where(per_counted > 0, positive.sum(axis=1) / np.maximum(per_counted, 1), np.nan)
     return overall, per_expr, counted
+
+
+def _finite_in_every_region(pcorr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pcorr`` (B1, R, K, E) as float64, and whether each (replicate, context, expression) cell is finite in every
+    region (B1, K, E)."""
+    pcorr = np.asarray(pcorr, dtype=np.float64)
+    if pcorr.ndim != 4:
+        raise ValueError(f"pcorr must be (B1, R, K, E), got {pcorr.shape}")
+    return pcorr, np.all(np.isfinite(pcorr), axis=1)
 
 
 def cells_same_sign_everywhere(pcorr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,10 +93,7 @@ def cells_same_sign_everywhere(pcorr: np.ndarray) -> tuple[np.ndarray, np.ndarra
     counted : ndarray of int, shape (B1, E)
         Contexts counted per expression.
     """
-    pcorr = np.asarray(pcorr, dtype=np.float64)
-    if pcorr.ndim != 4:
-        raise ValueError(f"pcorr must be (B1, R, K, E), got {pcorr.shape}")
-    finite = np.all(np.isfinite(pcorr), axis=1)                         # (B1, K, E)
+    pcorr, finite = _finite_in_every_region(pcorr)
     with np.errstate(invalid="ignore"):
         agree = finite & (np.all(pcorr > 0, axis=1) | np.all(pcorr < 0, axis=1))
     counted = finite.sum(axis=1)                                         # (B1, E)
