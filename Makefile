@@ -20,11 +20,12 @@ AIRFLOW_VENV  ?= .airflow-venv
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 AIRFLOW_PIN   := apache-airflow==2.10.5
 
-.PHONY: install jars airflow-venv demo test test-fast dist bench clean
+.PHONY: install jars sqlguard airflow-venv demo test test-fast dist bench clean
 
-$(STAMP): requirements.txt requirements-nodeps.txt constraints.txt setup.py
+$(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt constraints.txt pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -r requirements.txt -c constraints.txt
+	# What the package imports (requirements.txt) and what only tests import (requirements-dev.txt), at the pins.
+	$(PIP) install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	# Stale pins in these packages' metadata would downgrade the stack above, so they go in without dependencies.
 	$(PIP) install -q --no-deps -r requirements-nodeps.txt
 	$(PIP) install -q --no-deps -e .

@@ -75,7 +75,7 @@ def kernel_env(demo, tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def kernel_specs(tmp_path_factory) -> Path:
-    """A kernel spec for this venv's Python (ipykernel is in requirements.txt), in a folder of its own: whatever
+    """A kernel spec for this venv's Python (ipykernel is in requirements-dev.txt), in a folder of its own: whatever
     kernels the machine has installed, the notebooks run on the project's stack."""
     folder = tmp_path_factory.mktemp("kernels")
     (folder / "cxatlas-venv").mkdir()
