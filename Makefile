@@ -20,7 +20,7 @@ AIRFLOW_VENV  ?= .airflow-venv
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 AIRFLOW_PIN   := apache-airflow==2.10.5
 
-.PHONY: install jars sqlguard airflow-venv demo test test-fast dist bench clean
+.PHONY: install jars airflow-venv demo test test-fast dist bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt constraints.txt pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
