@@ -44,14 +44,14 @@ def test_sql_file_with_several_statements_and_csv_output(spark, cfg, store, tmp_
     assert capsys.readouterr().out.strip() == '{"a":1}'
 
 
+# Only the JVM's own module notice is filtered in Python; log4j's lines are silenced by conf/log4j2.properties
+# (tests/test_logging.py runs a real command), so a log4j line that reaches the pipe is passed on.
 @pytest.mark.parametrize("line, hidden", [
     ("WARNING: Using incubator modules: jdk.incubator.vector", True),
-    ("Using Spark's default log4j profile: org/apache/spark/log4j2-defaults.properties", True),
-    ("26/12/01 14:02:43 WARN Utils: Your hostname, vm, resolves to a loopback address: 127.0.0.1", True),
-    ("26/12/01 14:02:49 WARN NativeCodeLoader: Unable to load native-hadoop library for your platform", True),
-    ("26/12/01 14:29:13 WARN ObjectStore: Failed to get database default, returning NoSuchObjectException", True),
+    ("Using Spark's default log4j profile: org/apache/spark/log4j2-defaults.properties", False),
+    ("26/12/01 14:02:43 WARN Utils: Your hostname, vm, resolves to a loopback address: 127.0.0.1", False),
     ("26/12/01 14:29:18 WARN HiveExternalCatalog: Couldn't find corresponding Hive SerDe for data source provider "
-     "delta. Persisting data source table", True),
+     "delta. Persisting data source table", False),
     ("26/12/01 14:02:49 WARN TaskSetManager: Lost task 0.0 in stage 3.0", False),
     ("26/12/01 14:02:49 WARN HiveExternalCatalog: something else", False),
     ("cxatlas ingest: error: manifest not found", False),

@@ -2,7 +2,8 @@
 
 Common options (before or after the subcommand): ``--conf FILE`` (an overlay over the packaged defaults; default
 ``$CXATLAS_CONF``), ``--data DIR`` (data root; default ``$CXATLAS_DATA`` or ``./data``), ``--set key.path=value``
-(repeatable; any setting), ``-v`` for debug logging.
+(repeatable; any setting), ``-v``/``--verbose`` and ``-q``/``--quiet`` (the same for every command; see
+:func:`setup_logging`).
 
 The exit contract (every command; README "Exit codes"): 0 = did what was asked (quarantined rows are data,
 reported); 1 = failed: one line on stderr says why, what this process committed, and names the log file under the
@@ -12,6 +13,7 @@ data root holding the full trace; 2 = refused before touching any table (bad inp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -24,6 +26,7 @@ from cxatlas.cli.demo import cmd_demo
 from cxatlas.cli.quiet import quiet_spark_startup
 from cxatlas.core.config import Config, load_config
 from cxatlas.core.errors import EXIT_FAILED, EXIT_USAGE, UserError
+from cxatlas.core.spark import LOG_LEVEL_ENV
 
 log = logging.getLogger("cxatlas")
 QUIET_LOGGERS = ("py4j", "matplotlib", "PIL", "urllib3", "filelock", "sentence_transformers")
@@ -39,7 +42,10 @@ def _common(overrides_dest: str = "overrides") -> argparse.ArgumentParser:
                                                                   "(default: $CXATLAS_DATA or data_root in the config)")
     common.add_argument("--set", dest=overrides_dest, action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
                         help="override any setting, e.g. --set ingest.partitions=64 (repeatable)")
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="more: Python debug logging, the JVM's INFO lines, and a failure's trace on stderr")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="less: only warnings and errors (Python), errors (JVM); summaries still print")
     return common
 
 
@@ -276,11 +282,27 @@ def config_from_args(args: argparse.Namespace) -> Config:
                                   *(getattr(args, "overrides", None) or ())])
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+def setup_logging(verbose: bool, quiet: bool = False) -> None:
+    """The one place logging is configured, the same for every command: Python's root logger (DEBUG with ``-v``,
+    WARNING with ``-q``, else INFO) and the JVM's level, which ``cxatlas.core.spark`` reads from
+    ``$CXATLAS_LOG_LEVEL`` (:func:`main` sets INFO for ``-v``, ERROR for ``-q``; else ``spark.log_level``) for the
+    packaged log4j2.properties."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger().setLevel(level)
     for noisy in QUIET_LOGGERS:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+@contextlib.contextmanager
+def _restore_env(name: str, value: str | None):
+    try:
+        yield
+    finally:
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def one_line(exc: BaseException) -> str:
@@ -332,11 +354,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cxatlas.core.tables import commits_made
 
     args = build_parser().parse_args(argv)
-    verbose = getattr(args, "verbose", False)
-    setup_logging(verbose)
+    verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
+    setup_logging(verbose, quiet)
+    jvm_level = "INFO" if verbose else "ERROR" if quiet else None
+    saved_level = os.environ.get(LOG_LEVEL_ENV)
+    if jvm_level:  # for this command only: main() also runs in-process (tests, notebooks)
+        os.environ[LOG_LEVEL_ENV] = jvm_level
     mark = len(commits_made())
     cfg = None
-    with quiet_spark_startup(enabled=not verbose):
+    with quiet_spark_startup(enabled=not verbose), _restore_env(LOG_LEVEL_ENV, saved_level):
         try:
             cfg = config_from_args(args)
             c.check_settings(args.command, cfg)

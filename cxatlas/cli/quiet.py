@@ -1,11 +1,10 @@
-"""Hide Spark's start-up chatter from the command line's stderr unless ``-v``.
+"""Hide the one line the JVM itself writes on every start, ``WARNING: Using incubator modules: jdk.incubator.vector``.
 
-Why at the file-descriptor level: the lines come from the JVM that pyspark launches as a child process (a JVM module
-note, log4j's "default profile" banner, the hostname and native-library WARNs), written straight to the inherited
-stderr, where neither Python logging nor ``sc.setLogLevel`` can reach them. The same holds for the Hive metastore
-client's notes when it opens the catalog. The CLI points fd 2 at a pipe for the duration of a command and forwards
-every line except those known notes, so real warnings and errors, from
-Python or the JVM, still reach the user.
+Everything else the JVM logs goes through log4j, configured by the packaged ``conf/log4j2.properties``
+(``cxatlas.core.spark``): at the default level it prints no start-up banner and no known-harmless note, so nothing
+else needs filtering. The incubator notice is printed by the JVM's module system before any logging exists (Spark
+adds ``--add-modules jdk.incubator.vector`` to its launch command), which no configuration reaches; the CLI points
+fd 2 at a pipe for the duration of a command and forwards every line but that one (``-v`` keeps it too).
 """
 from __future__ import annotations
 
@@ -16,16 +15,7 @@ import sys
 import threading
 from typing import Iterator
 
-STARTUP_NOTES = re.compile(
-    r"^(WARNING: Using incubator modules: |Using Spark's default log4j profile: |Setting default log level to |"
-    r"To adjust logging level use sc\.setLogLevel|"
-    r"\S+ \S+ WARN (Utils: (Your hostname|Set SPARK_LOCAL_IP)|NativeCodeLoader: Unable to load native-hadoop|"
-    # The Hive metastore client's notes when it opens or creates a metastore, and Delta tables it stores in Spark's
-    # own format (which is what we want: Hive itself cannot read Delta).
-    r"ObjectStore: (Version information not found|setMetaStoreSchemaVersion called|Failed to get database)|"
-    r"HiveConf: HiveConf of name \S+ does not exist|SessionState: METASTORE_FILTER_HOOK will be ignored|"
-    r"HiveExternalCatalog: Couldn't find corresponding Hive SerDe for data source provider delta|"
-    r"SparkStringUtils: Truncated the string representation of a plan))")
+STARTUP_NOTES = re.compile(r"^WARNING: Using incubator modules: ")
 
 
 def is_startup_note(line: str) -> bool:

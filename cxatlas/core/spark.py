@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from cxatlas.core.config import Config, join_uri
+from cxatlas.core.config import Config, join_uri, packaged_conf_dir
 from cxatlas.core.errors import UserError
 from cxatlas.core.metastore import MetastoreServer, ensure_server, metastore_conf, server_of
 
@@ -23,12 +23,34 @@ def local_jars(jars_dir: str | None) -> list[str]:
     return sorted(glob.glob(os.path.join(jars_dir, "*.jar"))) if jars_dir else []
 
 
+#: Environment variable the command line sets from ``-v``/``-q`` (INFO/ERROR); when unset, ``spark.log_level``.
+LOG_LEVEL_ENV = "CXATLAS_LOG_LEVEL"
+
+
+def log4j_config_path() -> str:
+    """The packaged log4j2 configuration (``cxatlas/conf/log4j2.properties``)."""
+    return str(packaged_conf_dir() / "log4j2.properties")
+
+
+def jvm_log_level(cfg: Config) -> str:
+    """The JVM's root log level: ``$CXATLAS_LOG_LEVEL`` (the command line's ``-v``/``-q``) or ``spark.log_level``."""
+    return (os.environ.get(LOG_LEVEL_ENV) or cfg.settings.spark.log_level).upper()
+
+
+def java_log_options(cfg: Config) -> str:
+    """The JVM options that make the driver and the executors log with the packaged log4j2.properties."""
+    return f"-Dlog4j2.configurationFile=file:{log4j_config_path()} -Dcxatlas.log.level={jvm_log_level(cfg).lower()}"
+
+
 def session_conf(cfg: Config, server: MetastoreServer | None = None) -> dict[str, str]:
-    """Everything the session is built with: ``spark.conf``, the local jars and the catalog settings (``server``:
-    the data root's metastore server; default: the one recorded under the data root)."""
+    """Everything the session is built with: ``spark.conf``, the local jars, the catalog settings (``server``:
+    the data root's metastore server; default: the one recorded under the data root) and the log4j2 configuration
+    (before any ``extraJavaOptions`` of ``spark.conf``, so the user's own options come last and win)."""
     s = cfg.settings
     conf = {key: (str(value).lower() if isinstance(value, bool) else str(value))
             for key, value in s.spark.conf.items() if value is not None}
+    for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+        conf[key] = " ".join(filter(None, [java_log_options(cfg), conf.get(key, "")]))
     jars = local_jars(s.spark.jars_dir)
     if jars:
         conf["spark.jars"] = ",".join([*jars, *filter(None, conf.get("spark.jars", "").split(","))])
@@ -69,7 +91,7 @@ def build_spark(cfg: Config, app_suffix: str = ""):
         if not existing.contains(key):
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(s.log_level)
+    spark.sparkContext.setLogLevel(jvm_log_level(cfg))
     require_delta(spark, s.jars_dir)
     return spark
 
