@@ -559,3 +559,29 @@ def test_stats_package_never_imports_pyspark():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(name.split(".")[0] in {"pyspark", "torch", "pandas"} for name in names), (path, names)
+
+
+def _bh_by_hand(p: np.ndarray) -> np.ndarray:
+    """The step-up formula bh_qvalues computed itself before it delegated to scipy (kept here as the reference)."""
+    p = np.asarray(p, dtype=np.float64)
+    flat, q = p.ravel(), np.full(p.size, np.nan)
+    ok = np.flatnonzero(np.isfinite(flat))
+    order = ok[np.argsort(flat[ok], kind="stable")]
+    scaled = flat[order] * ok.size / np.arange(1, ok.size + 1)
+    q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return q.reshape(p.shape)
+
+
+def test_bh_qvalues_delegate_to_scipy_with_unchanged_results():
+    rng = np.random.default_rng(26)
+    for shape in [(1,), (7,), (48,), (12, 16), (3, 5, 40)]:
+        p = rng.uniform(0, 1, shape) ** 3
+        p.ravel()[:: 5] = np.nan
+        p.ravel()[1:: 7] = p.ravel()[2:: 7][: p.ravel()[1:: 7].size]  # ties
+        np.testing.assert_allclose(cs.bh_qvalues(p), _bh_by_hand(p), rtol=1e-15, atol=0, equal_nan=True)
+    assert np.isnan(cs.bh_qvalues(np.full(3, np.nan))).all()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        cs.bh_qvalues(np.array([0.2, 1.5]))
+    import inspect
+
+    assert "false_discovery_control" in inspect.getsource(cs.bh_qvalues)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.stats
+from scipy.stats import false_discovery_control
 
 __all__ = ["signed_rank_tests", "bh_qvalues"]
 
@@ -51,6 +52,8 @@ def bh_qvalues(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg (1995) adjusted p-values (q-values), any shape, NaN entries ignored and kept NaN.
 
     ``q_(i) = min_{j >= i} p_(j) * m / j`` over the sorted finite p-values, clipped to 1, so q is monotone in p.
+    Computed by :func:`scipy.stats.false_discovery_control` (``method="bh"``) over the finite entries; this wrapper
+    adds what it lacks: any shape, NaN kept in place (the paper's tests over absent regions), one error message.
 
     Parameters
     ----------
@@ -70,7 +73,5 @@ def bh_qvalues(p: np.ndarray) -> np.ndarray:
         return q.reshape(p.shape)
     if np.any((flat[ok] < 0) | (flat[ok] > 1)):
         raise ValueError("p-values must lie in [0, 1]")
-    order = ok[np.argsort(flat[ok], kind="stable")]
-    scaled = flat[order] * m / np.arange(1, m + 1)
-    q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    q[ok] = false_discovery_control(flat[ok], method="bh")
     return q.reshape(p.shape)
