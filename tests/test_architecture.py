@@ -19,7 +19,7 @@ MAPPED = {"models": "cxatlas.models", "udfs": "cxatlas.udfs", "jobs": "cxatlas.j
 # Rank of each layer: a module may import its own layer or any lower rank, never a higher one.
 LAYERS = {
     "cxatlas.core": 0, "cxatlas.stats": 0, "cxatlas.conf": 0,
-    "cxatlas.media": 1, "cxatlas.models": 1,
+    "cxatlas.media": 1, "cxatlas.models": 1, "cxatlas.compat": 1,
     "cxatlas.udfs": 2,
     "cxatlas.stages": 3,
     "cxatlas.sim": 4,
@@ -28,7 +28,7 @@ LAYERS = {
 }
 # Layers that must stay free of each other although they share a rank or sit apart.
 FORBIDDEN = {"cxatlas.stats": ("cxatlas.",), "cxatlas.models": ("cxatlas.media", "cxatlas.udfs"),
-             "cxatlas.media": ("cxatlas.models",)}
+             "cxatlas.media": ("cxatlas.models",), "cxatlas.compat": ("cxatlas.media", "cxatlas.models")}
 
 
 def module_files() -> dict[str, Path]:

@@ -414,44 +414,6 @@ def test_masked_bce_is_torch_bce_over_rated_cells_in_float32():
     assert loss.dtype == torch.float32 and abs(float(loss) - float(expected)) < 0.02
 
 
-def test_petastorm_pool_reads_items_ventilated_between_its_end_checks():
-    """petastorm 0.13's thread pool ended a pass early when the ventilator handed out the last item between the
-    pool's two end-of-data checks (an empty shuffled epoch, seen in 2 of 18 here). The interleaving is made certain
-    with the real pool, worker thread and ventilator: the ventilation thread is not started, and the item is
-    ventilated at the moment the pool asks whether ventilation has completed. With the fix the item is read."""
-    from petastorm.workers_pool import EmptyResultError
-    from petastorm.workers_pool.thread_pool import ThreadPool
-    from petastorm.workers_pool.ventilator import ConcurrentVentilator
-    from petastorm.workers_pool.worker_base import WorkerBase
-
-    from cxatlas.stages.train import _fix_petastorm_end_of_data_race
-
-    class Echo(WorkerBase):
-        def process(self, value):
-            self.publish_func(value)
-
-    class LateVentilator(ConcurrentVentilator):
-        def start(self) -> None:
-            pass
-
-        def completed(self) -> bool:
-            if self._iterations_remaining:  # what the ventilation thread does, just after the workers were checked
-                self._ventilate_fn(**self._items_to_ventilate[0])
-                self._iterations_remaining = 0
-            return super().completed()
-
-    _fix_petastorm_end_of_data_race()
-    pool = ThreadPool(1)
-    pool.start(Echo, None, ventilator=LateVentilator(pool.ventilate, [{"value": 7}]))
-    try:
-        assert pool.get_results() == 7
-        with pytest.raises(EmptyResultError):
-            pool.get_results()
-    finally:
-        pool.stop()
-        pool.join()
-
-
 def test_train_refuses_bad_ratings_before_any_work(spark, tmp_path, capsys):
     cfg = make_config(tmp_path / "data")
     bad = tmp_path / "ratings.csv"

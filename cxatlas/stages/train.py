@@ -24,12 +24,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from cxatlas.compat import petastorm as petastorm_compat
 from cxatlas.core.config import Config, join_uri
 from cxatlas.core.errors import UserError
 from cxatlas.core.quarantine import to_quarantine_rows, write_quarantine
@@ -329,24 +328,6 @@ def petastorm_cache_url(cfg: Config) -> str:
     return root if "://" in root else "file://" + os.path.abspath(root)
 
 
-@contextmanager
-def _quiet_petastorm() -> Iterator[None]:
-    """petastorm 0.13 still uses pyarrow's legacy dataset API, which pyarrow 14 deprecates with a FutureWarning per
-    call, and logs at INFO that a plain Parquet cache has no petastorm metadata; neither says anything about this
-    run. Some warnings fire when its objects are collected, after this block: ``_quiet_petastorm_for_good``.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?$")
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*pyarrow.*")
-        yield
-
-
-def _quiet_petastorm_for_good() -> None:
-    """Process-wide: petastorm's own FutureWarnings and INFO chatter are dropped (it stays WARNING and up)."""
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?$")
-    logging.getLogger("petastorm").setLevel(logging.WARNING)
-
-
 def window_examples(crops, window: int, crop_size: int):
     """One row per window of a stimulus (a still is one window of one crop): ``window``, its crops' bytes in
     ``crop_index`` order zero-padded to ``window`` crops (a fixed shape, which petastorm batches need), ``length``,
@@ -362,36 +343,6 @@ def window_examples(crops, window: int, crop_size: int):
             .select("split", "targets", "length", padded.alias("window")))
 
 
-def _fix_petastorm_end_of_data_race() -> None:
-    """Process-wide, once: make petastorm 0.13's thread pool stop only at the real end of the data.
-
-    ``ThreadPool.get_results`` decides that the data has ended when every worker has finished what it was given and
-    then the ventilator says it has ventilated everything, two checks in that order. If the ventilator thread hands
-    out the last items between the two, both hold and the reader stops early: a pass over a one-row-group cache
-    came back empty in 2 of 18 shuffled epochs here, and the training loop saw an epoch of nothing. Once the
-    ventilator has completed no item is added any more, so checking the workers again after ``EmptyResultError``
-    is exact: still busy means the race happened, and reading goes on.
-    """
-    from petastorm.workers_pool import EmptyResultError
-    from petastorm.workers_pool.thread_pool import ThreadPool
-
-    original = ThreadPool.get_results
-    if getattr(original, "_cxatlas_fixed", False):
-        return
-
-    def get_results(self):
-        while True:
-            try:
-                return original(self)
-            except EmptyResultError:
-                stopped = getattr(self._ventilator, "_stop_requested", False)
-                if stopped or self.all_workers_done():
-                    raise
-
-    get_results._cxatlas_fixed = True
-    ThreadPool.get_results = get_results
-
-
 class PetastormFeed:
     """The training and held-out examples of one set at one table version, as petastorm torch loaders.
 
@@ -403,8 +354,8 @@ class PetastormFeed:
     """
 
     def __init__(self, spark, cfg: Config, store: TableStore, prepared: TrainingSet, input_spec, batch_size: int):
-        _quiet_petastorm_for_good()  # before the import: importing petastorm already warns
-        _fix_petastorm_end_of_data_race()
+        petastorm_compat.quiet_for_good()  # before the import: importing petastorm already warns
+        petastorm_compat.fix_end_of_data_race()
         from petastorm import TransformSpec
         from petastorm.spark import SparkDatasetConverter, make_spark_converter
         from pyspark.sql import functions as F
@@ -422,7 +373,7 @@ class PetastormFeed:
         self.transform = TransformSpec(decode, edit_fields=decode.fields,
                                        selected_fields=[name for name, *_ in decode.fields])
         examples = table if window is None else window_examples(table, window, t.crop_size)
-        with _quiet_petastorm():
+        with petastorm_compat.quiet():
             self.train = make_spark_converter(examples.filter(F.col("split") == "train").select(*decode.columns))
             self.heldout = make_spark_converter(examples.filter(F.col("split") == "heldout").select(*decode.columns))
         if len(self.train) == 0:
@@ -435,7 +386,7 @@ class PetastormFeed:
         if len(converter) == 0:
             return
         seen = 0
-        with _quiet_petastorm(), converter.make_torch_dataloader(
+        with petastorm_compat.quiet(), converter.make_torch_dataloader(
                 batch_size=self.batch_size, num_epochs=1, workers_count=self.workers,
                 shuffling_queue_capacity=self.shuffle if shuffle else 0, transform_spec=self.transform,
                 shuffle_row_groups=shuffle, seed=self.seed * 1_000 + epoch) as loader:
