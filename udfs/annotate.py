@@ -194,19 +194,34 @@ class AnnotateBatches:
         for video in videos:
             video.crops = []  # scored: the crops are dropped now
 
-    def _contexts(self, videos: list[_Video], models: AnnotationModels) -> list:
+    def _score_contexts(self, videos: list[_Video], models: AnnotationModels) -> dict[str, list]:
         from cxatlas.models.context import to_sparse
 
+        faulty = [v.video_id for v in videos if f"context:{v.video_id}" in self.settings.fault_video_ids]
+        if faulty:
+            raise RuntimeError(f"fault injected by annotate.fault_video_ids for {faulty}")
         s = self.settings.context
+        titles = [str(v.row.get("title") or "") for v in videos]
+        descriptions = [str(v.row.get("description") or "") for v in videos]
+        frames = [v.context_frames for v in videos] if s.mode != "text_only" else None
+        scores = models.context.score(titles, descriptions, videos=frames)
+        sparse = to_sparse(scores, models.labels, threshold=s.store_threshold, top_k=s.store_top_k)
+        return {v.video_id: [{"label": label, "score": float(score)} for label, score in pairs]
+                for v, pairs in zip(videos, sparse)}
+
+    def _contexts(self, videos: list[_Video], models: AnnotationModels) -> list:
+        """Score the batch's contexts in one pass; if that fails, isolate the failing video(s) as expression scoring
+        does: each is quarantined (``context_model_error``), the rest of the batch keeps its scores."""
         ok = [v for v in videos if v.status == ANNOTATED]
         out: dict[str, list] = {}
         if ok:
-            titles = [str(v.row.get("title") or "") for v in ok]
-            descriptions = [str(v.row.get("description") or "") for v in ok]
-            frames = [v.context_frames for v in ok] if s.mode != "text_only" else None
-            scores = models.context.score(titles, descriptions, videos=frames)
-            sparse = to_sparse(scores, models.labels, threshold=s.store_threshold, top_k=s.store_top_k)
-            for v, pairs in zip(ok, sparse):
-                out[v.video_id] = [{"label": label, "score": float(score)} for label, score in pairs]
+            try:
+                out = self._score_contexts(ok, models)
+            except Exception:  # noqa: BLE001 - retried one video at a time to find the culprit
+                for video in ok:
+                    try:
+                        out.update(self._score_contexts([video], models))
+                    except Exception as exc:  # noqa: BLE001
+                        video.quarantine("context_model_error", f"{type(exc).__name__}: {exc}")
         return [out.get(v.video_id) for v in videos]
 

@@ -292,6 +292,21 @@ def setup_logging(verbose: bool, quiet: bool = False) -> None:
     logging.getLogger().setLevel(level)
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        quiet_query_context_loggers()
+
+
+def quiet_query_context_loggers() -> None:
+    """pyspark logs every SQL/DataFrame analysis error it raises as a JSON record with the whole JVM stack (10 kB for
+    a misspelt table name) on stderr, before the caller can handle it. The command line reports each error itself
+    in one line (and the trace file), so those records are dropped; ``-v`` keeps them. The loggers must be pyspark's
+    own class (it passes extra keyword arguments), hence created through ``PySparkLogger.getLogger``."""
+    try:
+        from pyspark.logger import PySparkLogger
+    except ImportError:  # a pyspark without structured logging
+        return
+    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
 
 
 @contextlib.contextmanager
