@@ -20,7 +20,7 @@ AIRFLOW_VENV  ?= .airflow-venv
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 AIRFLOW_PIN   := apache-airflow==2.10.5
 
-.PHONY: install jars airflow-venv demo test test-fast dist bench clean
+.PHONY: install jars sqlguard airflow-venv demo test test-fast dist bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt constraints.txt pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,17 @@ $(JARS_STAMP): conf/jars.txt
 
 jars: $(JARS_STAMP)
 
-install: $(STAMP) $(JARS_STAMP)
+# The SQL guard of `cxatlas sql-server` (sqlguard/: a Spark SQL extension and the endpoint's password check, Java),
+# compiled with the machine's JDK and Maven against pip's pyspark jars, into .jars/ (never committed).
+SQLGUARD_JAR := $(JARS)/cxatlas-sqlguard.jar
+$(SQLGUARD_JAR): sqlguard/pom.xml $(wildcard sqlguard/src/main/java/cxatlas/sqlguard/*.java) $(STAMP)
+	mkdir -p $(JARS)
+	mvn -q -B -f sqlguard/pom.xml package $$($(PY) sqlguard/maven_args.py)
+	cp sqlguard/target/cxatlas-sqlguard.jar $@
+
+sqlguard: $(SQLGUARD_JAR)
+
+install: $(STAMP) $(JARS_STAMP) $(SQLGUARD_JAR)
 
 $(AIRFLOW_STAMP): constraints-airflow.txt
 	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)

@@ -371,7 +371,7 @@ def cmd_sql(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_sql_server(args: argparse.Namespace, cfg: Config) -> int:
     from cxatlas.core.sql_server import serve
 
-    return serve(cfg, args.host, args.port)
+    return serve(cfg, args.host, args.port, allow_writes=args.allow_writes)
 
 
 def cmd_metastore(args: argparse.Namespace, cfg: Config) -> int:

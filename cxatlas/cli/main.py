@@ -242,8 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("sql-server", c.cmd_sql_server, "Serve the catalog over JDBC/ODBC (Spark's Thrift server) for beeline, "
                                             "DBeaver, Superset or any Hive client; stops on SIGTERM or Ctrl-C.")
-    p.add_argument("--host", help="address to listen on (default sql_server.host, loopback)")
+    p.add_argument("--host", help="address to listen on (default sql_server.host, loopback; any other address "
+                                  "requires the data root's password, README Security)")
     p.add_argument("--port", type=int, help="port (default sql_server.port)")
+    p.add_argument("--allow-writes", action="store_true", default=None,
+                   help="also INSERT/UPDATE/DELETE/MERGE into existing cxatlas tables (default: read-only)")
 
     p = add("metastore", c.cmd_metastore, "The Derby network server that holds the catalog's metastore "
                                           "(catalog.metastore: derby-server): status, start or stop it.")

@@ -17,6 +17,14 @@ Starting is serialised by a file lock in the folder, so concurrent jobs of one d
 The folder is created readable by its owner only (0700) and the record is written 0600: it is where a per-data-root
 credential for the server (Derby authentication) belongs, next to the server it protects; ``MetastoreServer.user``
 and ``password_file`` are carried through to the JDBC settings when present (written by the server's owner).
+
+Only cxatlas reaches the metastore (issue #24): a server is started with Derby's BUILTIN authentication required
+(``derby.properties`` in its home, 0600), its one user ``APP`` (the schema the Hive tables live in) with a password
+generated for the data root (``metastore.password``, 0600, :func:`cxatlas.core.credentials.ensure_secret`), and the
+database is created by the server's owner before the server starts: the JDBC URL of the jobs never says
+``create=true``, and a client without the password opens nothing and creates nothing. The password reaches Spark as
+``javax.jdo.option.ConnectionPassword`` (redacted by Spark; ``cxatlas sql-server`` refuses to show it) and the
+shutdown command through a 0600 argument file, never on a command line.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
+from cxatlas.core.credentials import ensure_secret
 from cxatlas.core.errors import UserError
 from cxatlas.core.settings import CatalogSettings
 
@@ -42,6 +51,9 @@ CLIENT_DRIVER = "org.apache.derby.jdbc.ClientDriver"
 START_TIMEOUT_S = 120.0
 RECORD = "server.json"
 DATABASE = "metastore_db"
+USER = "APP"                          # Derby's default schema: where the Hive metastore's tables already live
+PASSWORD_FILE = "metastore.password"
+IJ_CLASS = "org.apache.derby.tools.ij"
 
 
 @dataclass(frozen=True)
@@ -162,6 +174,8 @@ def ensure_server(data_root: str, settings: CatalogSettings, jars_dir: str | Non
         recorded = read_record(home)
         if recorded is not None and recorded.alive():
             return recorded
+        password = _require_authentication(home)
+        _create_database(home, jars_dir, password)
         host = settings.derby_host
         port = settings.derby_port or _free_port(host)
         if settings.derby_port and is_listening(host, port):
@@ -185,9 +199,49 @@ def ensure_server(data_root: str, settings: CatalogSettings, jars_dir: str | Non
                                 f"{START_TIMEOUT_S:.0f}s; see {home / 'server.log'}")
             time.sleep(0.3)
         server = MetastoreServer(host, port, str(home), process.pid if process else None, time.time(),
-                                 started_now=True)
+                                 user=USER, password_file=str(home / PASSWORD_FILE), started_now=True)
         _write_record(server)
         return server
+
+
+def _require_authentication(home: Path) -> str:
+    """The data root's metastore password (generated on first use) and the server's ``derby.properties`` requiring
+    it; returns the password."""
+    password = ensure_secret(home / PASSWORD_FILE)
+    text = ("# Written by cxatlas (cxatlas/core/metastore.py): only the data root's owner opens this metastore.\n"
+            "derby.connection.requireAuthentication=true\nderby.authentication.provider=BUILTIN\n"
+            f"derby.user.{USER}={password}\n")
+    fd = os.open(home / "derby.properties", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return password
+
+
+def _run_java(home: Path, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    """``java`` with its arguments in a 0600 argument file (``java @file``): a password among them never shows in
+    the process list."""
+    argfile = home / f".java-args.{os.getpid()}"
+    fd = os.open(argfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("\n".join(f'"{a}"' if " " in a else a for a in args) + "\n")
+    try:
+        return subprocess.run(["java", f"@{argfile}"], input=stdin, check=False, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        argfile.unlink(missing_ok=True)
+
+
+def _create_database(home: Path, jars_dir: str | None, password: str) -> None:
+    """Create the data root's Derby database (embedded, before its server starts) when it does not exist yet, so
+    that no client ever has to ask the server to create one."""
+    if (home / DATABASE).exists():
+        return
+    done = _run_java(home, ["-cp", os.pathsep.join(derby_classpath(jars_dir)), f"-Dderby.system.home={home}",
+                            f"-Dderby.stream.error.file={home / 'derby.log'}", IJ_CLASS],
+                     stdin=f"connect 'jdbc:derby:{DATABASE};create=true;user={USER};password={password}';\nexit;\n")
+    if done.returncode != 0 or "ERROR" in done.stdout or not (home / DATABASE).exists():
+        raise UserError(f"could not create the metastore database in {home}: "
+                        f"{(done.stdout + done.stderr).replace(password, '***').strip()[-300:]}")
 
 
 def stop_server(data_root: str, settings: CatalogSettings, jars_dir: str | None) -> MetastoreServer | None:
@@ -196,8 +250,11 @@ def stop_server(data_root: str, settings: CatalogSettings, jars_dir: str | None)
     recorded = read_record(home)
     if recorded is None or not recorded.alive():
         return None
-    subprocess.run(["java", "-cp", os.pathsep.join(derby_classpath(jars_dir)), SERVER_CLASS, "shutdown", "-h",
-                    recorded.host, "-p", str(recorded.port)], check=False, capture_output=True, timeout=60)
+    args = ["-cp", os.pathsep.join(derby_classpath(jars_dir)), SERVER_CLASS, "shutdown", "-h", recorded.host, "-p",
+            str(recorded.port)]
+    if recorded.user and recorded.password_file:
+        args += ["-user", recorded.user, "-password", Path(recorded.password_file).read_text().strip()]
+    _run_java(home, args)
     deadline = time.time() + 30
     while recorded.listening() and time.time() < deadline:
         time.sleep(0.2)
@@ -216,7 +273,8 @@ def metastore_conf(data_root: str, settings: CatalogSettings, warehouse_path: st
     if settings.metastore == "derby-server":
         if server is None:
             raise UserError(f"the metastore server of {data_root} is not running (`cxatlas metastore start`)")
-        url = f"jdbc:derby://{server.host}:{server.port}/{database};create=true"
+        # A server with a credential serves a database its owner created: never ask it to create one.
+        url = f"jdbc:derby://{server.host}:{server.port}/{database}" + ("" if server.user else ";create=true")
         conf.update({"spark.hadoop.javax.jdo.option.ConnectionURL": url,
                      "spark.hadoop.javax.jdo.option.ConnectionDriverName": CLIENT_DRIVER})
         if server.user:
