@@ -151,7 +151,8 @@ def region_summary(session: Session, analysis_id: str) -> pd.DataFrame:
     return sql(session, """
         WITH rows AS (
           SELECT * FROM context_expression_correlations
-          WHERE analysis_id = :analysis_id AND r IS NOT NULL AND NOT isnan(r)),
+          WHERE analysis_id = :analysis_id AND r IS NOT NULL AND NOT isnan(r)
+            AND analysis_id IN (SELECT analysis_id FROM analyses)),  -- complete analyses only (the commit marker)
         contexts AS (SELECT region, count(DISTINCT context) AS contexts FROM rows GROUP BY region),
         strongest AS (
           SELECT region, context, expression, r, n_videos,

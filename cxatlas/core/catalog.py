@@ -8,14 +8,15 @@ metastore like the tables, so a new process (``cxatlas sql``, ``cxatlas sql-serv
   from ``video_expressions``' ``expr_*`` columns (recreated when a new model adds columns);
 * ``context_scores``: one row per (video, context model version, taxonomy, context), exploded from ``contexts``;
 * ``regions``: region id -> the paper's display name; and ``<result>_labelled`` views of the result tables with
-  display names next to region ids.
+  display names next to region ids, holding only the rows of complete analyses (those with an ``analyses`` row, the
+  commit marker ``cxatlas analyze`` writes last).
 """
 from __future__ import annotations
 
 from cxatlas.core.errors import UserError
 from cxatlas.core.regions import REGIONS
 from cxatlas.core.release_schemas import RELEASE_TABLES
-from cxatlas.core.result_schemas import (CONTEXT_EXPRESSION_CORRELATIONS, REGION_SIMILARITY, REGION_VS_WORLD,
+from cxatlas.core.result_schemas import (ANALYSES, CONTEXT_EXPRESSION_CORRELATIONS, REGION_SIMILARITY, REGION_VS_WORLD,
                                          RESULT_TABLES)
 from cxatlas.core.run_schemas import RUN_TABLES
 from cxatlas.core.schemas import CORE_TABLES, EXPR_PREFIX, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, TableSpec
@@ -71,11 +72,13 @@ def register_catalog(store: TableStore) -> list[str]:
     for spec, joins in ((CONTEXT_EXPRESSION_CORRELATIONS, (("region", "region_name"),)),
                         (REGION_VS_WORLD, (("region", "region_name"), ("best_match_region", "best_match_name"))),
                         (REGION_SIMILARITY, (("region_a", "region_a_name"), ("region_b", "region_b_name")))):
-        if spec.name not in present:
+        if spec.name not in present or ANALYSES.name not in present:
             continue
         selects = ", ".join(f"r{i}.region_name AS {alias}" for i, (_, alias) in enumerate(joins))
         froms = " ".join(f"LEFT JOIN {db}.regions r{i} ON t.{col} = r{i}.region" for i, (col, _) in enumerate(joins))
         spark.sql(f"CREATE OR REPLACE VIEW {db}.{spec.name}_labelled COMMENT '{spec.name} with the paper''s region "
-                  f"names' AS SELECT t.*, {selects} FROM {db}.{spec.name} t {froms}".replace("paper''s", "paper\\'s"))
+                  f"names' AS SELECT t.*, {selects} FROM {db}.{spec.name} t {froms} "
+                  f"WHERE t.analysis_id IN (SELECT analysis_id FROM {db}.{ANALYSES.name})"
+                  .replace("paper''s", "paper\\'s"))
         views.append(f"{db}.{spec.name}_labelled")
     return [*names, *views]

@@ -374,6 +374,7 @@ class FailuresSettings:
     systemic_min_inputs: PosInt
     not_failures: tuple[str, ...]
     log_dir: NonEmpty
+    unfinished_results_hours: NonNegFloat
 
 
 @dataclass(frozen=True)

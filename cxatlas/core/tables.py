@@ -264,12 +264,16 @@ class Table:
         self.create_if_missing()
         return self._commit("delete", lambda: self._delta().delete(condition))
 
-    def replace_where(self, df, condition: str) -> CommitResult:
+    def replace_where(self, df, condition: str, *, evolve_schema: bool = False) -> CommitResult:
         """Replace the rows matching a SQL ``condition`` by ``df`` in ONE commit (Delta's ``replaceWhere``): readers
-        see the old rows or the new ones, never a mix, and a writer killed before the commit changed nothing."""
+        see the old rows or the new ones, never a mix, and a writer killed before the commit changed nothing.
+        Nothing to write and nothing matching: no commit."""
         self._check_df(df, "replace")
         self.create_if_missing()
+        if df.limit(1).count() == 0 and self.read().filter(condition).limit(1).count() == 0:
+            return CommitResult(self.spec.name, None)
         writer = (df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+                  .option("mergeSchema", str(evolve_schema).lower())
                   .option("maxRecordsPerFile", self.store.target_file_rows))
         return self._commit("replace", lambda: writer.save(self.path))
 

@@ -56,7 +56,8 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
     Parameters
     ----------
     spark, cfg, store : the session, configuration and table store.
-    analysis_id : id of the analysis (default: UTC timestamp + random suffix); must be new.
+    analysis_id : id of the analysis (default: UTC timestamp + random suffix); must have no ``analyses`` row yet
+        (the id of a run killed before its ``analyses`` row may be reused: its invisible rows are replaced).
     settings : default ``cfg.settings.analyze`` (the ``analyze:`` section).
 
     Returns
@@ -90,9 +91,9 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
     report.expressions, report.n_contexts, report.expression_rows = list(expr_columns), len(labels), expr_rows
     log.info("analyze %s: expressions %s (%d columns), contexts %s / %s (%d labels), tables %s", analysis_id,
              expr_version, len(expr_columns), ctx_version, taxonomy, len(labels), versions)
-    prepared = prepare_input(inputs, expr_version, ctx_version, taxonomy, expr_columns, settings.cca.sample_seed,
     exclude = video_filter_labels(taxonomy, settings, cfg.settings.annotate.context)
     broadcast = expr_rows <= settings.broadcast_max_rows
+    prepared = prepare_input(inputs, expr_version, ctx_version, taxonomy, expr_columns, settings.cca.sample_seed,
                              broadcast=broadcast, exclude_labels=exclude, occur_threshold=settings.occur_threshold)
     if exclude:
         report.n_videos_filtered = prepare_input(
@@ -122,14 +123,19 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
                     settings.min_occurrences)
     t = stage("statistics", t)
 
+    only_this = "analysis_id = '" + analysis_id.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    analyses.create_if_missing()  # before any result row: the views join on it (README "Statistics")
     for spec, pdf in ((CONTEXT_EXPRESSION_CORRELATIONS, frames.correlations), (REGION_SIMILARITY, frames.similarity),
                       (REGION_VS_WORLD, frames.world), (CCA_HELDOUT, frames.cca_heldout),
                       (CCA_TESTS, frames.cca_tests), (GEOBIN_VARIATES, frames.geobins),
                       (SIGN_AGREEMENT, frames.sign_agreement), (CCA_LOADINGS, frames.cca_loadings),
                       (HEADLINE_NUMBERS, frames.headline)):
         table = store.table(spec).create_if_missing()
-        # evolve_schema: tables made by an older cxatlas gain the newer columns (their old rows read null there).
-        report.commits[spec.name] = table.append(_to_spark(spark, spec, pdf, analysis_id), evolve_schema=True)
+        # One commit per table that REPLACES this id's rows: rows left by a killed run of the same id (invisible,
+        # having no analyses row) are replaced, never doubled. The analyses row below is the commit marker that
+        # every reader and view joins on. evolve_schema: tables made by an older cxatlas gain the newer columns.
+        report.commits[spec.name] = table.replace_where(_to_spark(spark, spec, pdf, analysis_id), only_this,
+                                                        evolve_schema=True)
     t = stage("write_tables", t)
 
     figures_dir = join_uri(cfg.data_root, settings.figures.dir, analysis_id)
@@ -149,6 +155,15 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
         input_versions=json.dumps(versions, sort_keys=True),
         result_versions=json.dumps({k: c.version for k, c in report.commits.items()}, sort_keys=True),
         figures_dir=figures_dir if report.figures else None, cxatlas_version=__version__)])
-    report.commits[ANALYSES.name] = analyses.create_if_missing().append(_to_spark(spark, ANALYSES, row, analysis_id))
+    # The commit marker: this row makes the result rows above visible. A MERGE on the id, so two runs of one id
+    # cannot both commit it (the loser writes no row and its command fails).
+    marker = _to_spark(spark, ANALYSES, row, analysis_id)
+    report.commits[ANALYSES.name] = analyses.create_if_missing().insert_new(marker, evolve_schema=True)
+    try:  # housekeeping: rows that killed or failed analyses left (invisible already) are deleted
+        from cxatlas.stages.analyze.unfinished import remove_unfinished
+
+        remove_unfinished(store, cfg.settings.failures.unfinished_results_hours, keep=analysis_id)
+    except Exception as exc:  # noqa: BLE001 - this analysis is committed; the next one tries again
+        log.warning("could not remove the rows of unfinished analyses (%s: %s)", type(exc).__name__, exc)
     log.info("analysis %s finished in %.1fs", analysis_id, report.seconds)
     return report

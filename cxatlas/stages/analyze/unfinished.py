@@ -1,0 +1,46 @@
+"""Result rows of unfinished analyses: invisible to every reader, and removed by a later analysis.
+
+An analysis commits one replace per result table, then its ``analyses`` row: that row is the commit marker every
+reader and view joins on (README "Statistics"). A run killed or failed in between leaves result rows without it. They
+are never shown, a rerun of the same id replaces them, and the next ``cxatlas analyze`` deletes those whose data files
+are older than ``failures.unfinished_results_hours`` (younger ones may belong to an analysis still running).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from cxatlas.core.result_schemas import ANALYSES, RESULT_TABLES
+from cxatlas.core.tables import TableStore
+
+log = logging.getLogger(__name__)
+
+
+def remove_unfinished(store: TableStore, older_than_hours: float, keep: str | None = None) -> dict[str, list[str]]:
+    """Delete the rows of analyses without an ``analyses`` row whose newest data file is older than
+    ``older_than_hours`` (never those of ``keep``, the running analysis). Returns {table: analysis ids removed}."""
+    from pyspark.sql import functions as F
+
+    spark = store.spark
+    analyses = store.table(ANALYSES)
+    finished = analyses.read().select("analysis_id") if analyses.exists() else \
+        spark.createDataFrame([], "analysis_id string")
+    cutoff = F.lit(time.time() - older_than_hours * 3600.0).cast("timestamp")
+    removed: dict[str, list[str]] = {}
+    for spec in RESULT_TABLES:
+        table = store.table(spec)
+        if spec is ANALYSES or not table.exists():
+            continue
+        stale = (table.read().select("analysis_id", F.col("_metadata.file_modification_time").alias("written"))
+                 .join(finished, "analysis_id", "left_anti").groupBy("analysis_id")
+                 .agg(F.max("written").alias("written")).filter(F.col("written") < cutoff))
+        if keep is not None:
+            stale = stale.filter(F.col("analysis_id") != keep)
+        ids = sorted(row["analysis_id"] for row in stale.select("analysis_id").collect())
+        if ids:
+            table.delete_matching(spark.createDataFrame([(i,) for i in ids], "analysis_id string"), ["analysis_id"])
+            removed[spec.name] = ids
+    if removed:
+        log.warning("removed the rows of unfinished analyses (no analyses row, older than %g h): %s",
+                    older_than_hours, removed)
+    return removed
