@@ -61,6 +61,7 @@ BAD_VALUES = [
     ("train.device", "tpu", "auto|cpu|cuda"),
     ("reprocess.max_videos", "0", "greater than or equal to 1"),
     ("failures.systemic_share", "1.5", "less than 1"),
+    ("failures.unfinished_results_hours", "-1", "greater than or equal to 0"),
     ("ingest.partitions", "many", "valid integer"),
 ]
 
@@ -297,3 +298,141 @@ def test_stopping_b_metastore_never_affects_a_job(own_metastores, tmp_path):
     assert done.returncode == 0
     message = explain_failure(a, RuntimeError("Connection refused"))
     assert message and a.data_root in message and "was stopped during the run" in message
+
+
+# -- atomic results: the analyses row is the commit marker -----------------------------------------------------------
+def test_a_killed_analysis_leaves_no_visible_rows_and_its_rerun_no_duplicates(spark, tmp_path, capsys):
+    import os
+    import signal
+
+    from cxatlas.core.catalog import register_catalog
+    from cxatlas.core.result_schemas import ANALYSES, CONTEXT_EXPRESSION_CORRELATIONS, RESULT_TABLES
+    from cxatlas.core.tables import TableStore
+    from cxatlas.sim.world import run_simulate
+    from cxatlas.stages.import_annotations import run_import
+
+    small = ("simulate.n_contexts=12", "analyze.replicates=3", "analyze.min_occurrences=5",
+             "analyze.figures.enabled=false", "analyze.cca.per_region=200")
+    cfg = make_config(tmp_path / "data", *small)
+    store = TableStore.from_config(spark, cfg)
+    run_import(spark, cfg, store, run_simulate(cfg, 2_000, str(tmp_path / "sim")).out, model_version="sim",
+               taxonomy="sim")
+    args = [*cli_args(cfg), *[x for kv in small for x in ("--set", kv)]]
+    first = Path(store.table(CONTEXT_EXPRESSION_CORRELATIONS).path.removeprefix("file:")) / "_delta_log" / \
+        f"{1:020d}.json"  # version 0 is the table's creation, 1 the first result rows
+    job = subprocess.Popen([sys.executable, "-m", "cxatlas.cli", *args, "analyze", "--analysis-id", "X"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 400
+    while not first.exists():
+        assert job.poll() is None and time.time() < deadline, job.stderr.read()[-3000:]
+        time.sleep(0.02)
+    os.killpg(job.pid, signal.SIGKILL)  # its first result table is committed, the analyses row is not
+    assert job.wait(timeout=60) == -signal.SIGKILL
+
+    def rows_of_x(spec):
+        return store.table(spec).read().filter("analysis_id = 'X'") if store.table(spec).exists() else None
+
+    assert rows_of_x(ANALYSES) is None or rows_of_x(ANALYSES).count() == 0
+    assert rows_of_x(CONTEXT_EXPRESSION_CORRELATIONS).count() > 0  # the torn state this test is about
+    register_catalog(store)
+    views = [f"{store.database}.{v}" for v in ("context_expression_correlations_labelled",
+                                                "region_similarity_labelled", "region_vs_world_labelled")]
+    views = [v for v in views if spark.catalog.tableExists(v)]  # those whose table the killed run had created
+    assert views and views[0].endswith("context_expression_correlations_labelled")
+    for view in views:
+        assert spark.sql(f"SELECT count(*) FROM {view} WHERE analysis_id = 'X'").first()[0] == 0
+    assert main([*args, "report", "X"]) == 2  # readers start from the analyses row: no analysis X
+
+    # Another unfinished analysis, Z, killed long ago (here: any age, failures.unfinished_results_hours=0).
+    from pyspark.sql import functions as F
+    store.table(CONTEXT_EXPRESSION_CORRELATIONS).append(
+        rows_of_x(CONTEXT_EXPRESSION_CORRELATIONS).withColumn("analysis_id", F.lit("Z")))
+
+    # The rerun of X replaces its invisible rows: exit 0, no key twice, and every row visible through the views;
+    # Z's rows are deleted by it.
+    assert main([*args, "--set", "failures.unfinished_results_hours=0", "analyze", "--analysis-id", "X"]) == 0
+    assert store.table(CONTEXT_EXPRESSION_CORRELATIONS).read().filter("analysis_id = 'Z'").count() == 0
+    for spec in RESULT_TABLES:
+        rows = rows_of_x(spec)
+        assert rows.count() == rows.dropDuplicates(list(spec.key)).count(), spec.name
+    ours = rows_of_x(CONTEXT_EXPRESSION_CORRELATIONS).count()
+    assert ours > 0 and spark.sql(f"SELECT count(*) FROM {store.database}.context_expression_correlations_labelled "
+                                  "WHERE analysis_id = 'X'").first()[0] == ours
+    capsys.readouterr()
+    assert main([*args, "analyze", "--analysis-id", "X"]) == 2  # a complete analysis is never rewritten
+    assert "already exists" in capsys.readouterr().err
+
+
+# -- missing values, failing videos, one-line errors -----------------------------------------------------------------
+def _faces(tmp_path: Path, n: int) -> list[str]:
+    from cxatlas.sim.media_corpus import feat_data_dir
+
+    photos = sorted(p for p in feat_data_dir().glob("*-ph.jpg"))[:n]
+    assert len(photos) == n
+    return [str(shutil.copy(p, tmp_path / p.name)) for p in photos]
+
+
+def test_non_finite_ratings_are_quarantined_and_a_label_without_ratings_refused(spark, tmp_path, capsys):
+    import numpy as np
+
+    from cxatlas.core.schemas import QUARANTINE
+    from cxatlas.core.tables import TableStore
+    from cxatlas.core.train_schemas import TRAINING_EXAMPLES
+    from cxatlas.stages.train import prepare_training_set
+
+    cfg = make_config(tmp_path / "data", "train.partitions=1", "train.windows_per_clip=1", "train.crops_per_window=1",
+                      "train.heldout_fraction=0.3")
+    store = TableStore.from_config(spark, cfg)
+    uris = _faces(tmp_path, 3)
+    rows = [dict(uri=u, country=c, joy=float(j), anger=float(a))
+            for u, j, a in zip(uris, (1, 4, 7), (6, 3, 1)) for c in ("US", "IN")]
+    ratings = tmp_path / "ratings.csv"  # Spark reads the literals NaN and Inf of a CSV as those doubles
+    pd.DataFrame(rows + [dict(uri=uris[0], country="US", joy="NaN", anger=2.0),  # one literal NaN among the ratings
+                         dict(uri=uris[1], country="IN", joy=3.0, anger="Inf")]).to_csv(ratings, index=False)
+
+    # A label nobody rated (every value missing or NaN) is refused before any table is touched: exit 2, one line.
+    empty = tmp_path / "empty.parquet"
+    pd.DataFrame(rows).assign(fear=[None, float("nan")] * (len(rows) // 2)).to_parquet(empty, index=False)
+    assert main(["train", "--model", "fer7", "--ratings", str(empty), *cli_args(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "['fear'] have no rating" in err and err.count("\n") == 1, err
+    assert not store.table(TRAINING_EXAMPLES).exists() and not store.table(QUARANTINE).exists()
+
+    prepared = prepare_training_set(spark, cfg, store, str(ratings), "nan-test")
+    assert prepared.rows_quarantined == {"non_finite_rating": 2}
+    assert "rating rows quarantined: 2 non_finite_rating" in "\n".join(prepared.lines())
+    q = store.table(QUARANTINE).read().filter("stage = 'train'").toPandas().sort_values("detail")
+    assert q["reason"].tolist() == ["non_finite_rating"] * 2
+    assert q["detail"].tolist() == ["not a finite number: anger", "not a finite number: joy"]
+    # Every stimulus rated by both countries keeps a finite target for every label (a NaN no longer poisons the
+    # country's min-max scaling of that label, which made it NaN for every stimulus).
+    targets = np.array(store.table(TRAINING_EXAMPLES).read().select("targets").toPandas()["targets"].tolist())
+    assert prepared.stimuli_with_crops >= 2 and targets.shape[1] == 4 and np.isfinite(targets).all(), targets
+
+
+def test_one_failing_video_in_context_scoring_is_quarantined_and_its_batch_goes_on(tmp_path):
+    from cxatlas.core.config import load_config
+    from cxatlas.sim.media_corpus import source_paths
+    from cxatlas.udfs.annotate import ANNOTATED, QUARANTINED, AnnotateBatches, load_models
+
+    settings = load_config(overrides=["annotate.video.max_windows=1", "annotate.fault_video_ids=[context:bad]"]) \
+        .settings.annotate
+    clip = str(source_paths()["single_face"])
+    batch = pd.DataFrame([dict(video_id=v, uri=clip, title="Wedding party", description="bride and groom")
+                          for v in ("a", "bad", "b")])
+    out = AnnotateBatches(settings).annotate(batch, load_models(settings, "cpu")).set_index("video_id")
+    assert out.loc["bad", "status"] == QUARANTINED and out.loc["bad", "reason"] == "context_model_error"
+    assert "fault injected" in out.loc["bad", "detail"] and out.loc["bad", "scores"] is None
+    for ok in ("a", "b"):
+        assert out.loc[ok, "status"] == ANNOTATED and out.loc[ok, "scores"] is not None
+        assert "Wedding" in [c["label"] for c in out.loc[ok, "contexts"]][:3]
+
+
+def test_sql_on_a_missing_table_is_one_line(tmp_path):
+    done = _cli("--data", str(tmp_path / "data"), "sql", "SELECT * FROM no_such_table")
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if " INFO " not in line]
+    # pyspark's own JSON record of the error (10 kB: the whole JVM stack) is not printed besides the one line.
+    assert len(errors) == 1 and errors[0].startswith("cxatlas sql: error: query failed: [TABLE_OR_VIEW_NOT_FOUND]"), \
+        done.stderr[:3000]
+    assert len(done.stderr) < 1000 and "stacktrace" not in done.stderr

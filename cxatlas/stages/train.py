@@ -140,6 +140,8 @@ class TrainingSet:
     heldout_stimuli: int
     reused: bool = False
     reasons: dict[str, int] = field(default_factory=dict)
+    #: rating rows quarantined before averaging, by reason (missing_uri, missing_country, non_finite_rating)
+    rows_quarantined: dict[str, int] = field(default_factory=dict)
 
     @property
     def target_labels(self) -> list[str]:
@@ -153,7 +155,9 @@ class TrainingSet:
                 f"  stimuli rated {self.stimuli} = with face crops {self.stimuli_with_crops} + quarantined "
                 f"{self.quarantined}  [{'reconciles' if self.reconciles else 'DOES NOT RECONCILE'}]",
                 f"  {self.crops} crops in training_examples version {self.version}; {self.heldout_stimuli} stimuli "
-                f"held out"]
+                f"held out"] + (["  rating rows quarantined: " + ", ".join(
+                    f"{n} {reason}" for reason, n in sorted(self.rows_quarantined.items()))]
+                    if self.rows_quarantined else [])
 
     @property
     def reconciles(self) -> bool:
@@ -179,6 +183,39 @@ def _split(seed: int, heldout_fraction: float, key: str = "stimulus_id"):
 
 class LeakingSplitError(RatingsError):
     """A split by group would put one group (a person) on both sides: refused before anything is written."""
+
+
+def _finite(column):
+    """A rating that is a number: not null, not NaN, not infinite."""
+    from pyspark.sql import functions as F
+
+    value = column.cast("double")
+    return value.isNotNull() & ~F.isnan(value) & (F.abs(value) != F.lit(float("inf")))
+
+
+def _non_finite(label: str):
+    """A rating given but not a number (NaN, +-inf): such a row is quarantined, never averaged. A null is a rating
+    not given (a country that did not rate that label), which the averages skip."""
+    return _label_col(label).isNotNull() & ~_finite(_label_col(label))
+
+
+def _label_col(label: str):
+    from pyspark.sql import functions as F
+
+    return F.col(f"`{label}`")
+
+
+def labels_without_ratings(ratings, labels: Sequence[str], ratings_path: str) -> None:
+    """Refuse (:class:`RatingsError`, before any table is touched) ratings where a label has no finite rating at all:
+    a model would train on nothing for it and ship its untrained outputs in the checkpoint. One aggregation."""
+    from pyspark.sql import functions as F
+
+    counts = ratings.select(*[F.count(F.when(_finite(_label_col(label)), 1)).alias(f"n{i}")
+                              for i, label in enumerate(labels)]).collect()[0]
+    empty = [label for i, label in enumerate(labels) if counts[f"n{i}"] == 0]
+    if empty:
+        raise RatingsError(f"ratings '{ratings_path}': label(s) {empty} have no rating (every value missing, NaN or "
+                           f"infinite); drop the column(s) or supply ratings")
 
 
 def group_split_check(spark, ratings, group_by: str, ratings_path: str) -> None:
@@ -214,6 +251,7 @@ def prepare_training_set(spark, cfg: Config, store: TableStore, ratings_path: st
 
     t = cfg.settings.train
     ratings, labels, ignored = read_ratings(spark, ratings_path, group_by)
+    labels_without_ratings(ratings, labels, ratings_path)
     if group_by:
         group_split_check(spark, ratings, group_by, ratings_path)
     if ignored:
@@ -240,9 +278,19 @@ def prepare_training_set(spark, cfg: Config, store: TableStore, ratings_path: st
     source = str(ratings_path)
     valid = (F.col(URI).isNotNull() & (F.trim(F.col(URI)) != "") & F.col(COUNTRY).isNotNull()
              & (F.trim(F.col(COUNTRY).cast("string")) != ""))
-    bad = ratings.filter(~valid)
-    n_bad = bad.count()
-    good = ratings.filter(valid).withColumn(COUNTRY, F.trim(F.col(COUNTRY).cast("string")))
+    non_finite = [_non_finite(label) for label in labels]
+    any_non_finite = non_finite[0]
+    for cond in non_finite[1:]:
+        any_non_finite = any_non_finite | cond
+    bad = (ratings.filter(~valid | any_non_finite)
+           .withColumn("_reason", F.when(F.col(URI).isNull() | (F.trim(F.col(URI)) == ""), "missing_uri")
+                       .when(F.col(COUNTRY).isNull() | (F.trim(F.col(COUNTRY).cast("string")) == ""),
+                             "missing_country").otherwise("non_finite_rating"))
+           .withColumn("_detail", F.concat(F.lit("not a finite number: "), F.concat_ws(", ", *[
+               F.when(cond, F.lit(label)) for label, cond in zip(labels, non_finite)]))))
+    rows_quarantined = {r["_reason"]: int(r["count"]) for r in bad.groupBy("_reason").count().collect()}
+    n_bad = sum(rows_quarantined.values())
+    good = ratings.filter(valid & ~any_non_finite).withColumn(COUNTRY, F.trim(F.col(COUNTRY).cast("string")))
     countries = sorted(r[0] for r in good.select(COUNTRY).distinct().collect())
     if not countries:
         raise RatingsError(f"ratings '{ratings_path}' have no row with both a uri and a country")
@@ -293,11 +341,10 @@ def prepare_training_set(spark, cfg: Config, store: TableStore, ratings_path: st
             run_id=run_id, video_id_col="stimulus_id")]
         if n_bad:
             rejects.append(to_quarantine_rows(
-                bad.withColumn("_reason", F.when(F.col(URI).isNull() | (F.trim(F.col(URI)) == ""), "missing_uri")
-                               .otherwise("missing_country"))
+                bad.withColumn("_detail", F.when(F.col("_reason") == "non_finite_rating", F.col("_detail")))
                 .withColumn("_row", F.to_json(F.struct(*[F.col(f"`{c}`") for c in ratings.columns])))
                 .withColumn("_from", F.lit(source)).withColumn("_id", F.lit(None).cast("string")),
-                stage=STAGE, reason_col="_reason", detail_col=None, source_row_col="_row", source_col="_from",
+                stage=STAGE, reason_col="_reason", detail_col="_detail", source_row_col="_row", source_col="_from",
                 run_id=run_id, video_id_col="_id"))
         all_rejects = rejects[0] if len(rejects) == 1 else rejects[0].unionByName(rejects[1])
         write_quarantine(store, all_rejects)
@@ -306,11 +353,12 @@ def prepare_training_set(spark, cfg: Config, store: TableStore, ratings_path: st
 
     reasons = {reason: n for (status, reason), n in counts.items() if status == QUARANTINED}
     if n_bad:
-        log.warning("ratings %s: %d rows without a uri or country quarantined", ratings_path, n_bad)
+        log.warning("ratings %s: %d rating rows quarantined (%s)", ratings_path, n_bad, rows_quarantined)
     n_cropped = counts.get((CROPPED, None), 0)
     n_stimuli = sum(counts.values())
     prepared = TrainingSet(set_id, examples.version(), list(labels), countries, source, int(content["n"]), n_stimuli,
-                           n_cropped, sum(reasons.values()), n_crops, heldout, reasons=reasons)
+                           n_cropped, sum(reasons.values()), n_crops, heldout, reasons=reasons,
+                           rows_quarantined=rows_quarantined)
     sets.insert_new(spark.createDataFrame(
         [(set_id, source, list(labels), countries, int(content["n"]), n_stimuli, n_cropped, prepared.quarantined,
           n_crops, heldout, json.dumps(settings, sort_keys=True), run_id)],
