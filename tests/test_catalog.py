@@ -18,7 +18,7 @@ from cxatlas.sim.world import run_simulate
 from cxatlas.stages.analyze import run_analyze
 from cxatlas.stages.import_annotations import run_import
 from cxatlas.stages.ingest import run_ingest
-from tests.conftest import make_config
+from tests.conftest import database_for, make_config
 from tests.test_ingest import PARIS, SAO_PAULO, SYDNEY, write_csv
 
 SUMMARY = re.compile(r"rows in (\d+) = new (\d+) \+ updated (\d+) \+ unchanged (\d+) \+ quarantined (\d+)\s+"
@@ -42,6 +42,12 @@ def beeline(port: int, sql: str) -> str:
 
 def manifest_rows(prefix: str, n: int, template=PARIS) -> list[dict]:
     return [dict(template, video_id=f"{prefix}{i}") for i in range(n)]
+
+
+def own(data: Path) -> list[str]:
+    """``--data`` and a catalog database of its own: the test run's processes share one metastore, whose database
+    'cxatlas' the SQL-endpoint test's data root holds."""
+    return ["--data", str(data), "--set", f"catalog.database={database_for(data)}"]
 
 
 def free_port() -> int:
@@ -109,10 +115,10 @@ def test_two_concurrent_ingests_neither_lose_nor_duplicate(tmp_path):
     data = tmp_path / "data"
     first = write_csv(tmp_path / "a.csv", manifest_rows("v", 60))                                 # v0..v59
     second = write_csv(tmp_path / "b.csv", manifest_rows("v", 90)[30:] + manifest_rows("w", 10))  # v30..v89, w*
-    init = cxatlas("--data", str(data), "ingest", "--manifest",
+    init = cxatlas(*own(data), "ingest", "--manifest",
                    write_csv(tmp_path / "seed.csv", [dict(SYDNEY, video_id="seed")]))
     assert init.returncode == 0, init.stderr[-3000:]
-    jobs = [subprocess.Popen([sys.executable, "-m", "cxatlas.cli", "--data", str(data), "ingest", "--manifest", m],
+    jobs = [subprocess.Popen([sys.executable, "-m", "cxatlas.cli", *own(data), "ingest", "--manifest", m],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for m in (first, second)]
     outputs = [job.communicate(timeout=600) for job in jobs]
     assert all(job.returncode == 0 for job in jobs), [err[-3000:] for _, err in outputs]
@@ -125,14 +131,14 @@ def test_two_concurrent_ingests_neither_lose_nor_duplicate(tmp_path):
 
 def test_writer_killed_mid_write_leaves_tables_readable_and_a_rerun_completes(tmp_path):
     data = tmp_path / "data"
-    seed = cxatlas("--data", str(data), "ingest", "--manifest",
+    seed = cxatlas(*own(data), "ingest", "--manifest",
                    write_csv(tmp_path / "seed.csv", manifest_rows("s", 3)))
     assert seed.returncode == 0, seed.stderr[-3000:]
     table = data / "tables" / "uploads"
     version = deltalake.DeltaTable(str(table)).version()
     files_before = set(table.rglob("*.parquet"))
     big = write_csv(tmp_path / "big.csv", manifest_rows("k", 10_000) + manifest_rows("b", 10_000, SAO_PAULO))
-    job = subprocess.Popen([sys.executable, "-m", "cxatlas.cli", "--data", str(data), "--set", "ingest.partitions=8",
+    job = subprocess.Popen([sys.executable, "-m", "cxatlas.cli", *own(data), "--set", "ingest.partitions=8",
                             "ingest", "--manifest", big], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
     deadline = time.time() + 400
@@ -147,12 +153,12 @@ def test_writer_killed_mid_write_leaves_tables_readable_and_a_rerun_completes(tm
         pytest.skip("the commit won the race against SIGKILL: nothing to check for a torn write this time")
     assert sorted(after.to_pandas()["video_id"]) == ["s0", "s1", "s2"]  # readable, at its previous version
 
-    rerun = cxatlas("--data", str(data), "ingest", "--manifest", big)
+    rerun = cxatlas(*own(data), "ingest", "--manifest", big)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     new = int(SUMMARY.search(rerun.stdout).group(2))
     ids = deltalake.DeltaTable(str(table)).to_pandas()["video_id"]
     assert new == 20_000 and ids.is_unique and len(ids) == 20_003
-    vacuum = cxatlas("--data", str(data), "vacuum", "uploads", "--retention-hours", "0")
+    vacuum = cxatlas(*own(data), "vacuum", "uploads", "--retention-hours", "0")
     assert vacuum.returncode == 0, vacuum.stderr[-3000:]
     assert not any(p.exists() for p in orphans)  # the dead job's files are gone, the table still reads
     assert len(deltalake.DeltaTable(str(table)).to_pandas()) == 20_003

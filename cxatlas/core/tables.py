@@ -138,6 +138,8 @@ class Table:
         if self.exists():
             self.register()
             return self
+        if self.spark.catalog.tableExists(self.name):  # the name is another location's: refused, naming both (else
+            self.register()                            # createIfNotExists would do nothing and say nothing)
         builder = DeltaTable.createIfNotExists(self.spark).tableName(self.name).location(self.path)
         builder = builder.addColumns(spark_schema(self.spec.schema))
         if self.spec.change_feed:
