@@ -38,7 +38,10 @@ from tests.cluster_harness import (RunningSubmit, StandaloneCluster, SubmitResul
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_DERBY_PORT = load_config().settings.catalog.derby_port  # the test run's own server (conftest's overlay)
+# The test run's own metastore server (conftest's overlay): its port, and the folder that records it, so a job
+# spark-submitted with --conf cluster.yaml (which replaces the overlay) reuses that server instead of starting its own.
+TEST_DERBY_PORT = load_config().settings.catalog.derby_port
+TEST_METASTORE_ROOT = load_config().settings.catalog.metastore_root
 JOBS = REPO / "jobs"
 CLUSTER_CONF = REPO / "conf" / "cluster.yaml"
 CORPUS_VIDEOS = 3  # few real videos: ingest does not open them, annotate decodes every one on 1-core executors
@@ -63,6 +66,8 @@ PLATFORM_OVERRIDES = (
     "spark.conf.spark.jars.packages=null",
     "catalog.metastore=derby-server",
     f"catalog.derby_port={TEST_DERBY_PORT}",
+    f"catalog.metastore_root={TEST_METASTORE_ROOT}",
+    "spark.log_level=INFO",  # executor logs keep their task lines: the tests read where tasks ran and were killed
     "spark.conf.spark.executor.resource.gpu.amount=null",  # no GPUs on the test machine
     "spark.conf.spark.task.resource.gpu.amount=null",
     "spark.conf.spark.executor.resource.gpu.discoveryScript=null",
@@ -101,8 +106,9 @@ def say(pytestconfig, text: str) -> None:
 
 
 def job_args(data_root: Path, *args: str, overrides: Sequence[str] = (), sized: bool = True) -> list[str]:
-    """A job's own arguments: cluster.yaml, a data root, the loopback overrides, then job-specific arguments."""
-    out = ["--conf", str(CLUSTER_CONF), "--data", str(data_root)]
+    """A job's own arguments: cluster.yaml, a data root with a catalog database of its own (the test run's metastore
+    serves every data root), the loopback overrides, then job-specific arguments."""
+    out = ["--conf", str(CLUSTER_CONF), "--data", str(data_root), "--set", f"catalog.database={database_for(data_root)}"]
     for item in (*(LOOPBACK_OVERRIDES if sized else (*PLATFORM_OVERRIDES, *SCALE_OVERRIDES)), *overrides):
         out += ["--set", item]
     return out + list(args)
