@@ -73,7 +73,7 @@ public final class SqlGuard extends AbstractFunction1<LogicalPlan, BoxedUnit> {
             "DeltaMergeInto", "DeleteFromTableCommand");
     static final List<String> EXPRESSION_PACKAGES = List.of(
             "org.apache.spark.sql.catalyst.expressions.", "org.apache.spark.sql.delta.",
-            "org.apache.spark.sql.catalyst.plans.logical.DeltaMergeInto");  // Delta's MERGE clauses live there
+            "org.apache.spark.sql.catalyst.plans.logical.DeltaMerge");  // Delta's MERGE clauses and actions live there
     static final Set<String> REFUSED_EXPRESSIONS = Set.of("CallMethodViaReflection");
 
     private final String database;
