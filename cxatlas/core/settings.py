@@ -491,11 +491,11 @@ def describe_validation_error(exc: ValidationError, data: Mapping[str, Any], sou
     if error.get("type") == "value_error" and isinstance(node, Mapping):  # a cross-field rule of a section
         return f"invalid settings '{key}' ({where}): {_allowed(error)}"
     value = node if node is not None or "input" not in error else error["input"]
+    if error.get("type") == "missing" and index:
+        return f"invalid setting {key}={value!r} ({where}): has too few items (item {index[0]} is missing)"
     item = f" (item {index[0]})" if index else ""
     return f"invalid setting {key}={value!r}{item} ({where}): {_allowed(error)}"
 
-    if error.get("type") == "missing" and index:
-        return f"invalid setting {key}={value!r} ({where}): has too few items (item {index[0]} is missing)"
 
 def build(cls: type, data: Mapping[str, Any], source: Any, path: str = "") -> Any:
     """Build settings class ``cls`` from ``data``: unknown and missing keys, then every value (types, ranges,
