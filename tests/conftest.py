@@ -95,10 +95,12 @@ def store(spark, cfg):
 # `make test` runs the suite on two pytest-xdist workers with `--dist loadfile` (a file's module fixtures are built
 # once, on one worker). With --no-loadscope-reorder workers take files in collection order, so the files that take
 # minutes go first: otherwise (xdist's default puts files with many tests first) one worker ends the run alone on
-# the longest files while the other idles. Measured durations, longest first.
-LONGEST_FILES_FIRST = ("test_cluster.py", "test_reprocess.py", "test_catalog.py", "test_analyze.py", "test_release.py",
-                       "test_notebooks.py", "test_train.py", "test_ingest.py", "test_incremental.py",
-                       "test_import_robustness.py", "test_annotate.py")
+# the longest files while the other idles. Measured durations, longest first (this session's new files by their
+# durations under load: run truth ~25 min, SQL security ~6 min, URI policy and metastore auth a few minutes).
+LONGEST_FILES_FIRST = ("test_cluster.py", "test_reprocess.py", "test_run_truth.py", "test_catalog.py", "test_analyze.py",
+                       "test_release.py", "test_sql_security.py", "test_notebooks.py", "test_train.py",
+                       "test_ingest.py", "test_incremental.py", "test_uri_policy.py", "test_metastore_auth.py",
+                       "test_logging.py", "test_import_robustness.py", "test_annotate.py")
 
 
 def pytest_collection_modifyitems(config, items):
