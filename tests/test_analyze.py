@@ -36,6 +36,7 @@ from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_LOADINGS, CC
                                          SIGN_AGREEMENT)
 from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
 from cxatlas.stats import accumulate, accumulate_cca, bootstrap_summary, partial_correlations, poisson_weights
+from cxatlas.stats.moments import prediction_folds
 from cxatlas.core.tables import TableStore
 from tests.conftest import make_config
 from tests.html_tables import number, report_tables
@@ -110,7 +111,13 @@ def _numpy_sums(mem, settings: AnalyzeSettings):
         thresholds.append(keys[settings.cca.per_region - 1] if keys.size >= settings.cca.per_region
                           else np.iinfo(np.int64).max)
     mask = mem["k"] <= np.array(thresholds)[mem["region"]]
-    cm = accumulate_cca(mem["X"][mask], mem["C"][mask], mem["region"][mask], R)
+    # Extended Data Fig. 7's folds: each region's sample in sample-key order, its first rows dealt round-robin.
+    folds = np.full(len(mask), -1, dtype=np.int64)
+    for r in range(R):
+        in_sample = np.flatnonzero(mask & (mem["region"] == r))
+        ordered = in_sample[np.argsort(mem["k"][in_sample], kind="stable")]
+        folds[ordered] = prediction_folds(len(ordered), settings.prediction_per_region)
+    cm = accumulate_cca(mem["X"][mask], mem["C"][mask], mem["region"][mask], R, folds=folds[mask])
     if settings.cca.fit_region_sample == "all":  # the one-region CCA's region: every video, in the *_all sums
         fit = mem["region"] == REGION_IDS.index(settings.cca.fit_region)
         cm += accumulate_cca(mem["X"][fit], mem["C"][fit], mem["region"][fit], R, all_videos=True)
