@@ -15,10 +15,13 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 # Apache Airflow for the schedule test (tests/test_schedules.py loads conf/schedules/'s DAG with Airflow's DagBag) lives
-# in a venv of its own: Airflow's pins (SQLAlchemy 1.4, Flask 2.2, ...) never touch .venv.
+# in a venv of its own: Airflow's pins (SQLAlchemy 1.4, Flask 2.2, ...) never touch .venv. The DAG's SparkSubmitOperator
+# comes from the Spark provider: 5.3.4 is its last release for Airflow 2.10 (5.4 needs Airflow 2.11, 6.x pyspark-client),
+# and constraints-airflow.txt holds its pyspark (and py4j) at the project's own pins of constraints.txt.
 AIRFLOW_VENV  ?= .airflow-venv
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 AIRFLOW_PIN   := apache-airflow==2.10.5
+AIRFLOW_SPARK_PIN := apache-airflow-providers-apache-spark==5.3.4
 
 .PHONY: install jars sqlguard airflow-venv demo test test-fast dist bench clean
 
@@ -54,7 +57,7 @@ install: $(STAMP) $(JARS_STAMP) $(SQLGUARD_JAR)
 
 $(AIRFLOW_STAMP): constraints-airflow.txt
 	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
-	$(AIRFLOW_VENV)/bin/pip install -q $(AIRFLOW_PIN) -c constraints-airflow.txt
+	$(AIRFLOW_VENV)/bin/pip install -q $(AIRFLOW_PIN) $(AIRFLOW_SPARK_PIN) -c constraints-airflow.txt
 	touch $(AIRFLOW_STAMP)
 
 airflow-venv: $(AIRFLOW_STAMP)

@@ -1,7 +1,9 @@
 """The shipped schedules of ``cxatlas reprocess`` (conf/schedules/): the Airflow DAG loaded by Airflow's own DagBag
-in its separate venv (``make airflow-venv``), the cron line run by bash with its real flock, and the Kubernetes
-CronJob parsed as YAML. All three must start ``jobs/reprocess.py`` of this checkout with ``conf/cluster.yaml`` and
-``--manifest-dir``, at the same daily time, never two at once."""
+in its separate venv (``make airflow-venv``: Airflow, apache-airflow-providers-apache-spark and the project's pyspark),
+its ``SparkSubmitOperator`` rendered and run by Airflow with a stand-in spark-submit, the cron line run by bash with
+its real flock, the systemd service and timer, and the Kubernetes CronJob parsed as YAML. All must start
+``jobs/reprocess.py`` of this checkout with ``conf/cluster.yaml`` and ``--manifest-dir``, at the same daily time,
+never two at once."""
 from __future__ import annotations
 
 import fcntl
@@ -9,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,14 +24,42 @@ SCHEDULES = ROOT / "conf" / "schedules"
 DAG_FILE = SCHEDULES / "airflow_cxatlas_reprocess.py"
 CRON_FILE = SCHEDULES / "cxatlas.cron"
 K8S_FILE = SCHEDULES / "k8s-cronjob.yaml"
+SERVICE_FILE = SCHEDULES / "cxatlas-reprocess.service"
+TIMER_FILE = SCHEDULES / "cxatlas-reprocess.timer"
 AIRFLOW_PY = ROOT / ".airflow-venv" / "bin" / "python"
 CHECKER = ROOT / "tests" / "airflow_dag_check.py"
 JOB_ARGS = ["jobs/reprocess.py", "--conf", "conf/cluster.yaml", "--manifest-dir"]
+#: The DAG's Airflow connection (type spark): where spark-submit submits to.
+CONN_ID = "cxatlas_spark"
+#: A standalone master in client mode, as the DAG's checks give the connection (JSON form of AIRFLOW_CONN_*).
+CONNECTION = {"AIRFLOW_CONN_CXATLAS_SPARK": json.dumps(
+    {"conn_type": "spark", "host": "spark://spark-master", "port": 7077, "extra": {"deploy-mode": "client"}})}
 
 
 def airflow_pin() -> str:
     """The Airflow version the Makefile installs into .airflow-venv."""
     return re.search(r"^AIRFLOW_PIN\s*:=\s*apache-airflow==(\S+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+
+
+def pins(path: str) -> dict[str, str]:
+    """name -> version of a constraints file's ``name==version`` lines."""
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / path).read_text(), re.M))
+
+
+def readme_job_command() -> list[str]:
+    """The command README's "Scheduled reprocessing" says to schedule on a cluster, from ``jobs/reprocess.py`` on:
+    ``jobs/reprocess.py --conf conf/cluster.yaml --manifest-dir DIR [--max-videos N]``."""
+    text = re.sub(r"\s+", " ", (ROOT / "README.md").read_text().split("### Scheduled reprocessing", 1)[1])
+    return re.search(r"`spark-submit (jobs/reprocess\.py [^`]+)`", text).group(1).split()
+
+
+def reprocess_parser_accepts(args: list[str]):
+    """The job's arguments as jobs/reprocess.py reads them: ``cxatlas reprocess``'s own argument parser."""
+    from cxatlas.cli.main import build_parser
+
+    parsed = build_parser().parse_args(["reprocess", *args])
+    assert parsed.command == "reprocess"
+    return parsed
 
 
 def check_dag(dag_file: Path, *args: str, env: dict[str, str] | None = None) -> dict:
@@ -39,14 +70,6 @@ def check_dag(dag_file: Path, *args: str, env: dict[str, str] | None = None) -> 
                           timeout=120, env={**os.environ, **(env or {})}, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
-
-
-def exec_argv(command: str) -> tuple[str, list[str]]:
-    """(the folder the command cd's into, the argv it execs) of the DAG's rendered one-line bash command."""
-    match = re.fullmatch(r"set -euo pipefail; cd (.+?) && exec (.+)", command)
-    assert match, command
-    (home,) = shlex.split(match.group(1))
-    return home, shlex.split(match.group(2))
 
 
 def cron_file() -> tuple[dict[str, str], list[str]]:
@@ -63,6 +86,24 @@ def cron_file() -> tuple[dict[str, str], list[str]]:
     return env, jobs
 
 
+def systemd_unit(path: Path) -> dict[str, dict[str, str]]:
+    """A systemd unit file's sections and settings; a key given more than once (Environment=) joins its values with
+    newlines, as systemd accumulates them."""
+    sections: dict[str, dict[str, str]] = {}
+    section = None
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        assert section is not None and _, f"{path.name}: {line!r} is not key=value inside a section"
+        section[key.strip()] = "\n".join(filter(None, [section.get(key.strip()), value.strip()]))
+    return sections
+
+
 def k8s_cronjob() -> dict:
     return yaml.safe_load(K8S_FILE.read_text())
 
@@ -76,7 +117,7 @@ def dag_report() -> dict:
     cron_expr = cron_file()[1][0].split()[:5]
     return check_dag(DAG_FILE, *[a for c in confs for a in ("--conf", json.dumps(c))],
                      "--cron", " ".join(cron_expr), "--cron", k8s_cronjob()["spec"]["schedule"],
-                     env={"CXATLAS_HOME": str(ROOT), "SPARK_SUBMIT": "/opt/spark/bin/spark-submit"})
+                     env={"CXATLAS_HOME": str(ROOT), **CONNECTION})
 
 
 def test_dag_loads_in_airflows_dagbag_with_daily_schedule_no_catchup_one_run_and_backoff(dag_report):
@@ -87,38 +128,141 @@ def test_dag_loads_in_airflows_dagbag_with_daily_schedule_no_catchup_one_run_and
     fires = [datetime.fromisoformat(t) for t in dag_report["cron"][dag["schedule"]]]
     assert {b - a for a, b in zip(fires, fires[1:])} == {timedelta(days=1)}  # daily, by Airflow's croniter
     (task,) = dag["tasks"].values()
-    assert task["operator"] == "BashOperator" and task["retries"] >= 2 and task["retry_exponential_backoff"] is True
+    assert task["retries"] >= 2 and task["retry_exponential_backoff"] is True
     assert 0 < task["retry_delay_s"] < task["max_retry_delay_s"]
     assert dag["params"]["manifest_dir"] and dag["param_schemas"]["manifest_dir"]["type"] == "string"
 
 
-def test_dag_command_spark_submits_reprocess_for_the_runs_manifest_folder(dag_report):
+def test_airflow_venv_has_the_spark_provider_pinned_to_the_projects_pyspark(dag_report):
+    """The provider comes from the Makefile's pin, under constraints-airflow.txt, whose pyspark is .venv's own."""
+    from importlib.metadata import version
+
+    makefile = (ROOT / "Makefile").read_text()
+    provider = re.search(r"^AIRFLOW_SPARK_PIN\s*:=\s*apache-airflow-providers-apache-spark==(\S+)", makefile,
+                         re.M).group(1)
+    airflow_pins, project_pins = pins("constraints-airflow.txt"), pins("constraints.txt")
+    assert airflow_pins["apache-airflow-providers-apache-spark"] == provider
+    assert airflow_pins["pyspark"] == project_pins["pyspark"] == version("pyspark")
+    assert airflow_pins["py4j"] == project_pins["py4j"]
+    installed = dag_report["distributions"]
+    assert installed == {"apache-airflow-providers-apache-spark": provider, "pyspark": version("pyspark"),
+                         "py4j": version("py4j")}
+
+
+def test_dag_task_is_a_spark_submit_of_the_reprocess_job(dag_report):
+    """The task is the provider's SparkSubmitOperator, on the connection cxatlas_spark, named cxatlas-reprocess;
+    application = jobs/reprocess.py under CXATLAS_HOME; --packages = conf/cluster.yaml's spark.jars.packages (Delta
+    Lake of conf/jars.txt); the hubs offline on driver and executors, as docs/cluster.md says."""
+    task = dag_report["dags"]["cxatlas_reprocess"]["tasks"]["reprocess"]
+    assert task["operator"] == "SparkSubmitOperator"
+    assert task["operator_module"] == "airflow.providers.apache.spark.operators.spark_submit"
+    render = task["renders"][0]
+    assert render["conn_id"] == CONN_ID and render["name"] == "cxatlas-reprocess"
+    assert render["application"] == str(ROOT / "jobs" / "reprocess.py")
+    assert Path(render["application"]).is_file()
+    cluster = yaml.safe_load((ROOT / "conf" / "cluster.yaml").read_text())
+    assert render["packages"] == cluster["spark"]["conf"]["spark.jars.packages"]
+    jars = [line for line in (ROOT / "conf" / "jars.txt").read_text().splitlines() if line.startswith("io.delta:")]
+    assert jars[0] in render["packages"].split(",")
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    assert render["env_vars"] == offline
+    assert render["conf"] == {f"spark.executorEnv.{k}": v for k, v in offline.items()}
+    cluster_doc = (ROOT / "docs" / "cluster.md").read_text()
+    assert all(f"--conf {k}={v}" in cluster_doc for k, v in render["conf"].items())
+    assert render["py_files"] == "" and render["properties_file"] == ""  # unset: left out of the command line
+
+
+def test_dag_spark_submits_reprocess_for_the_runs_manifest_folder(dag_report):
+    """Rendered for each run's conf, the arguments are README's command (DIR and N filled in) with the paths under
+    CXATLAS_HOME, the job's own parser takes them, and the hook's command line has spark-submit's options (master
+    and deploy mode from the connection) before the application and the job's after it."""
     renders = dag_report["dags"]["cxatlas_reprocess"]["tasks"]["reprocess"]["renders"]
     default_dir = dag_report["dags"]["cxatlas_reprocess"]["params"]["manifest_dir"]
-    expected = [["/data/new manifests"], ["s3a://b/m", "--max-videos", "500"], None, [default_dir]]
-    for render, tail in zip(renders, expected):
-        if tail is None:  # max_videos=0 is refused by the param's schema before anything runs
+    readme = readme_job_command()
+    assert readme == [*JOB_ARGS, "DIR", "[--max-videos", "N]"]
+    expected = [("/data/new manifests", 0), ("s3a://b/m", 500), None, (default_dir, 0)]
+    for render, want in zip(renders, expected):
+        if want is None:  # max_videos=0 is refused by the param's schema before anything runs
             assert "ParamValidationError" in render["error"] and "max_videos" in render["error"]
             continue
-        command = render["command"]
-        subprocess.run(["bash", "-n", "-c", command], check=True, timeout=10)  # real bash syntax
-        home, argv = exec_argv(command)
-        assert home == str(ROOT)
-        assert argv == ["/opt/spark/bin/spark-submit", *JOB_ARGS, *tail]
-    for path in ("jobs/reprocess.py", "conf/cluster.yaml"):
-        assert (ROOT / path).is_file(), f"the DAG runs {path}, which is not in the checkout"
+        manifest_dir, max_videos = want
+        args = [a.replace("conf/cluster.yaml", str(ROOT / "conf" / "cluster.yaml")) for a in readme[1:5]]
+        args[-1] = manifest_dir
+        if max_videos:
+            args += ["--max-videos", str(max_videos)]
+        assert render["application_args"] == args
+        parsed = reprocess_parser_accepts(render["application_args"])
+        assert parsed.manifest_dir == manifest_dir and parsed.max_videos == (max_videos or None)
+        assert parsed.conf == str(ROOT / "conf" / "cluster.yaml") and Path(parsed.conf).is_file()
+        argv = render["argv"]
+        app = argv.index(render["application"])
+        assert argv[app + 1:] == args
+        assert argv[:3] == ["spark-submit", "--master", "spark://spark-master:7077"]
+        assert argv[app - 2:app] == ["--deploy-mode", "client"]
+        options = argv[1:app]
+        assert options[options.index("--name") + 1] == "cxatlas-reprocess"
+        assert options[options.index("--packages") + 1] == render["packages"]
+        assert [options[i + 1] for i, o in enumerate(options) if o == "--conf"] == [
+            "spark.executorEnv.HF_HUB_OFFLINE=1", "spark.executorEnv.TRANSFORMERS_OFFLINE=1"]
+        assert "" not in argv and render["env"] == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def test_airflow_variables_override_the_environment():
+    """Variables set every path and spark-submit setting; relative paths are under cxatlas_home, URIs kept. Without
+    the connection the provider submits to yarn, and the driver's environment becomes YARN application-master env."""
     report = check_dag(DAG_FILE, "--conf", json.dumps({"manifest_dir": "/m"}),
                        "--variable", "cxatlas_home=/srv/cx atlas",
-                       "--variable", "cxatlas_spark_submit_args=--master yarn --deploy-mode client",
-                       "--variable", "cxatlas_max_videos=70", env={"CXATLAS_HOME": "/not/used"})
+                       "--variable", "cxatlas_conf=site/cluster.yaml",
+                       "--variable", "cxatlas_max_videos=70",
+                       "--variable", "cxatlas_spark_packages=",
+                       "--variable", "cxatlas_py_files=dist/cxatlas-pyfiles.zip",
+                       "--variable", "cxatlas_archives=hdfs:///apps/cxatlas-env.tar.gz#environment",
+                       "--variable", "cxatlas_pyspark_python=./environment/bin/python",
+                       "--variable", "cxatlas_properties_file=/etc/spark/cxatlas.conf",
+                       env={"CXATLAS_HOME": "/not/used"})
     (render,) = report["dags"]["cxatlas_reprocess"]["tasks"]["reprocess"]["renders"]
-    home, argv = exec_argv(render["command"])
-    assert home == "/srv/cx atlas"
-    assert argv == ["spark-submit", "--master", "yarn", "--deploy-mode", "client", *JOB_ARGS, "/m",
-                    "--max-videos", "70"]
+    assert render["application"] == "/srv/cx atlas/jobs/reprocess.py"
+    assert render["application_args"] == ["--conf", "/srv/cx atlas/site/cluster.yaml", "--manifest-dir", "/m",
+                                          "--max-videos", "70"]
+    assert render["master"] == "yarn" and render["deploy_mode"] is None
+    argv = render["argv"]
+    app = argv.index("/srv/cx atlas/jobs/reprocess.py")
+    options = argv[1:app]
+    assert "--packages" not in options  # empty: the jars are on the image
+    assert options[options.index("--py-files") + 1] == "/srv/cx atlas/dist/cxatlas-pyfiles.zip"
+    assert options[options.index("--properties-file") + 1] == "/etc/spark/cxatlas.conf"
+    confs = {options[i + 1] for i, o in enumerate(options) if o == "--conf"}
+    assert confs == {"spark.archives=hdfs:///apps/cxatlas-env.tar.gz#environment",
+                     "spark.pyspark.python=./environment/bin/python",
+                     "spark.executorEnv.HF_HUB_OFFLINE=1", "spark.executorEnv.TRANSFORMERS_OFFLINE=1",
+                     "spark.yarn.appMasterEnv.HF_HUB_OFFLINE=1", "spark.yarn.appMasterEnv.TRANSFORMERS_OFFLINE=1"}
+
+
+def test_airflow_runs_the_task_and_spark_submits_with_its_exit_code(tmp_path):
+    """Airflow itself runs the DAG (DAG.test: a DagRun, the TaskInstance's own rendering, pre_execute and execute):
+    the provider's hook starts the spark-submit on PATH, here a stand-in that records its arguments, working
+    directory and environment; a spark-submit that fails fails the task."""
+    bin_dir, record = tmp_path / "bin", tmp_path / "argv.json"
+    bin_dir.mkdir()
+    stub = bin_dir / "spark-submit"
+    stub.write_text("#!/bin/sh\nexec python3 -c 'import json, os, sys; json.dump({\"argv\": sys.argv[1:], "
+                    "\"cwd\": os.getcwd(), \"offline\": os.environ.get(\"HF_HUB_OFFLINE\")}, "
+                    "open(os.environ[\"RECORD\"], \"w\"))' \"$@\"\n")
+    stub.chmod(0o755)
+    env = {"CXATLAS_HOME": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(record),
+           "AIRFLOW_HOME": str(tmp_path / "airflow-home"), **CONNECTION}
+    report = check_dag(DAG_FILE, "--run", json.dumps({"manifest_dir": "/data/m", "max_videos": 9}), env=env)
+    assert report["runs"] == [{"dag_id": "cxatlas_reprocess", "state": "success", "tasks": {"reprocess": "success"}}]
+    seen = json.loads(record.read_text())
+    app = seen["argv"].index(str(ROOT / "jobs" / "reprocess.py"))
+    assert seen["argv"][app + 1:] == ["--conf", str(ROOT / "conf" / "cluster.yaml"), "--manifest-dir", "/data/m",
+                                      "--max-videos", "9"]
+    assert seen["argv"][:2] == ["--master", "spark://spark-master:7077"] and seen["offline"] == "1"
+
+    stub.write_text("#!/bin/sh\necho 'lost the cluster' >&2\nexit 3\n")
+    report = check_dag(DAG_FILE, "--run", json.dumps({"manifest_dir": "/data/m"}),
+                       env={**env, "AIRFLOW_HOME": str(tmp_path / "airflow-home-2")})
+    assert report["runs"] == [{"dag_id": "cxatlas_reprocess", "state": "failed", "tasks": {"reprocess": "failed"}}]
 
 
 def test_a_broken_dag_is_an_import_error(tmp_path):
@@ -160,6 +304,66 @@ def test_cron_line_runs_reprocess_daily_under_flock_and_logs(dag_report, tmp_pat
     assert len(log.read_text().splitlines()) == 1 + len(JOB_ARGS) + 1
     for path in ("jobs/reprocess.py", "conf/cluster.yaml"):
         assert (ROOT / path).is_file(), f"the cron line runs {path}, which is not in the checkout"
+
+
+def test_systemd_timer_starts_the_service_daily_and_the_service_spark_submits_reprocess(dag_report, tmp_path):
+    """The timer fires at the DAG's daily time and starts the oneshot service (a oneshot unit still active is not
+    started again: no overlap); the service's ExecStart, its ${VARS} expanded as systemd does (one word each), runs
+    spark-submit with the job's arguments from the folder holding jobs/ and conf/."""
+    timer, service = systemd_unit(TIMER_FILE), systemd_unit(SERVICE_FILE)
+    assert timer["Timer"]["OnCalendar"] == "*-*-* 03:00:00 UTC"
+    minute, hour = dag_report["dags"]["cxatlas_reprocess"]["schedule"].split()[:2]
+    assert (int(hour), int(minute)) == (3, 0) and dag_report["dags"]["cxatlas_reprocess"]["schedule"].endswith("* * *")
+    assert timer["Timer"]["Unit"] == SERVICE_FILE.name and timer["Timer"]["Persistent"] == "true"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    assert service["Service"]["Type"] == "oneshot"
+    assert service["Service"]["WorkingDirectory"] == "/opt/cxatlas"  # as the CronJob's image (docs/cluster.md)
+    env = dict(item.split("=", 1) for line in service["Service"]["Environment"].splitlines()
+               for item in shlex.split(line))
+    assert env["HF_HUB_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == "1"
+    words = shlex.split(service["Service"]["ExecStart"])
+    assert words[0] == "/usr/bin/env" and Path(words[0]).is_file()
+    argv = [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], w) for w in words[1:]]
+    assert argv == [env["SPARK_SUBMIT"], *JOB_ARGS, env["CXATLAS_MANIFESTS"]]
+
+    # Run ExecStart as the service would (its environment, the checkout as working directory), with a stand-in
+    # spark-submit that prints its working directory and arguments.
+    (tmp_path / "spark-submit").write_text('#!/bin/bash\npwd\nprintf "%s\\n" "$@"\n')
+    (tmp_path / "spark-submit").chmod(0o755)
+    done = subprocess.run([words[0], *argv], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
+                          env={"PATH": f"{tmp_path}:/usr/bin:/bin", **env})
+    assert done.stdout.splitlines() == [str(ROOT), *JOB_ARGS, env["CXATLAS_MANIFESTS"]]
+    for path in ("jobs/reprocess.py", "conf/cluster.yaml"):
+        assert (ROOT / path).is_file(), f"the service runs {path}, which is not in the checkout"
+
+    # README's copies of the cron line and the units are the shipped files' own lines.
+    readme = (ROOT / "README.md").read_text().split("### Scheduled reprocessing", 1)[1]
+    shown = re.search(r"```ini\n(.*?)```", readme, re.S).group(1).splitlines()
+    unit_lines = set(SERVICE_FILE.read_text().splitlines()) | set(TIMER_FILE.read_text().splitlines())
+    assert [line for line in shown if line and not line.startswith("#") and line not in unit_lines] == []
+    assert cron_file()[1][0] in readme
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze (package systemd) not here")
+def test_systemd_accepts_the_units_and_the_timer_fires_daily_at_three(tmp_path):
+    """systemd's own parser: `systemd-analyze verify` reports nothing for the two units, and its calendar gives daily
+    starts at 03:00 UTC."""
+    done = subprocess.run(["systemd-analyze", "verify", str(TIMER_FILE), str(SERVICE_FILE)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
+    broken = tmp_path / SERVICE_FILE.name
+    broken.write_text(SERVICE_FILE.read_text().replace("Type=oneshot", "Type=oneshoot"))
+    (tmp_path / TIMER_FILE.name).write_text(TIMER_FILE.read_text())
+    done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / TIMER_FILE.name), str(broken)],
+                          capture_output=True, text=True, timeout=60)
+    assert "oneshoot" in done.stderr  # the check sees a bad setting
+    calendar = systemd_unit(TIMER_FILE)["Timer"]["OnCalendar"]
+    done = subprocess.run(["systemd-analyze", "calendar", "--iterations=3", calendar], capture_output=True, text=True,
+                          timeout=60, check=True, env={**os.environ, "TZ": "UTC"})
+    fires = re.findall(r"(?:Next elapse|Iter\. #\d+): \w+ (\S+ \S+) UTC", done.stdout)
+    assert len(fires) == 3 and all(f.endswith(" 03:00:00") for f in fires), done.stdout
+    days = [datetime.fromisoformat(f) for f in fires]
+    assert {b - a for a, b in zip(days, days[1:])} == {timedelta(days=1)}
 
 
 def test_kubernetes_cronjob_forbids_overlap_and_spark_submits_reprocess(dag_report):
