@@ -23,7 +23,7 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 AIRFLOW_PIN   := apache-airflow==2.10.5
 AIRFLOW_SPARK_PIN := apache-airflow-providers-apache-spark==5.3.4
 
-.PHONY: install jars sqlguard airflow-venv demo test test-fast dist bench clean
+.PHONY: install jars sqlguard airflow-venv browser demo test test-fast dist bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt constraints.txt pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,10 +62,18 @@ $(AIRFLOW_STAMP): constraints-airflow.txt
 
 airflow-venv: $(AIRFLOW_STAMP)
 
+# Headless Chromium for the report's browser test (tests/test_report_browser.py drives it over the DevTools protocol):
+# Debian's `chromium` package, installed only when no chromium is on PATH (apt-get as root, else through sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	@chromium --version 2>/dev/null
+
 demo: install
 	$(VENV)/bin/cxatlas demo --data $(DATA) --videos $(VIDEOS)
 
-test: install $(AIRFLOW_STAMP)
+test: install $(AIRFLOW_STAMP) browser
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 dist: $(STAMP)
