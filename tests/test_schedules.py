@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -245,12 +246,12 @@ def test_airflow_runs_the_task_and_spark_submits_with_its_exit_code(tmp_path):
     bin_dir, record = tmp_path / "bin", tmp_path / "argv.json"
     bin_dir.mkdir()
     stub = bin_dir / "spark-submit"
-    stub.write_text("#!/bin/sh\nexec python3 -c 'import json, os, sys; json.dump({\"argv\": sys.argv[1:], "
-                    "\"cwd\": os.getcwd(), \"offline\": os.environ.get(\"HF_HUB_OFFLINE\")}, "
-                    "open(os.environ[\"RECORD\"], \"w\"))' \"$@\"\n")
+    record_args = ("import json, os, sys; json.dump({'argv': sys.argv[1:], 'cwd': os.getcwd(), "
+                   "'offline': os.environ.get('HF_HUB_OFFLINE')}, open(os.environ['RECORD'], 'w'))")
+    stub.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -c "{record_args}" "$@"\n')
     stub.chmod(0o755)
     env = {"CXATLAS_HOME": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(record),
-           "AIRFLOW_HOME": str(tmp_path / "airflow-home"), **CONNECTION}
+           "AIRFLOW_HOME": str(tmp_path / "airflow-home"), "HF_HUB_OFFLINE": "0", **CONNECTION}  # the DAG sets 1
     report = check_dag(DAG_FILE, "--run", json.dumps({"manifest_dir": "/data/m", "max_videos": 9}), env=env)
     assert report["runs"] == [{"dag_id": "cxatlas_reprocess", "state": "success", "tasks": {"reprocess": "success"}}]
     seen = json.loads(record.read_text())
