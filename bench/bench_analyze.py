@@ -9,7 +9,7 @@ What it does:
 
 1. Builds ``uploads``, ``video_expressions`` and ``video_contexts`` as Delta tables from the world simulator's sparse
    chunks (:func:`cxatlas.sim.simulate.iter_sparse_chunks`), generated inside Spark tasks (each task makes its own row
-   range; the rows do not depend on the slicing) and written through :mod:`cxatlas.core.tables`
+   range; the rows do not depend on the slicing) and written through :mod:`cxatlas.warehouse.tables`
    (:func:`cxatlas.sim.world.import_simulated`) -- never via the wide import format. Reused on the next run
    when the same size is already there (``--rebuild`` forces it).
 2. Times :func:`cxatlas.stages.analyze.run_analyze` (Delta -> result tables; figures off unless ``--figures``) while a thread
@@ -42,13 +42,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxatlas.sim import simulate  # noqa: E402
-from cxatlas.core.settings import AnalyzeSettings  # noqa: E402
-from cxatlas.sim.world import import_simulated, world_params_from_config  # noqa: E402
-from cxatlas.stages.analyze import run_analyze  # noqa: E402
 from cxatlas.core.config import load_config  # noqa: E402
 from cxatlas.core.regions import REGION_IDS  # noqa: E402
 from cxatlas.core.schemas import UPLOADS  # noqa: E402
+from cxatlas.core.settings import AnalyzeSettings  # noqa: E402
+from cxatlas.sim import simulate  # noqa: E402
+from cxatlas.sim.world import import_simulated, world_params_from_config  # noqa: E402
+from cxatlas.stages.analyze import run_analyze  # noqa: E402
 from cxatlas.stats import accumulate, accumulate_cca, poisson_weights  # noqa: E402
 from cxatlas.stats.moments import Moments  # noqa: E402
 
@@ -250,8 +250,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
-    from cxatlas.core.spark import build_spark
-    from cxatlas.core.tables import TableStore
+    from cxatlas.warehouse.spark import build_spark
+    from cxatlas.warehouse.tables import TableStore
 
     overrides = [f"simulate.n_contexts={'null' if args.contexts is None else args.contexts}",
                  f"analyze.replicates={args.replicates}", f"analyze.figures.enabled={str(args.figures).lower()}",

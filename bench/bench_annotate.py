@@ -530,12 +530,12 @@ def annotate_child(args: argparse.Namespace) -> None:
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from cxatlas.core.spark import build_spark
-    from cxatlas.core.tables import TableStore
     from cxatlas.models.device import pick_device
     from cxatlas.stages.annotate import run_annotate
     from cxatlas.stages.ingest import run_ingest
     from cxatlas.udfs.annotate import INPUT_COLUMNS, OUTPUT_SCHEMA, AnnotateBatches
+    from cxatlas.warehouse.spark import build_spark
+    from cxatlas.warehouse.tables import TableStore
 
     mod = importlib.import_module("bench.bench_annotate")  # so workers unpickle TimedAnnotate by reference
     n, tasks, reps = args.cores, args.tasks or args.cores, args.annotate_repeats

@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from cxatlas.core.config import load_config
-    from cxatlas.core.spark import build_spark
-    from cxatlas.core.tables import TableStore
     from cxatlas.stages.ingest import run_ingest
+    from cxatlas.warehouse.spark import build_spark
+    from cxatlas.warehouse.tables import TableStore
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="cxatlas-bench-ingest-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxatlas.core.config import load_config  # noqa: E402
 from cxatlas.core.schemas import UPLOADS  # noqa: E402
-from cxatlas.core.spark import build_spark  # noqa: E402
-from cxatlas.core.tables import TableStore  # noqa: E402
 from cxatlas.sim.world import import_simulated, world_params_from_config  # noqa: E402
 from cxatlas.stages.analyze import run_analyze  # noqa: E402
 from cxatlas.stages.ingest import run_ingest  # noqa: E402
+from cxatlas.warehouse.spark import build_spark  # noqa: E402
+from cxatlas.warehouse.tables import TableStore  # noqa: E402
 
 log = logging.getLogger("bench")
 MODEL = "sim-bench"

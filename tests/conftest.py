@@ -63,7 +63,7 @@ def metastore_server():
     """The test run's Derby metastore server (its port is this run's own, see above), stopped when the run ends,
     whoever started it: this fixture, a CLI subprocess or a spark-submit driver."""
     from cxatlas.core.config import load_config
-    from cxatlas.core.metastore import ensure_server, stop_server
+    from cxatlas.warehouse.metastore import ensure_server, stop_server
 
     cfg = load_config()
     ensure_server(cfg.data_root, cfg.settings.catalog, cfg.settings.spark.jars_dir)
@@ -73,7 +73,7 @@ def metastore_server():
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from cxatlas.core.spark import build_spark
+    from cxatlas.warehouse.spark import build_spark
 
     session = build_spark(make_config(tmp_path_factory.mktemp("spark-data")), "-tests")
     yield session
@@ -87,7 +87,7 @@ def cfg(tmp_path):
 
 @pytest.fixture
 def store(spark, cfg):
-    from cxatlas.core.tables import TableStore
+    from cxatlas.warehouse.tables import TableStore
 
     return TableStore.from_config(spark, cfg)
 

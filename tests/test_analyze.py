@@ -25,19 +25,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cxatlas.sim import simulate
-from cxatlas.core.settings import AnalyzeSettings
-from cxatlas.sim.world import import_simulated, run_simulate, world_params_from_config
-from cxatlas.stages.analyze import Inputs, compute_results, compute_sums, prepare_input, run_analyze
-from cxatlas.stages.import_annotations import ImportFormatError, run_import
 from cxatlas.core.regions import REGION_IDS
 from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_LOADINGS, CCA_TESTS, CONTEXT_EXPRESSION_CORRELATIONS,
                                          GEOBIN_VARIATES, HEADLINE_NUMBERS, REGION_SIMILARITY, REGION_VS_WORLD,
                                          SIGN_AGREEMENT)
 from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
+from cxatlas.core.settings import AnalyzeSettings
+from cxatlas.sim import simulate
+from cxatlas.sim.world import import_simulated, run_simulate, world_params_from_config
+from cxatlas.stages.analyze import Inputs, compute_results, compute_sums, prepare_input, run_analyze
+from cxatlas.stages.import_annotations import ImportFormatError, run_import
 from cxatlas.stats import accumulate, accumulate_cca, bootstrap_summary, partial_correlations, poisson_weights
 from cxatlas.stats.moments import prediction_folds
-from cxatlas.core.tables import TableStore
+from cxatlas.warehouse.tables import TableStore
 from tests.conftest import make_config
 from tests.html_tables import number, report_tables
 from cxatlas.udfs.moments import GeobinSums

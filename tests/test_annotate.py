@@ -9,14 +9,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
+from cxatlas.models.checkpoint import CheckpointError
+from cxatlas.sim.media_corpus import make_bad_media, source_paths
 from cxatlas.stages.annotate import run_annotate
 from cxatlas.stages.ingest import run_ingest
-from cxatlas.sim.media_corpus import make_bad_media, source_paths
-from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
-from cxatlas.core.tables import TableStore
-from cxatlas.models.checkpoint import CheckpointError
+from cxatlas.warehouse.spark import ARROW_BATCH
+from cxatlas.warehouse.tables import TableStore
 from tests.conftest import make_config
 from tests.test_ingest import PARIS, write_csv
+from tests.test_tables import session_conf
 
 FAST = ("annotate.partitions=2", "annotate.video.max_windows=2", "annotate.videos_per_batch=4")
 
@@ -42,7 +44,15 @@ def test_annotate_real_videos_end_to_end(spark, tmp_path, media):
     store = TableStore.from_config(spark, cfg)
     assert run_ingest(spark, cfg, store, manifest(tmp_path, media)).new == len(media) + 1
 
-    report = run_annotate(spark, cfg, store)
+    # The job batches its UDF's input by annotate.videos_per_batch, for its own work only: a batch size the user set
+    # in the session is theirs again afterwards, and nothing else of the session changed.
+    spark.conf.set(ARROW_BATCH, "777")
+    try:
+        before = session_conf(spark)
+        report = run_annotate(spark, cfg, store)
+        assert session_conf(spark) == before and spark.conf.get(ARROW_BATCH) == "777"
+    finally:
+        spark.conf.unset(ARROW_BATCH)
     assert report.reconciles and report.considered == len(media) + 1
     assert report.reasons == {"corrupt_video": 1, "not_a_video": 1, "empty_video": 1, "unsupported_codec": 1,
                               "missing_file": 1, "no_video_stream": 1, "too_few_frames": 1, "model_error": 1}

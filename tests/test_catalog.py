@@ -13,11 +13,11 @@ from pathlib import Path
 import deltalake
 import pytest
 
-from cxatlas.core.metastore import is_listening, pyspark_jars_dir
 from cxatlas.sim.world import run_simulate
 from cxatlas.stages.analyze import run_analyze
 from cxatlas.stages.import_annotations import run_import
 from cxatlas.stages.ingest import run_ingest
+from cxatlas.warehouse.metastore import is_listening, pyspark_jars_dir
 from tests.conftest import database_for, make_config
 from tests.test_ingest import PARIS, SAO_PAULO, SYDNEY, write_csv
 
@@ -61,7 +61,7 @@ def free_port() -> int:
 def test_sql_server_answers_beeline_while_a_job_writes_and_the_catalog_survives_a_restart(spark, tmp_path):
     data = tmp_path / "data"
     cfg = make_config(data, *SMALL_ANALYSIS)
-    from cxatlas.core.tables import TableStore
+    from cxatlas.warehouse.tables import TableStore
 
     store = TableStore.from_config(spark, cfg)
     run_ingest(spark, cfg, store, write_csv(tmp_path / "m1.csv", manifest_rows("p", 3) + [dict(SYDNEY, video_id="y")]))
@@ -103,7 +103,7 @@ def test_sql_server_answers_beeline_while_a_job_writes_and_the_catalog_survives_
     assert not is_listening("127.0.0.1", port)
 
     # A new process that registers nothing finds the tables and views in the catalog by name.
-    code = ("from cxatlas.core.config import load_config; from cxatlas.core.spark import build_spark; "
+    code = ("from cxatlas.core.config import load_config; from cxatlas.warehouse.spark import build_spark; "
             f"s = build_spark(load_config(data_root={str(data)!r})); "
             "print('ROWS', s.sql('SELECT count(*) FROM cxatlas.uploads').first()[0], "
             "s.sql('SELECT count(*) FROM cxatlas.region_similarity_labelled').first()[0])")

@@ -256,7 +256,7 @@ def cluster_ingest(cluster, corpus, shared_root) -> SubmitResult:
 def local_ingest(spark, corpus, shared_root):
     """(data root, report): the same ingest in local mode (the session's local[2] Spark), same config and input."""
     from cxatlas.stages.ingest import run_ingest
-    from cxatlas.core.tables import TableStore
+    from cxatlas.warehouse.tables import TableStore
 
     data = shared_root / "local-data"
     cfg = local_config(data)
@@ -269,7 +269,7 @@ def local_annotate(spark, local_ingest, shared_root):
     """(data root, report): annotate in local mode on a COPY of the local ingest's tables (the original stays
     un-annotated for the fault test)."""
     from cxatlas.stages.annotate import run_annotate
-    from cxatlas.core.tables import TableStore
+    from cxatlas.warehouse.tables import TableStore
 
     data = shared_root / "local-annotated"
     shutil.copytree(local_ingest[0], data)
@@ -314,8 +314,8 @@ def test_ingest_on_cluster_equals_local_mode(cluster_ingest, local_ingest):
 
 
 def test_spark_submit_settings_win_over_the_config(cluster, shared_root):
-    """A user's spark-submit --master/--conf must beat the config file (cxatlas.core.spark.build_spark): the config here
-    says local[*] and cluster.yaml's 16g/4-core executors, spark-submit says this cluster and 1g/1-core executors.
+    """A user's spark-submit --master/--conf must beat the config file (cxatlas.warehouse.spark.build_spark): the config
+    here says local[*] and cluster.yaml's 16g/4-core executors, spark-submit says this cluster and 1g/1-core executors.
     Otherwise a cluster run silently becomes a local one, or asks for executors no worker can host."""
     args = job_args(shared_root / "precedence-data", "tables", overrides=["spark.master=local[*]"], sized=False)
     result = cluster.submit(REPO / "cxatlas" / "cli" / "__main__.py", args, shared_root / "driver-precedence",
@@ -446,7 +446,7 @@ def test_analyze_simulated_world_on_cluster_equals_local_mode(cluster, spark, sh
     from cxatlas.sim.world import run_simulate
     from cxatlas.stages.analyze import run_analyze
     from cxatlas.stages.import_annotations import run_import
-    from cxatlas.core.tables import TableStore
+    from cxatlas.warehouse.tables import TableStore
 
     world = shared_root / "simulated-world"
     cluster_data, local_data = shared_root / "sim-cluster", shared_root / "sim-local"

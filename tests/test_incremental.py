@@ -17,10 +17,10 @@ from cxatlas.core.regions import REGION_IDS
 from cxatlas.core.run_schemas import STAT_SUMS
 from cxatlas.core.schemas import UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, PAPER_EXPRESSIONS, label_to_column
 from cxatlas.core.schemas import spark_schema
-from cxatlas.core.tables import TableStore
 from cxatlas.stages.analyze import Inputs, compute_results, compute_sums, prepare_input
 from cxatlas.stages.analyze.incremental import current_sums, selection
 from cxatlas.stages.ingest import apply_withdrawals
+from cxatlas.warehouse.tables import TableStore
 from tests.conftest import make_config
 
 LABELS = [f"ctx{i:02d}" for i in range(24)]

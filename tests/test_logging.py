@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cxatlas.core.config import load_config
-from cxatlas.core.spark import java_log_options, log4j_config_path, session_conf
+from cxatlas.warehouse.spark import java_log_options, log4j_config_path, session_conf
 
 #: A line log4j wrote (our pattern and Spark's default one alike), or Spark's start-up banner.
 LOG4J_LINE = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (TRACE|DEBUG|INFO|WARN|ERROR|FATAL) |log4j|"

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from cxatlas.core.metastore import (DATABASE, IJ_CLASS, PASSWORD_FILE, derby_classpath, ensure_server,
+from cxatlas.warehouse.metastore import (DATABASE, IJ_CLASS, PASSWORD_FILE, derby_classpath, ensure_server,
                                     metastore_conf, stop_server)
 from tests.conftest import make_config
 

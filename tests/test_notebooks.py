@@ -52,8 +52,8 @@ def demo(spark, tmp_path_factory):
     deliberately bad rows included), with the demo's analysis settings."""
     from cxatlas.cli.commands import sample_corpus
     from cxatlas.cli.demo import demo_config
-    from cxatlas.core.tables import TableStore
     from cxatlas.stages.reprocess import run_reprocess
+    from cxatlas.warehouse.tables import TableStore
 
     base = tmp_path_factory.mktemp("notebooks")
     cfg = make_config(base / "data")

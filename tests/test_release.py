@@ -28,7 +28,6 @@ from cxatlas.core.regions import REGION_IDS, region_by_id
 from cxatlas.core.release_schemas import PRIVACY_LEDGER, RELEASED_CORRELATIONS, RELEASES
 from cxatlas.core.result_schemas import ANALYSES, CONTEXT_EXPRESSION_CORRELATIONS
 from cxatlas.core.schemas import VIDEO_EXPRESSIONS
-from cxatlas.core.tables import TableStore
 from cxatlas.sim.world import import_simulated, world_params_from_config
 from cxatlas.stages.analyze import run_analyze
 from cxatlas.stages.release import csv_name, run_release
@@ -36,6 +35,7 @@ from cxatlas.stages.release.ledger import BudgetExceeded, charge, spent
 from cxatlas.stats import accumulate, partial_correlations, semipartial_correlations
 from cxatlas.stats.dp import (RegionSums, budget_shares, correlations_from_sums, nearest_psd, pack,
                               sensitivities)
+from cxatlas.warehouse.tables import TableStore
 from tests.conftest import cli_args, make_config
 
 N_VIDEOS = 20_000

@@ -21,15 +21,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxatlas.core.lease import Lease
 from cxatlas.core.result_schemas import ANALYSES
 from cxatlas.core.run_schemas import PROCESSED_MANIFESTS, RUNS
 from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
-from cxatlas.core.tables import TableStore
 from cxatlas.stages.analyze import Inputs, compute_sums, prepare_input
 from cxatlas.stages.analyze.incremental import _occupied, load_state, selection, sums_key
 from cxatlas.stages.analyze.sums import resolve_inputs, taxonomy_labels, video_filter_labels
 from cxatlas.stages.reprocess import run_reprocess
+from cxatlas.warehouse.lease import Lease
+from cxatlas.warehouse.tables import TableStore
 from tests.conftest import cli_args, make_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -208,7 +208,7 @@ def test_reprocess_failing_step_poison_manifest_and_the_next_run_completes(spark
     from cxatlas.cli.commands import sample_corpus
     from cxatlas.core.run_schemas import PROCESSED_MANIFESTS, RUNS
     from cxatlas.core.schemas import VIDEO_EXPRESSIONS
-    from cxatlas.core.tables import TableStore
+    from cxatlas.warehouse.tables import TableStore
 
     cfg = make_config(tmp_path / "data", *FAST)
     store = TableStore.from_config(spark, cfg)
@@ -260,7 +260,7 @@ def test_reprocess_failing_step_poison_manifest_and_the_next_run_completes(spark
 @pytest.fixture
 def own_metastores(tmp_path):
     """Data roots A and B with metastore servers of their own (not the test run's shared one); both stopped after."""
-    from cxatlas.core.metastore import stop_server
+    from cxatlas.warehouse.metastore import stop_server
 
     roots = {name: load_config(data_root=str(tmp_path / name), overrides=["catalog.metastore_root=null",
                                                                           "catalog.derby_port=0"])
@@ -272,7 +272,7 @@ def own_metastores(tmp_path):
 
 def test_stopping_b_metastore_never_affects_a_job(own_metastores, tmp_path):
     from cxatlas.cli.commands import explain_failure
-    from cxatlas.core.metastore import ensure_server, server_of
+    from cxatlas.warehouse.metastore import ensure_server, server_of
 
     a, b = own_metastores["A"], own_metastores["B"]
     server_a = ensure_server(a.data_root, a.settings.catalog, a.settings.spark.jars_dir)
@@ -305,11 +305,11 @@ def test_a_killed_analysis_leaves_no_visible_rows_and_its_rerun_no_duplicates(sp
     import os
     import signal
 
-    from cxatlas.core.catalog import register_catalog
     from cxatlas.core.result_schemas import ANALYSES, CONTEXT_EXPRESSION_CORRELATIONS, RESULT_TABLES
-    from cxatlas.core.tables import TableStore
     from cxatlas.sim.world import run_simulate
     from cxatlas.stages.import_annotations import run_import
+    from cxatlas.warehouse.catalog import register_catalog
+    from cxatlas.warehouse.tables import TableStore
 
     small = ("simulate.n_contexts=12", "analyze.replicates=3", "analyze.min_occurrences=5",
              "analyze.figures.enabled=false", "analyze.cca.per_region=200")
@@ -376,9 +376,9 @@ def test_non_finite_ratings_are_quarantined_and_a_label_without_ratings_refused(
     import numpy as np
 
     from cxatlas.core.schemas import QUARANTINE
-    from cxatlas.core.tables import TableStore
     from cxatlas.core.train_schemas import TRAINING_EXAMPLES
     from cxatlas.stages.train import prepare_training_set
+    from cxatlas.warehouse.tables import TableStore
 
     cfg = make_config(tmp_path / "data", "train.partitions=1", "train.windows_per_clip=1", "train.crops_per_window=1",
                       "train.heldout_fraction=0.3")

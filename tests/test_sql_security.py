@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from cxatlas.core.metastore import is_listening, pyspark_jars_dir
 from cxatlas.sim.world import run_simulate
 from cxatlas.stages.import_annotations import run_import
 from cxatlas.stages.ingest import run_ingest
+from cxatlas.warehouse.metastore import is_listening, pyspark_jars_dir
 from tests.conftest import cli_args, make_config
 from tests.test_catalog import free_port, manifest_rows
 from tests.test_ingest import SYDNEY, write_csv
@@ -76,7 +76,7 @@ def stop_server(server: subprocess.Popen) -> str:
 
 @pytest.fixture(scope="module")
 def catalog(spark, tmp_path_factory):
-    from cxatlas.core.tables import TableStore
+    from cxatlas.warehouse.tables import TableStore
 
     root = tmp_path_factory.mktemp("sqlsec")
     cfg = make_config(root / "data", "simulate.n_contexts=12")
@@ -112,7 +112,7 @@ def test_every_table_and_view_is_readable(read_only):
     assert "n_0" in done.stdout and f"n_{len(names) - 1}" in done.stdout
     # The metastore's password (this test run's server requires one) is in no setting a client can read.
     from cxatlas.core.config import load_config
-    from cxatlas.core.metastore import PASSWORD_FILE, metastore_home
+    from cxatlas.warehouse.metastore import PASSWORD_FILE, metastore_home
 
     run = load_config()
     secret = (metastore_home(run.data_root, run.settings.catalog) / PASSWORD_FILE).read_text().strip()
@@ -182,7 +182,7 @@ def test_writes_need_allow_writes_and_a_password_where_configured(read_only, cat
     port = free_port()
     server = start_server(cfg, port, tmp_path / "writes.log", "--allow-writes", settings=("sql_server.authentication=password",))
     try:
-        from cxatlas.core.sql_server import secret_path
+        from cxatlas.warehouse.sql_server import secret_path
 
         path = secret_path(cfg)
         assert path.stat().st_mode & 0o777 == 0o600

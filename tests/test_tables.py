@@ -2,6 +2,8 @@
 reader (delta-rs) sees the same."""
 from __future__ import annotations
 
+import logging
+
 import deltalake
 import pyarrow as pa
 import pytest
@@ -90,3 +92,132 @@ def test_optimize_z_orders_by_geobins_and_vacuum_reports_what_it_removed(spark, 
     assert table.vacuum(retention_hours=0) == []
     assert sorted(r.video_id for r in table.read().collect()) == ["v0", "v1", "v2"]
     assert deltalake.DeltaTable(table.path).to_pandas().shape[0] == 3  # an independent reader agrees
+
+
+# What Delta itself sets in the session on every write (the version it last committed, its Parquet field ids): Delta's
+# bookkeeping, set by a plain delta-spark write too, not a setting of cxatlas's to restore.
+DELTAS_OWN = {"spark.databricks.delta.lastCommitVersionInSession", "spark.sql.parquet.fieldId.read.enabled",
+              "spark.sql.parquet.fieldId.write.enabled"}
+
+
+def session_conf(spark) -> dict[str, str]:
+    """The settings made in the session (``spark.conf.getAll``: set ones only), less Delta's own bookkeeping."""
+    return {k: v for k, v in spark.conf.getAll.items() if k not in DELTAS_OWN}
+
+
+def test_commits_are_tagged_in_history_and_the_session_conf_is_left_as_found(spark, store):
+    """Every commit carries its own tag in Delta's history (``userMetadata``: the writer's option for an append or a
+    replace, the session setting around one MERGE or DELETE), and no write leaves a setting in the session: not the
+    tag, not a user's own tag replaced, not vacuum's retention check."""
+    from cxatlas.warehouse.tables import USER_METADATA
+
+    table = store.table(SCORES)
+    schema = "video_id string, region string, score_a float"
+    before = session_conf(spark)
+    assert USER_METADATA not in before
+    results = {
+        "append": table.append(spark.createDataFrame([("v1", "brazil", 0.1), ("v2", "africa", 0.2)], schema)),
+        "upsert": table.upsert(spark.createDataFrame([("v1", "brazil", 0.5), ("v3", "africa", 0.3)], schema)),
+        "insert": table.insert_new(spark.createDataFrame([("v4", "africa", 0.4)], schema)),
+        "replace": table.replace_where(spark.createDataFrame([("v1", "brazil", 0.7)], schema), "region = 'brazil'"),
+        "delete": table.delete("video_id = 'v2'"),
+    }
+    matching = table.delete_matching(spark.createDataFrame([("v3",)], "video_id string"), ["video_id"])
+    table.vacuum(retention_hours=0)  # below Delta's safe retention: its check is off for this vacuum only
+    assert session_conf(spark) == before
+
+    history = {row["version"]: row for row in table.history()}
+    for op, result in [*results.items(), ("delete", matching)]:
+        assert result.version is not None, op
+        assert history[result.version]["userMetadata"].startswith(f"cxatlas-{op}-"), (op, history[result.version])
+    tags = [history[r.version]["userMetadata"] for r in [*results.values(), matching]]
+    assert len(set(tags)) == len(tags)
+    assert results["upsert"].rows_inserted == 1 and results["upsert"].rows_updated == 1
+    assert matching.rows_deleted == 1 and sorted(rows(table)) == ["v1", "v4"]
+
+    # A tag the user set in the session is theirs: our MERGE tags its own commit and then puts theirs back; a
+    # writer's own option wins over it.
+    spark.conf.set(USER_METADATA, "the user's tag")
+    try:
+        merged = table.upsert(spark.createDataFrame([("v4", "africa", 0.9)], schema))
+        appended = table.append(spark.createDataFrame([("v5", "africa", 0.1)], schema))
+        assert spark.conf.get(USER_METADATA) == "the user's tag"
+    finally:
+        spark.conf.unset(USER_METADATA)
+    history = {row["version"]: row for row in table.history()}
+    assert history[merged.version]["userMetadata"].startswith("cxatlas-upsert-")
+    assert history[appended.version]["userMetadata"].startswith("cxatlas-append-")
+
+
+def test_a_merge_that_loses_a_real_commit_race_is_retried_and_commits(spark, store, tmp_path, caplog):
+    """A real race: while our MERGE computes its source, another writer (delta-rs, from inside the Spark task)
+    commits to the same partition. Delta refuses our commit (its ConcurrentAppendException, which must arrive as
+    delta-spark's class even in a process that has caught none before); the retry reads afresh and commits once."""
+    table = store.table(SCORES)
+    schema = "video_id string, region string, score_a float"
+    table.append(spark.createDataFrame([("v0", "africa", 0.0)], schema))
+    raced, path = str(tmp_path / "raced"), table.path
+
+    def race(batches):
+        import os
+
+        import pyarrow as pa
+        from deltalake import write_deltalake
+
+        for batch in batches:
+            if not os.path.exists(raced):  # the first evaluation only: the retry finds the table quiet
+                open(raced, "w").close()
+                write_deltalake(path, pa.table({"video_id": ["w1"], "region": ["africa"], "score_a": [1.0]},
+                                                schema=pa.schema([pa.field("video_id", pa.string(), False),
+                                                                  ("region", pa.string()), ("score_a", pa.float32())])),
+                                mode="append")
+            yield batch
+
+    source = spark.createDataFrame([("v1", "africa", 0.5)], schema).mapInPandas(race, schema)
+    before = table.version()
+    with caplog.at_level(logging.WARNING, logger="cxatlas.warehouse.tables.commit"):
+        result = table._merge(source, evolve_schema=False, update=True)  # the MERGE itself (nothing reads source)
+    lost = [r.getMessage() for r in caplog.records if "conflicted with a concurrent commit" in r.getMessage()]
+    assert len(lost) == 1 and "attempt 1 of 4" in lost[0] and "ConcurrentAppendException" in lost[0], lost
+    assert result.version == before + 2 and result.rows_inserted == 1  # the other writer's commit, then ours
+    assert sorted(rows(table)) == ["v0", "v1", "w1"]
+    ours = [h for h in table.history() if (h["userMetadata"] or "").startswith("cxatlas-upsert-")]
+    assert [h["version"] for h in ours] == [result.version]
+
+
+def test_a_lost_commit_race_is_told_by_deltas_exception_class_and_retried(spark, store):
+    """A commit conflict is one of delta-spark's exception classes (converted from the JVM's by delta-spark itself),
+    not a message that happens to name one; it is retried, and after ``tables.conflict_retries`` it fails naming
+    the table and what to do."""
+    from delta.exceptions import ConcurrentAppendException
+    from pyspark.errors.exceptions import captured
+
+    from cxatlas.warehouse.tables import ConcurrentCommitError, conflicts, is_conflict
+
+    conflicts()  # installs delta-spark's conversion of its JVM exceptions
+    jvm_conflict = spark.sparkContext._jvm.io.delta.exceptions.ConcurrentAppendException(
+        "Files were added to the root of the table by a concurrent update. Please try the operation again.")
+    conflict = captured.convert_exception(jvm_conflict)  # what pyspark does with every JVM exception
+    assert isinstance(conflict, ConcurrentAppendException) and is_conflict(conflict)
+    assert not is_conflict(RuntimeError("ConcurrentAppendException: DELTA_CONCURRENT_APPEND"))
+
+    table = store.table(SCORES)
+    calls = []
+
+    def loses_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise conflict
+        return "committed"
+
+    assert table._retry("append", loses_once) == "committed" and len(calls) == 2
+
+    def always_loses():
+        raise conflict
+
+    with pytest.raises(ConcurrentCommitError, match=r"append into 'scores' lost the commit race .* "
+                                                    r"tables.conflict_retries") as lost:
+        table._retry("append", always_loses)
+    assert lost.value.__cause__ is conflict
+    with pytest.raises(ValueError):  # anything else is not retried
+        table._retry("append", lambda: (_ for _ in ()).throw(ValueError("not a conflict")))

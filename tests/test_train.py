@@ -21,10 +21,10 @@ import torch
 
 from cxatlas.cli.main import main
 from cxatlas.core.schemas import QUARANTINE, VIDEO_EXPRESSIONS
-from cxatlas.core.tables import TableStore
 from cxatlas.core.train_schemas import TRAINING_EXAMPLES, TRAINING_SETS
 from cxatlas.models.checkpoint import load_checkpoint
 from cxatlas.models.registry import load_expression_model
+from cxatlas.warehouse.tables import TableStore
 from tests.conftest import cli_args, make_config
 
 FAST = ("train.lr=0.003", "train.batch_size=16", "train.heldout_fraction=0.3", "train.windows_per_clip=1",

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_EXPRESSIONS
-from cxatlas.core.tables import TableStore
 from cxatlas.core.uris import UriPolicy
 from cxatlas.sim.media_corpus import source_paths
 from cxatlas.stages.annotate import run_annotate
 from cxatlas.stages.ingest import run_ingest
+from cxatlas.warehouse.tables import TableStore
 from tests.conftest import make_config
 from tests.test_ingest import PARIS, write_csv
 

@@ -12,15 +12,15 @@ import sys
 import time
 from typing import Any, Callable
 
-from cxatlas.core.catalog import ALL_TABLES, register_catalog, table_spec
 from cxatlas.core.config import Config, ConfigError
 from cxatlas.core.errors import EXIT_FAILED, UserError
+from cxatlas.warehouse.catalog import ALL_TABLES, register_catalog, table_spec
 
 
 def open_store(cfg: Config, name: str) -> tuple[Any, Any]:
     """The Spark session (app name ``cxatlas-<name>``) and the table store of ``cfg``."""
-    from cxatlas.core.spark import build_spark
-    from cxatlas.core.tables import TableStore
+    from cxatlas.warehouse.spark import build_spark
+    from cxatlas.warehouse.tables import TableStore
 
     spark = build_spark(cfg, f"-{name}")
     return spark, TableStore.from_config(spark, cfg)
@@ -60,7 +60,7 @@ def explain_failure(cfg: Config, exc: BaseException) -> str | None:
     away during the run. None: the exception's own first line says it."""
     if cfg.settings.catalog.metastore != "derby-server":
         return None
-    from cxatlas.core.metastore import server_of
+    from cxatlas.warehouse.metastore import server_of
 
     server = server_of(cfg.data_root, cfg.settings.catalog)
     if server is None or server.alive():
@@ -369,13 +369,13 @@ def cmd_sql(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_sql_server(args: argparse.Namespace, cfg: Config) -> int:
-    from cxatlas.core.sql_server import serve
+    from cxatlas.warehouse.sql_server import serve
 
     return serve(cfg, args.host, args.port, allow_writes=args.allow_writes)
 
 
 def cmd_metastore(args: argparse.Namespace, cfg: Config) -> int:
-    from cxatlas.core.metastore import ensure_server, server_of, stop_server
+    from cxatlas.warehouse.metastore import ensure_server, server_of, stop_server
 
     c, jars, root = cfg.settings.catalog, cfg.settings.spark.jars_dir, cfg.data_root
     if c.metastore != "derby-server":
@@ -448,7 +448,7 @@ def cmd_reprocess(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_runs(args: argparse.Namespace, cfg: Config) -> int:
-    from cxatlas.core.run_log import recent_runs
+    from cxatlas.warehouse.run_log import recent_runs
 
     spark, store = open_store(cfg, "runs")
     runs = recent_runs(store, args.limit)

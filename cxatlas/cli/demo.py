@@ -48,10 +48,10 @@ def analyse_simulated_world(spark, cfg: Config) -> str | None:
     """Write (once per data root) and analyse the simulated world, write its report; print the headline numbers
     next to the paper's. Returns the report's path (None when ``demo.simulated_videos`` is 0)."""
     from cxatlas.core.schemas import UPLOADS
-    from cxatlas.core.tables import TableStore
     from cxatlas.sim.world import import_simulated, world_params_from_config
     from cxatlas.stages.analyze import run_analyze
     from cxatlas.stages.report import write_report
+    from cxatlas.warehouse.tables import TableStore
 
     n = cfg.settings.demo.simulated_videos
     if n <= 0:

@@ -26,7 +26,7 @@ from cxatlas.cli.demo import cmd_demo
 from cxatlas.cli.quiet import quiet_spark_startup
 from cxatlas.core.config import Config, load_config
 from cxatlas.core.errors import EXIT_FAILED, EXIT_USAGE, UserError
-from cxatlas.core.spark import LOG_LEVEL_ENV
+from cxatlas.warehouse.spark import LOG_LEVEL_ENV
 
 log = logging.getLogger("cxatlas")
 QUIET_LOGGERS = ("py4j", "matplotlib", "PIL", "urllib3", "filelock", "sentence_transformers")
@@ -287,7 +287,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def setup_logging(verbose: bool, quiet: bool = False) -> None:
     """The one place logging is configured, the same for every command: Python's root logger (DEBUG with ``-v``,
-    WARNING with ``-q``, else INFO) and the JVM's level, which ``cxatlas.core.spark`` reads from
+    WARNING with ``-q``, else INFO) and the JVM's level, which ``cxatlas.warehouse.spark`` reads from
     ``$CXATLAS_LOG_LEVEL`` (:func:`main` sets INFO for ``-v``, ERROR for ``-q``; else ``spark.log_level``) for the
     packaged log4j2.properties."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
@@ -369,7 +369,7 @@ def write_trace(cfg: Config | None, command: str, exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, load the config, run the command. Returns the exit code (see the module docstring)."""
-    from cxatlas.core.tables import commits_made
+    from cxatlas.warehouse.tables import commits_made
 
     args = build_parser().parse_args(argv)
     verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)

@@ -16,9 +16,9 @@ import pandas as pd
 
 from cxatlas.cli.commands import open_store
 from cxatlas.cli.quiet import quiet_spark_startup
-from cxatlas.core.catalog import VIEWS, register_catalog
 from cxatlas.core.config import ENV_DATA, Config, load_config
 from cxatlas.core.errors import UserError
+from cxatlas.warehouse.catalog import VIEWS, register_catalog
 
 # Spark's start-up chatter filter (cxatlas.cli.quiet), entered once and never left: the JVM keeps writing to the
 # stderr it was started with for the whole life of the kernel, so the filter must outlive open_session.

@@ -1,7 +1,7 @@
 """Hide the one line the JVM itself writes on every start, ``WARNING: Using incubator modules: jdk.incubator.vector``.
 
 Everything else the JVM logs goes through log4j, configured by the packaged ``conf/log4j2.properties``
-(``cxatlas.core.spark``): at the default level it prints no start-up banner and no known-harmless note, so nothing
+(``cxatlas.warehouse.spark``): at the default level it prints no start-up banner and no known-harmless note, so nothing
 else needs filtering. The incubator notice is printed by the JVM's module system before any logging exists (Spark
 adds ``--add-modules jdk.incubator.vector`` to its launch command), which no configuration reaches; the CLI points
 fd 2 at a pipe for the duration of a command and forwards every line but that one (``-v`` keeps it too).

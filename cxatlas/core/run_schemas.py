@@ -3,7 +3,7 @@
 * ``runs``: one row per run of a scheduled command (``cxatlas reprocess``), written at its start (status
   ``running``) and completed at its end, so a run killed mid-way is visible and later marked ``failed``.
 * ``leases``: at most one holder per lease name; Delta's optimistic concurrency decides between two runs that try
-  to take it at once (see :mod:`cxatlas.core.lease`).
+  to take it at once (see :mod:`cxatlas.warehouse.lease`).
 * ``processed_manifests``: which manifest files were ingested, with their checksum: a changed file is processed
   again, an unchanged one never (the record lives with the tables, not in a local file).
 * ``stat_sums``: the additive sufficient sums of the statistics per analysis configuration, valid at recorded input

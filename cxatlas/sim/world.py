@@ -12,10 +12,10 @@ from pathlib import Path
 
 from cxatlas.core.config import Config
 from cxatlas.core.schemas import CONTEXT_SCORE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, spark_schema
-from cxatlas.core.tables import CommitResult, TableStore
 from cxatlas.core.taxonomies import published_data_dir
 from cxatlas.sim import simulate
 from cxatlas.stages.import_annotations import shape_to_schema
+from cxatlas.warehouse.tables import CommitResult, TableStore
 
 
 @dataclass

@@ -15,17 +15,17 @@ import threading
 import time
 from dataclasses import dataclass
 
-from cxatlas.core.catalog import register_catalog
 from cxatlas.core.config import Config, join_uri
-from cxatlas.core.spark import remove_path
-from cxatlas.core.quarantine import to_quarantine_rows, write_quarantine
 from cxatlas.core.runs import RunReport
 from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, live_uploads
 from cxatlas.core.settings import AnnotateSettings
-from cxatlas.core.tables import TableStore
 from cxatlas.core.uris import UriPolicy
 from cxatlas.models.annotation import annotation_versions, build_annotation_models
 from cxatlas.udfs.annotate import ANNOTATED, OUTPUT_SCHEMA, QUARANTINED, AnnotateBatches
+from cxatlas.warehouse.catalog import register_catalog
+from cxatlas.warehouse.quarantine import to_quarantine_rows, write_quarantine
+from cxatlas.warehouse.spark import ARROW_BATCH, remove_path, scoped_conf
+from cxatlas.warehouse.tables import TableStore
 
 log = logging.getLogger(__name__)
 STAGE = "annotate"
@@ -150,15 +150,15 @@ def run_annotate(spark, cfg: Config, store: TableStore, max_videos: int | None =
         report.remaining = max(0, pending - max_videos)
 
     n_parts = settings.partitions
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", settings.videos_per_batch)
     batches = AnnotateBatches(settings, UriPolicy.from_settings(cfg.settings.ingest))
     annotated = (todo.repartition(n_parts, "video_id").mapInPandas(batches, OUTPUT_SCHEMA)
                  .join(todo.select("video_id", "uri", "region", "lat_bin", "lon_bin"), "video_id"))
     # The UDF's output is staged as Parquet before any table is written: every later step (counts, three commits,
     # MERGE's own reads of its source) reads these files instead of decoding the videos again, and a lost executor
-    # cannot take a cached result with it.
+    # cannot take a cached result with it. Arrow batches of annotate.videos_per_batch videos for this write only:
+    # the session's own setting is back afterwards.
     staging = join_uri(cfg.data_root, STAGING_DIR, f"annotate-{report.run_id}")
-    with _Progress(spark, n_parts):
+    with scoped_conf(spark, {ARROW_BATCH: settings.videos_per_batch}), _Progress(spark, n_parts):
         annotated.write.mode("overwrite").parquet(staging)
     try:
         _write_outputs(store, settings, report, spark.read.parquet(staging), (expressions, contexts), columns,

@@ -97,15 +97,15 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
-from cxatlas.core.catalog import register_catalog
 from cxatlas.core.config import Config
 from cxatlas.core.errors import UserError
-from cxatlas.core.quarantine import to_quarantine_rows, write_quarantine
-from cxatlas.core.runs import RunReport, utc_timestamp
 from cxatlas.core.regions import REGIONS, load_country_regions
+from cxatlas.core.runs import RunReport, utc_timestamp
 from cxatlas.core.schemas import (CTX_PREFIX, EXPR_PREFIX, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, label_to_column,
                              spark_schema)
-from cxatlas.core.tables import TableStore
+from cxatlas.warehouse.catalog import register_catalog
+from cxatlas.warehouse.quarantine import to_quarantine_rows, write_quarantine
+from cxatlas.warehouse.tables import TableStore
 
 log = logging.getLogger(__name__)
 

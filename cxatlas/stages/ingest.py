@@ -24,14 +24,14 @@ import pandas as pd
 
 from cxatlas.core.config import Config
 from cxatlas.core.errors import UserError
-from cxatlas.core.runs import RunReport, utc_timestamp
-from cxatlas.core.quarantine import to_quarantine_rows, write_quarantine
 from cxatlas.core.regions import load_country_regions
+from cxatlas.core.runs import RunReport, utc_timestamp
 from cxatlas.core.schemas import UPLOADS
 from cxatlas.core.settings import GeoSettings
 from cxatlas.core.uris import REASONS as URI_REASONS
 from cxatlas.core.uris import UriPolicy
-from cxatlas.core.tables import CommitResult, TableStore
+from cxatlas.warehouse.quarantine import to_quarantine_rows, write_quarantine
+from cxatlas.warehouse.tables import CommitResult, TableStore
 
 log = logging.getLogger(__name__)
 

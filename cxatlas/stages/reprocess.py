@@ -1,6 +1,6 @@
 """``cxatlas reprocess``: the one scheduled command that keeps every table and statistic current.
 
-One run, under a lease (:mod:`cxatlas.core.lease`) so overlapping schedules never work at once::
+One run, under a lease (:mod:`cxatlas.warehouse.lease`) so overlapping schedules never work at once::
 
     manifest folder --(files not in processed_manifests, by sha256)--> ingest (withdrawals become tombstones)
       -> apply withdrawals (annotations of withdrawn videos deleted; idempotent, so a killed run is completed)
@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 
 from cxatlas.core.config import Config
 from cxatlas.core.errors import UserError
-from cxatlas.core.lease import Lease
 from cxatlas.core.result_schemas import ANALYSES
-from cxatlas.core.run_log import RunLog
 from cxatlas.core.run_schemas import PROCESSED_MANIFESTS
 from cxatlas.core.runs import RunReport, utc_timestamp
-from cxatlas.core.tables import TableStore
+from cxatlas.warehouse.lease import Lease
+from cxatlas.warehouse.run_log import RunLog
+from cxatlas.warehouse.tables import TableStore
 
 log = logging.getLogger(__name__)
 

@@ -31,12 +31,12 @@ from typing import Any, Iterator, Sequence
 from cxatlas.compat import petastorm as petastorm_compat
 from cxatlas.core.config import Config, join_uri
 from cxatlas.core.errors import UserError
-from cxatlas.core.quarantine import to_quarantine_rows, write_quarantine
 from cxatlas.core.runs import RunReport
 from cxatlas.core.settings import TrainSettings, fingerprint
-from cxatlas.core.spark import remove_path
-from cxatlas.core.tables import TableStore
 from cxatlas.core.train_schemas import TRAINING_EXAMPLES, TRAINING_SETS
+from cxatlas.warehouse.quarantine import to_quarantine_rows, write_quarantine
+from cxatlas.warehouse.spark import ARROW_BATCH, remove_path, scoped_conf
+from cxatlas.warehouse.tables import TableStore
 
 log = logging.getLogger(__name__)
 STAGE = "train"
@@ -310,13 +310,13 @@ def prepare_training_set(spark, cfg: Config, store: TableStore, ratings_path: st
     from cxatlas.udfs.training import CROPPED, OUTPUT_SCHEMA, QUARANTINED, StimulusCrops
 
     staging = join_uri(cfg.data_root, STAGING_DIR, f"train-{run_id}")
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", t.stimuli_per_batch)
     try:
         stimuli.write.mode("overwrite").parquet(staging + "/stimuli")  # targets computed once, read twice below
         staged_stimuli = spark.read.parquet(staging + "/stimuli")
-        (staged_stimuli.select("stimulus_id", URI).repartition(t.partitions, "stimulus_id")
-         .mapInPandas(StimulusCrops(cfg.settings.annotate, t), OUTPUT_SCHEMA)
-         .write.mode("overwrite").parquet(staging + "/crops"))
+        with scoped_conf(spark, {ARROW_BATCH: t.stimuli_per_batch}):  # the UDF's batches, for this write only
+            (staged_stimuli.select("stimulus_id", URI).repartition(t.partitions, "stimulus_id")
+             .mapInPandas(StimulusCrops(cfg.settings.annotate, t), OUTPUT_SCHEMA)
+             .write.mode("overwrite").parquet(staging + "/crops"))
         crops = spark.read.parquet(staging + "/crops").join(staged_stimuli, "stimulus_id")
         # one pass for every count: stimuli per outcome and reason, their crops, and the held-out ones
         tally = crops.groupBy("status", "reason", "split").agg(
@@ -412,7 +412,6 @@ class PetastormFeed:
 
         t = cfg.settings.train
         self.batch_size, self.workers, self.shuffle, self.seed = batch_size, t.loader_workers, t.shuffle_buffer, t.seed
-        spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, petastorm_cache_url(cfg))
         table = store.table(TRAINING_EXAMPLES).read(version=prepared.version).filter(
             F.col("training_set") == prepared.training_set)
         window = t.crops_per_window if input_spec.is_window else None
@@ -421,7 +420,9 @@ class PetastormFeed:
         self.transform = TransformSpec(decode, edit_fields=decode.fields,
                                        selected_fields=[name for name, *_ in decode.fields])
         examples = table if window is None else window_examples(table, window, t.crop_size)
-        with petastorm_compat.quiet():
+        # petastorm reads its cache folder from the session conf inside make_spark_converter: set for those calls only
+        with petastorm_compat.quiet(), scoped_conf(spark, {SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF:
+                                                           petastorm_cache_url(cfg)}):
             self.train = make_spark_converter(examples.filter(F.col("split") == "train").select(*decode.columns))
             self.heldout = make_spark_converter(examples.filter(F.col("split") == "heldout").select(*decode.columns))
         if len(self.train) == 0:

@@ -43,8 +43,8 @@ import pandas as pd
 from cxatlas.core.config import Config
 from cxatlas.core.errors import UserError
 from cxatlas.core.runs import RunReport
-from cxatlas.core.tables import TableStore
 from cxatlas.stages.train import PetastormFeed, TrainingSet, prepare_training_set, recipe_of
+from cxatlas.warehouse.tables import TableStore
 
 
 @dataclass
@@ -199,10 +199,10 @@ def _one_run(spark, cfg: Config, store: TableStore, report: TransferReport, mode
     from scipy.stats import spearmanr
 
     from cxatlas.models.device import pick_device
-    from cxatlas.stages.inagaki import balanced_correct_rates
     from cxatlas.models.registry import REGISTRY
     from cxatlas.models.training import TargetView, Trainer, build_trainable, loss_for, pearson_per_label, predict, \
         save_epoch
+    from cxatlas.stages.inagaki import balanced_correct_rates
 
     t = cfg.settings.train
     sides, labels = _datasets(spark, cfg, store, report.run_id, ratings_a, ratings_b, ratings, country_a, country_b,

@@ -36,12 +36,12 @@ from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_LOADINGS, CC
                                          CONTEXT_EXPRESSION_CORRELATIONS, GEOBIN_VARIATES, HEADLINE_NUMBERS,
                                          REGION_SIMILARITY, REGION_VS_WORLD, SIGN_AGREEMENT)
 from cxatlas.core.settings import AnalyzeSettings
-from cxatlas.core.tables import TableStore
 from cxatlas.stages.analyze.results import ResultFrames, _to_spark, compute_results, write_figures
 from cxatlas.stages.analyze.settings import (BALANCED_FIT, CCA_BALANCE, LORO, AnalyzeError, AnalyzeReport,
                                              check_settings, new_analysis_id)
 from cxatlas.stages.analyze.sums import (Inputs, compute_sums, describe_video_filter, prepare_input, resolve_inputs,
                                          taxonomy_labels, video_filter_labels)
+from cxatlas.warehouse.tables import TableStore
 
 log = logging.getLogger(__name__)
 

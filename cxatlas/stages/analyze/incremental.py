@@ -38,11 +38,11 @@ from cxatlas.core.regions import REGION_IDS
 from cxatlas.core.run_schemas import STAT_SUMS
 from cxatlas.core.schemas import UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
 from cxatlas.core.settings import AnalyzeSettings, IncrementalSettings
-from cxatlas.core.tables import TableStore
 from cxatlas.stages.analyze.sums import Inputs, combined_partials, local_partials, prepare_input
 from cxatlas.stats import CcaMoments, Moments, accumulate_cca
 from cxatlas.stats.moments import prediction_folds
 from cxatlas.udfs.moments import KIND_CANDIDATES, GeobinSums, SampleRows, assemble
+from cxatlas.warehouse.tables import TableStore
 
 log = logging.getLogger(__name__)
 

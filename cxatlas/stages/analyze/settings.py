@@ -12,9 +12,9 @@ from cxatlas.core.errors import UserError
 from cxatlas.core.regions import REGION_IDS
 from cxatlas.core.runs import new_run_id
 from cxatlas.core.settings import AnalyzeSettings
-from cxatlas.core.tables import CommitResult
 from cxatlas.stats import CORRELATION_KINDS, CcaMoments, Moments
 from cxatlas.udfs.moments import GeobinSums
+from cxatlas.warehouse.tables import CommitResult
 
 CCA_BALANCE = ("subsample", "reweight")
 CCA_FIT_REGION_SAMPLE = ("all", "per_region")

@@ -12,10 +12,10 @@ from typing import Any, Sequence
 from cxatlas.core.regions import REGION_IDS
 from cxatlas.core.schemas import EXPR_PREFIX, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, live_uploads
 from cxatlas.core.settings import AnalyzeSettings, ContextSettings
-from cxatlas.core.tables import TableStore
 from cxatlas.stages.analyze.settings import AnalyzeError
 from cxatlas.stats import CcaMoments, Moments
 from cxatlas.udfs.moments import PARTIAL_SCHEMA, GeobinSums, MomentsPass, assemble, combine_partials
+from cxatlas.warehouse.tables import TableStore
 
 log = logging.getLogger(__name__)
 

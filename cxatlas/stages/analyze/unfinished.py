@@ -11,7 +11,7 @@ import logging
 import time
 
 from cxatlas.core.result_schemas import ANALYSES, RESULT_TABLES
-from cxatlas.core.tables import TableStore
+from cxatlas.warehouse.tables import TableStore
 
 log = logging.getLogger(__name__)
 

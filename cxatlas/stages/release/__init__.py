@@ -42,10 +42,10 @@ from cxatlas.core.runs import new_run_id
 from cxatlas.core.schemas import EXPR_PREFIX, PAPER_EXPRESSIONS, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, \
     TableSpec, label_to_column, live_uploads, spark_schema
 from cxatlas.core.settings import ReleaseSettings
-from cxatlas.core.tables import CommitResult, TableStore
 from cxatlas.stages.release.ledger import BudgetExceeded, Spent, charge, check_budget, spent
 from cxatlas.stages.release.mechanism import Calibration, CalibrationError, calibrate
 from cxatlas.stats.dp import RegionSums, correlations_from_sums, pack, unpack
+from cxatlas.warehouse.tables import CommitResult, TableStore
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from cxatlas.core.errors import UserError
 from cxatlas.core.release_schemas import PRIVACY_LEDGER
 from cxatlas.core.runs import utc_timestamp
-from cxatlas.core.tables import ConcurrentCommitError, TableStore
+from cxatlas.warehouse.tables import ConcurrentCommitError, TableStore
 
 log = logging.getLogger(__name__)
 

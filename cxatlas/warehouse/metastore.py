@@ -20,7 +20,7 @@ and ``password_file`` are carried through to the JDBC settings when present (wri
 
 Only cxatlas reaches the metastore (issue #24): a server is started with Derby's BUILTIN authentication required
 (``derby.properties`` in its home, 0600), its one user ``APP`` (the schema the Hive tables live in) with a password
-generated for the data root (``metastore.password``, 0600, :func:`cxatlas.core.credentials.ensure_secret`), and the
+generated for the data root (``metastore.password``, 0600, :func:`cxatlas.warehouse.credentials.ensure_secret`), and the
 database is created by the server's owner before the server starts: the JDBC URL of the jobs never says
 ``create=true``, and a client without the password opens nothing and creates nothing. The password reaches Spark as
 ``javax.jdo.option.ConnectionPassword`` (redacted by Spark; ``cxatlas sql-server`` refuses to show it) and the
@@ -41,9 +41,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from cxatlas.core.credentials import ensure_secret
 from cxatlas.core.errors import UserError
 from cxatlas.core.settings import CatalogSettings
+from cxatlas.warehouse.credentials import ensure_secret
 
 log = logging.getLogger(__name__)
 SERVER_CLASS = "org.apache.derby.drda.NetworkServerControl"
@@ -208,7 +208,7 @@ def _require_authentication(home: Path) -> str:
     """The data root's metastore password (generated on first use) and the server's ``derby.properties`` requiring
     it; returns the password."""
     password = ensure_secret(home / PASSWORD_FILE)
-    text = ("# Written by cxatlas (cxatlas/core/metastore.py): only the data root's owner opens this metastore.\n"
+    text = ("# Written by cxatlas (cxatlas/warehouse/metastore.py): only the data root's owner opens this metastore.\n"
             "derby.connection.requireAuthentication=true\nderby.authentication.provider=BUILTIN\n"
             f"derby.user.{USER}={password}\n")
     fd = os.open(home / "derby.properties", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

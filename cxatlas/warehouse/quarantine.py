@@ -6,7 +6,7 @@ hash (stage | reason | source row) makes a rerun idempotent: the same bad row is
 from __future__ import annotations
 
 from cxatlas.core.schemas import QUARANTINE
-from cxatlas.core.tables import CommitResult, TableStore
+from cxatlas.warehouse.tables import CommitResult, TableStore
 
 
 def to_quarantine_rows(df, *, stage: str, reason_col: str, detail_col: str | None, source_row_col: str,

@@ -1,6 +1,6 @@
 """The catalog analysts see: every table by name, plus views that put the wide tables in the shape SQL users want.
 
-Tables are registered by :class:`cxatlas.core.tables.Table` when they are created; :func:`register_catalog` also
+Tables are registered by :class:`cxatlas.warehouse.tables.Table` when they are created; :func:`register_catalog` also
 (re)registers tables written before the catalog existed and (re)creates the analyst views, which are persisted in the
 metastore like the tables, so a new process (``cxatlas sql``, ``cxatlas sql-server``, a notebook) sees them:
 
@@ -20,7 +20,7 @@ from cxatlas.core.result_schemas import (ANALYSES, CONTEXT_EXPRESSION_CORRELATIO
                                          RESULT_TABLES)
 from cxatlas.core.run_schemas import RUN_TABLES
 from cxatlas.core.schemas import CORE_TABLES, EXPR_PREFIX, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, TableSpec
-from cxatlas.core.tables import TableStore
+from cxatlas.warehouse.tables import TableStore
 
 ALL_TABLES: tuple[TableSpec, ...] = (*CORE_TABLES, *RESULT_TABLES, *RUN_TABLES, *RELEASE_TABLES)
 VIEWS = ("expression_scores", "context_scores", "regions", "context_expression_correlations_labelled",

@@ -10,13 +10,18 @@ import glob
 import logging
 import os
 import sys
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 from cxatlas.core.config import Config, join_uri, packaged_conf_dir
 from cxatlas.core.errors import UserError
-from cxatlas.core.metastore import MetastoreServer, ensure_server, metastore_conf, server_of
+from cxatlas.warehouse.metastore import MetastoreServer, ensure_server, metastore_conf, server_of
 
 log = logging.getLogger(__name__)
 DELTA_CLASS = "io.delta.tables.DeltaTable"
+#: Rows per Arrow batch handed to ``mapInPandas``: the jobs whose UDF batches a few heavy rows (videos, stimuli) set it
+#: around their own write with :func:`scoped_conf`.
+ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 
 def local_jars(jars_dir: str | None) -> list[str]:
@@ -104,6 +109,28 @@ def require_delta(spark, jars_dir: str | None) -> None:
         raise UserError(f"Delta Lake's jars are not on Spark's classpath (looked in spark.jars_dir={jars_dir}): run "
                         f"`make jars`, or pass spark-submit --packages io.delta:delta-spark_2.13:<version> "
                         f"(conf/jars.txt)") from None
+
+
+@contextmanager
+def scoped_conf(spark, settings: Mapping[str, Any]) -> Iterator[None]:
+    """Set session conf keys for the ``with`` block only; afterwards each key is as it was (its previous value, or
+    unset when it was not set), whatever the block raised.
+
+    Why: the session outlives every job (the CLI runs several commands in one, tests share one, a notebook keeps
+    its own), so a job that left e.g. ``spark.sql.execution.arrow.maxRecordsPerBatch`` at its own value would
+    override the user's for whatever runs next.
+    """
+    previous = {key: spark.conf.get(key, None) for key in settings}  # None: not set in this session
+    try:
+        for key, value in settings.items():
+            spark.conf.set(key, str(value).lower() if isinstance(value, bool) else str(value))
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def remove_path(spark, uri: str) -> None:

@@ -18,7 +18,7 @@ from cxatlas.core.config import Config
 from cxatlas.core.run_schemas import RUNS
 from cxatlas.core.runs import utc_timestamp
 from cxatlas.core.schemas import spark_schema
-from cxatlas.core.tables import TableStore
+from cxatlas.warehouse.tables import TableStore
 
 COUNT_COLUMNS = ("manifests", "rows_in", "new", "updated", "withdrawn", "annotated", "quarantined", "remaining")
 

@@ -22,13 +22,13 @@ import signal
 import threading
 from pathlib import Path
 
-from cxatlas.core.catalog import register_catalog
 from cxatlas.core.config import Config
-from cxatlas.core.credentials import ensure_secret
 from cxatlas.core.errors import UserError
-from cxatlas.core.metastore import metastore_home
-from cxatlas.core.spark import build_spark
-from cxatlas.core.tables import TableStore
+from cxatlas.warehouse.catalog import register_catalog
+from cxatlas.warehouse.credentials import ensure_secret
+from cxatlas.warehouse.metastore import metastore_home
+from cxatlas.warehouse.spark import build_spark
+from cxatlas.warehouse.tables import TableStore
 
 GUARD_EXTENSION = "cxatlas.sqlguard.SqlGuardExtension"
 GUARD_CLASS = "cxatlas.sqlguard.SqlGuard"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from cxatlas.core.errors import UserError
 from cxatlas.core.run_schemas import LEASES
 from cxatlas.core.runs import utc_timestamp
-from cxatlas.core.tables import TableStore
+from cxatlas.warehouse.tables import TableStore
 
 log = logging.getLogger(__name__)
 
