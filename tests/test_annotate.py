@@ -39,8 +39,9 @@ def manifest(tmp_path: Path, media: dict[str, Path]) -> str:
     return write_csv(tmp_path / "m.csv", rows)
 
 
-def test_annotate_real_videos_end_to_end(spark, tmp_path, media):
-    cfg = make_config(tmp_path / "data", *FAST, "annotate.fault_video_ids=[model_fault]")
+def test_annotate_real_videos_end_to_end(spark, tmp_path, media, inject_faults):
+    inject_faults("model_fault")
+    cfg = make_config(tmp_path / "data", *FAST)
     store = TableStore.from_config(spark, cfg)
     assert run_ingest(spark, cfg, store, manifest(tmp_path, media)).new == len(media) + 1
 
@@ -88,8 +89,7 @@ def test_annotate_real_videos_end_to_end(spark, tmp_path, media):
     # Lineage: a face setting is part of the annotation version, so changing it annotates every video again under a
     # new expression version (the old rows stay, tagged with the old version); the text-only contexts do not
     # depend on faces, so their version is unchanged and no context row is rewritten.
-    stricter = make_config(tmp_path / "data", *FAST, "annotate.fault_video_ids=[model_fault]",
-                           "annotate.faces.min_prob=0.95")
+    stricter = make_config(tmp_path / "data", *FAST, "annotate.faces.min_prob=0.95")
     changed = run_annotate(spark, stricter, store)
     assert changed.expression_version != report.expression_version
     assert changed.context_version == report.context_version

@@ -49,6 +49,17 @@ def test_every_default_is_defined_once_in_local_yaml():
     assert not fallbacks, f"settings read around the typed schema: {fallbacks}"
 
 
+def test_no_setting_exists_for_a_test():
+    """Test hooks stay in the tests (tests/hooks/, fixtures): neither the schema nor the packaged defaults hold a
+    fault-injection or other testing-only setting."""
+    keys = [key for key, _ in leaves(yaml.safe_load((packaged_conf_dir() / "local.yaml").read_text()))]
+    fields = [f"{cls.__name__}.{f.name}" for cls in vars(schema).values()
+              if isinstance(cls, type) and dataclasses.is_dataclass(cls) for f in dataclasses.fields(cls)]
+    hooks = [name for name in [*keys, *fields] if any(word in name.lower() for word in ("fault", "inject", "test_"))]
+    assert not hooks, hooks
+    assert "testing only" not in (packaged_conf_dir() / "local.yaml").read_text().lower()
+
+
 def test_cluster_yaml_is_an_overlay_holding_only_what_differs():
     local = yaml.safe_load((packaged_conf_dir() / "local.yaml").read_text())
     cluster = yaml.safe_load((packaged_conf_dir() / "cluster.yaml").read_text())

@@ -410,13 +410,13 @@ def test_non_finite_ratings_are_quarantined_and_a_label_without_ratings_refused(
     assert prepared.stimuli_with_crops >= 2 and targets.shape[1] == 4 and np.isfinite(targets).all(), targets
 
 
-def test_one_failing_video_in_context_scoring_is_quarantined_and_its_batch_goes_on(tmp_path):
+def test_one_failing_video_in_context_scoring_is_quarantined_and_its_batch_goes_on(tmp_path, inject_faults):
     from cxatlas.core.config import load_config
     from cxatlas.sim.media_corpus import source_paths
     from cxatlas.udfs.annotate import ANNOTATED, QUARANTINED, AnnotateBatches, load_models
 
-    settings = load_config(overrides=["annotate.video.max_windows=1", "annotate.fault_video_ids=[context:bad]"]) \
-        .settings.annotate
+    inject_faults("context:bad")
+    settings = load_config(overrides=["annotate.video.max_windows=1"]).settings.annotate
     clip = str(source_paths()["single_face"])
     batch = pd.DataFrame([dict(video_id=v, uri=clip, title="Wedding party", description="bride and groom")
                           for v in ("a", "bad", "b")])

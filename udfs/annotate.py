@@ -166,9 +166,6 @@ class AnnotateBatches:
         del decoded  # frames are dropped here; only face crops (and a few context frames) go on
 
     def _predict(self, videos: list[_Video], models: AnnotationModels) -> None:
-        faulty = [v.video_id for v in videos if v.video_id in self.settings.fault_video_ids]
-        if faulty:
-            raise RuntimeError(f"fault injected by annotate.fault_video_ids for {faulty}")
         crops = [c for v in videos for c in v.crops]
         window_scores = models.expression.predict_windows(crops)
         start = 0
@@ -197,9 +194,6 @@ class AnnotateBatches:
     def _score_contexts(self, videos: list[_Video], models: AnnotationModels) -> dict[str, list]:
         from cxatlas.models.context import to_sparse
 
-        faulty = [v.video_id for v in videos if f"context:{v.video_id}" in self.settings.fault_video_ids]
-        if faulty:
-            raise RuntimeError(f"fault injected by annotate.fault_video_ids for {faulty}")
         s = self.settings.context
         titles = [str(v.row.get("title") or "") for v in videos]
         descriptions = [str(v.row.get("description") or "") for v in videos]

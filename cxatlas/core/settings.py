@@ -225,7 +225,6 @@ class AnnotateSettings:
     faces: FaceSettings
     expression: ExpressionSettings
     context: ContextSettings
-    fault_video_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
