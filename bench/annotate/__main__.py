@@ -1,0 +1,4 @@
+"""``python -m bench.annotate``: the same command line as ``python -m bench.bench_annotate``."""
+from bench.annotate.cli import main
+
+main()
