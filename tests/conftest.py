@@ -117,14 +117,38 @@ def store(spark, cfg):
 # `make test` runs the suite on two pytest-xdist workers with `--dist loadfile` (a file's module fixtures are built
 # once, on one worker). With --no-loadscope-reorder workers take files in collection order, so the files that take
 # minutes go first: otherwise (xdist's default puts files with many tests first) one worker ends the run alone on
-# the longest files while the other idles. Measured durations, longest first (this session's new files by their
-# durations under load: run truth ~25 min, SQL security ~6 min, URI policy and metastore auth a few minutes).
-LONGEST_FILES_FIRST = ("test_cluster.py", "test_reprocess.py", "test_run_truth.py", "test_catalog.py", "test_analyze.py",
-                       "test_release.py", "test_sql_security.py", "test_notebooks.py", "test_train.py",
-                       "test_ingest.py", "test_incremental.py", "test_uri_policy.py", "test_metastore_auth.py",
-                       "test_logging.py", "test_import_robustness.py", "test_annotate.py")
+# the longest files while the other idles. The order comes from measured durations (tests/durations.json: seconds
+# per file, setup and teardown included), which a run records when $CXATLAS_RECORD_DURATIONS names a file:
+#   CXATLAS_RECORD_DURATIONS=tests/durations.json make test
+# A file not in it (a new one) goes first: it is as likely to be long as any, and first is where a long file costs
+# nothing.
+DURATIONS = Path(__file__).with_name("durations.json")
+_measured: dict[str, float] = {}
+
+
+def file_durations() -> dict[str, float]:
+    import json
+
+    return json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept
+    seconds = file_durations()
+    longest = max(seconds.values(), default=0.0) + 1.0
+    items.sort(key=lambda item: -seconds.get(item.path.name, longest))  # stable: order within a file is kept
+
+
+def pytest_runtest_logreport(report):
+    """Add up each file's setup, call and teardown time (on the xdist controller, which gets every report)."""
+    if os.environ.get("CXATLAS_RECORD_DURATIONS"):
+        name = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+        _measured[name] = _measured.get(name, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    out = os.environ.get("CXATLAS_RECORD_DURATIONS")
+    if out and _measured and not hasattr(session.config, "workerinput"):  # the controller (or a run without -n)
+        import json
+
+        Path(out).write_text(json.dumps({k: round(v, 1) for k, v in sorted(_measured.items(), key=lambda kv: -kv[1])},
+                                        indent=1) + "\n")

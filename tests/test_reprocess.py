@@ -140,6 +140,11 @@ def test_scheduled_runs_withdrawal_and_model_version_change(spark, tmp_path, cor
     assert (runs["status"] == "succeeded").all()
     assert runs.loc[r2.run_id, "withdrawn"] == 1 and runs.loc[r3.run_id, "remaining"] == r3.remaining > 0
     assert json.loads(runs.loc[r4.run_id, "input_versions"])["video_expressions"] >= 0
+    steps = json.loads(runs.loc[r1.run_id, "stage_seconds"])  # where each run's time went (issue #25)
+    assert set(steps) == {"list manifests", "ingest", "withdrawals", "annotate", "statistics"}
+    assert all(v >= 0 for v in steps.values()) and steps["annotate"] > 0
+    assert set(json.loads(runs.loc[r5.run_id, "stage_seconds"])) == {"list manifests", "withdrawals", "annotate",
+                                                                     "statistics"}
     manifests = store.table(PROCESSED_MANIFESTS).read().count()
     assert manifests == 3
 

@@ -41,6 +41,8 @@ RUNS = TableSpec(
         _f("input_versions", pa.string(), "JSON: Delta versions of the input tables at the end of the run"),
         _f("output_versions", pa.string(), "JSON: Delta versions the run committed, per table"),
         _f("config_hash", pa.string(), "sha256 of the resolved configuration"),
+        _f("stage_seconds", pa.string(), "JSON {step: seconds}: where the run time went (ingest, annotate, "
+                                         "statistics, ...)"),
     ]),
     partition_by=(),
     key=("run_id",),

@@ -24,6 +24,29 @@ def utc_timestamp(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+class StageClock:
+    """Wall seconds per named step of one run, for the ``stage_seconds`` JSON column of ``runs`` and ``analyses``
+    (issue #25: where every job's time goes, visible in SQL). Entering a step closes the one before; a step entered
+    twice (one ingest per manifest) adds up."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._step: str | None = None
+        self._since = time.time()
+
+    def enter(self, step: str | None) -> None:
+        now = time.time()
+        if self._step is not None:
+            self.seconds[self._step] = self.seconds.get(self._step, 0.0) + now - self._since
+        self._step, self._since = step, now
+
+    def as_json(self) -> str:
+        import json
+
+        self.enter(self._step)  # the running step counts up to now
+        return json.dumps({k: round(v, 3) for k, v in self.seconds.items()}, sort_keys=True)
+
+
 def describe_reasons(reasons: dict[str, int]) -> list[str]:
     """The summary line counting rejected rows by reason (none when nothing was rejected)."""
     if not reasons:

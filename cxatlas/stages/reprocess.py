@@ -31,7 +31,7 @@ from cxatlas.core.config import Config
 from cxatlas.core.errors import UserError
 from cxatlas.core.result_schemas import ANALYSES
 from cxatlas.core.run_schemas import PROCESSED_MANIFESTS
-from cxatlas.core.runs import RunReport, utc_timestamp
+from cxatlas.core.runs import RunReport, StageClock, utc_timestamp
 from cxatlas.warehouse.lease import Lease
 from cxatlas.warehouse.run_log import RunLog
 from cxatlas.warehouse.tables import TableStore
@@ -196,6 +196,7 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
         run_log.mark_dead(lease.displaced.holder, f"died holding the lease (host {lease.displaced.host}, pid "
                                                   f"{lease.displaced.pid}); run {report.run_id} took over")
     run_log.start()
+    clock = StageClock()
     outputs: dict[str, int] = {}
 
     def note(commits: dict) -> None:
@@ -214,6 +215,7 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
 
     try:
         report.step = "list manifests"
+        clock.enter(report.step)
         done = _processed(store)
         found = list_manifests(manifest_dir)
         report.still_refused = {m[0]: done[(m[0], m[1])] for m in found if done.get((m[0], m[1]), None)}
@@ -221,6 +223,7 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
         log.info("reprocess %s: %d new or changed manifest(s) in %s", report.run_id, len(pending), manifest_dir)
         for path, checksum, size in pending:
             report.step = f"ingest {path}"
+            clock.enter("ingest")
             try:
                 ing = run_ingest(spark, cfg, store, path)
             except UserError as exc:  # a file that is not a manifest: recorded, and the others go on
@@ -242,9 +245,12 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
             check(ing)  # recorded first: its rows are committed, and the next run must not fail on it again
             lease.renew()
         report.step = "withdrawals"
+        clock.enter(report.step)
         report.annotations_deleted += apply_withdrawals(store, report.commits)
 
         report.step = "annotate"
+
+        clock.enter(report.step)
         annotated = run_annotate(spark, cfg, store, max_videos=max_videos)
         print(annotated.summary(), flush=True)
         report.annotated, report.remaining = annotated.annotated, annotated.remaining
@@ -253,6 +259,7 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
         check(annotated)
         lease.renew()
         report.step = "statistics"
+        clock.enter(report.step)
 
         expr_version, _, ctx_version = validate_models(cfg.settings.annotate)
         latest = _latest_analysis(store)
@@ -294,10 +301,11 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
         report.status = "failed"
         report.message = f"step {report.step}: {type(exc).__name__}: {exc}".splitlines()[0][:2000]
         run_log.finish("failed", error=report.message, counts=report.counts(), input_versions=report.versions,
-                       output_versions=outputs)
+                       output_versions=outputs, stage_seconds=clock.as_json())
         lease.release()
         raise
     run_log.finish(report.status, error=report.message or None, counts=report.counts(),
-                   analysis_id=report.analysis_id, input_versions=report.versions, output_versions=outputs)
+                   analysis_id=report.analysis_id, input_versions=report.versions, output_versions=outputs,
+                   stage_seconds=clock.as_json())
     lease.release()
     return report.finish()

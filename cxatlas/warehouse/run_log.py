@@ -37,7 +37,7 @@ class RunLog:
         self.row: dict[str, Any] = dict(run_id=run_id, command=command, started=utc_timestamp(self.started),
                                         finished=None, status="running", error=None, host=socket.gethostname(),
                                         pid=os.getpid(), analysis_id=None, input_versions=None,
-                                        output_versions=None, config_hash=config_hash(cfg),
+                                        output_versions=None, config_hash=config_hash(cfg), stage_seconds=None,
                                         **{c: None for c in COUNT_COLUMNS})
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
@@ -50,15 +50,16 @@ class RunLog:
                                    ", ".join(f"`{n}` {t}" for n, t in text.items()))
         df = df.select(*[F.col(n).cast("timestamp").alias(n) if n in ("started", "finished") else F.col(n)
                          for n in text])
-        self.store.table(RUNS).upsert(df)
+        self.store.table(RUNS).upsert(df, evolve_schema=True)  # a runs table from before a column gains it
 
     def start(self) -> None:
         self._write([self.row])
 
     def finish(self, status: str, error: str | None = None, counts: Mapping[str, int] | None = None,
                analysis_id: str | None = None, input_versions: Mapping[str, int] | None = None,
-               output_versions: Mapping[str, int] | None = None) -> None:
+               output_versions: Mapping[str, int] | None = None, stage_seconds: str | None = None) -> None:
         self.row.update(finished=utc_timestamp(time.time()), status=status, error=error, analysis_id=analysis_id,
+                        stage_seconds=stage_seconds,
                         input_versions=json.dumps(dict(input_versions or {}), sort_keys=True),
                         output_versions=json.dumps(dict(output_versions or {}), sort_keys=True))
         for name in COUNT_COLUMNS:

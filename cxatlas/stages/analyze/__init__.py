@@ -37,6 +37,7 @@ from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_LOADINGS, CC
                                          REGION_SIMILARITY, REGION_VS_WORLD, SIGN_AGREEMENT)
 from cxatlas.core.settings import AnalyzeSettings
 from cxatlas.stages.analyze.results import ResultFrames, _to_spark, compute_results, write_figures
+from cxatlas.stages.analyze.writing import write_result_tables
 from cxatlas.stages.analyze.settings import (BALANCED_FIT, CCA_BALANCE, LORO, AnalyzeError, AnalyzeReport,
                                              check_settings, new_analysis_id)
 from cxatlas.stages.analyze.sums import (Inputs, compute_sums, describe_video_filter, prepare_input, resolve_inputs,
@@ -123,19 +124,12 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
                     settings.min_occurrences)
     t = stage("statistics", t)
 
-    only_this = "analysis_id = '" + analysis_id.replace("\\", "\\\\").replace("'", "\\'") + "'"
     analyses.create_if_missing()  # before any result row: the views join on it (README "Statistics")
-    for spec, pdf in ((CONTEXT_EXPRESSION_CORRELATIONS, frames.correlations), (REGION_SIMILARITY, frames.similarity),
-                      (REGION_VS_WORLD, frames.world), (CCA_HELDOUT, frames.cca_heldout),
-                      (CCA_TESTS, frames.cca_tests), (GEOBIN_VARIATES, frames.geobins),
-                      (SIGN_AGREEMENT, frames.sign_agreement), (CCA_LOADINGS, frames.cca_loadings),
-                      (HEADLINE_NUMBERS, frames.headline)):
-        table = store.table(spec).create_if_missing()
-        # One commit per table that REPLACES this id's rows: rows left by a killed run of the same id (invisible,
-        # having no analyses row) are replaced, never doubled. The analyses row below is the commit marker that
-        # every reader and view joins on. evolve_schema: tables made by an older cxatlas gain the newer columns.
-        report.commits[spec.name] = table.replace_where(_to_spark(spark, spec, pdf, analysis_id), only_this,
-                                                        evolve_schema=True)
+    report.commits.update(write_result_tables(spark, store, analysis_id, (
+        (CONTEXT_EXPRESSION_CORRELATIONS, frames.correlations), (REGION_SIMILARITY, frames.similarity),
+        (REGION_VS_WORLD, frames.world), (CCA_HELDOUT, frames.cca_heldout), (CCA_TESTS, frames.cca_tests),
+        (GEOBIN_VARIATES, frames.geobins), (SIGN_AGREEMENT, frames.sign_agreement),
+        (CCA_LOADINGS, frames.cca_loadings), (HEADLINE_NUMBERS, frames.headline))))
     t = stage("write_tables", t)
 
     figures_dir = join_uri(cfg.data_root, settings.figures.dir, analysis_id)
@@ -147,7 +141,8 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
     row = pd.DataFrame([dict(
         started=pd.Timestamp(int(started * 1e6), unit="us", tz="UTC"),
         finished=pd.Timestamp.now(tz="UTC").floor("us"),
-        run_seconds=report.seconds, expression_model_version=expr_version, context_model_version=ctx_version,
+        run_seconds=report.seconds, stage_seconds=json.dumps(report.stage_seconds, sort_keys=True),
+        expression_model_version=expr_version, context_model_version=ctx_version,
         taxonomy=taxonomy, n_videos=report.n_videos, n_contexts=len(labels),
         n_contexts_analysed=report.n_contexts_analysed, n_expressions=len(expr_columns),
         n_replicates=settings.replicates, n_videos_filtered=report.n_videos_filtered,

@@ -162,13 +162,16 @@ class Table(CommitMixin, ChecksMixin, ChangeFeedMixin, MaintenanceMixin):
         self.create_if_missing()
         return self._commit("delete", lambda tag: self._delta().delete(condition), session_tag=True)
 
-    def replace_where(self, df, condition: str, *, evolve_schema: bool = False) -> CommitResult:
+    def replace_where(self, df, condition: str, *, evolve_schema: bool = False,
+                      n_rows: int | None = None) -> CommitResult:
         """Replace the rows matching a SQL ``condition`` by ``df`` in ONE commit (Delta's ``replaceWhere``): readers
         see the old rows or the new ones, never a mix, and a writer killed before the commit changed nothing.
-        Nothing to write and nothing matching: no commit."""
+        Nothing to write and nothing matching: no commit. ``n_rows``: ``df``'s row count when the caller knows it
+        (rows built on the driver), which spares a Spark job that counts them."""
         self._check_df(df, "replace")
         self.create_if_missing()
-        if df.limit(1).count() == 0 and self.read().filter(condition).limit(1).count() == 0:
+        empty = df.limit(1).count() == 0 if n_rows is None else n_rows == 0
+        if empty and self.read().filter(condition).limit(1).count() == 0:
             return CommitResult(self.spec.name, None)
         writer = (df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
                   .option("mergeSchema", str(evolve_schema).lower())
