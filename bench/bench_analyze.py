@@ -13,7 +13,9 @@ What it does:
    (:func:`cxatlas.sim.world.import_simulated`) -- never via the wide import format. Reused on the next run
    when the same size is already there (``--rebuild`` forces it).
 2. Times :func:`cxatlas.stages.analyze.run_analyze` (Delta -> result tables; figures off unless ``--figures``) while a thread
-   samples the resident memory of the whole process tree (driver Python + JVM + Python workers) every 0.2 s.
+   samples the resident memory of the whole process tree (driver Python + JVM + Python workers) every 0.2 s. Where
+   each run's time went is printed from its report's ``stage_seconds`` (inputs, heavy_pass, statistics, write_tables,
+   figures: the JSON its ``analyses`` row holds), as a table beside the ratio lines.
 3. numpy alone: the same rows in memory (X, sparse C, region, the same ``xxhash64`` hashes), timed while forming the
    same sums (Poisson weights, :func:`cxatlas.stats.accumulate` in the same batches, the CCA sample sums and the
    geobin sums) in one process; also checks they equal the Spark sums.
@@ -51,6 +53,8 @@ from cxatlas.sim.world import import_simulated, world_params_from_config  # noqa
 from cxatlas.stages.analyze import run_analyze  # noqa: E402
 from cxatlas.stats import accumulate, accumulate_cca, poisson_weights  # noqa: E402
 from cxatlas.stats.moments import Moments  # noqa: E402
+
+from bench.tables import print_table, stage_names  # noqa: E402
 
 log = logging.getLogger("bench")
 MODEL = "sim-bench"
@@ -250,8 +254,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
+    from cxatlas.core.result_schemas import RESULT_TABLES
+    from cxatlas.core.run_schemas import RUN_TABLES
+    from cxatlas.core.schemas import CORE_TABLES
     from cxatlas.warehouse.spark import build_spark
     from cxatlas.warehouse.tables import TableStore
+
+    from bench.catalog import forget_tables
 
     overrides = [f"simulate.n_contexts={'null' if args.contexts is None else args.contexts}",
                  f"analyze.replicates={args.replicates}", f"analyze.figures.enabled={str(args.figures).lower()}",
@@ -267,6 +276,7 @@ def main(argv=None) -> int:
     marker = Path(cfg.table_root) / "bench.json"
     want = {"videos": args.videos, "contexts": K, "seed": params.seed}
     if args.rebuild or not marker.is_file() or json.loads(marker.read_text()) != want:
+        forget_tables(store, [*CORE_TABLES, *RESULT_TABLES, *RUN_TABLES])  # no catalog entry left pointing at nothing
         shutil.rmtree(cfg.table_root, ignore_errors=True)
         t = time.time()
         import_simulated(spark, cfg, store, params, args.videos, model_version=MODEL, taxonomy=TAXONOMY,
@@ -275,13 +285,14 @@ def main(argv=None) -> int:
         marker.write_text(json.dumps(want))
         print(f"built input tables in {time.time() - t:.1f}s (not part of the timings)", flush=True)
     else:
-        for spec in ("context_expression_correlations", "region_similarity", "region_vs_world", "cca_heldout",
-                     "cca_tests", "geobin_variates", "analyses"):
-            shutil.rmtree(Path(cfg.table_root) / spec, ignore_errors=True)
+        forget_tables(store, RESULT_TABLES)  # the previous run's results: out of the catalog, then off the disk
+        for spec in RESULT_TABLES:
+            shutil.rmtree(Path(cfg.table_root) / spec.name, ignore_errors=True)
         print("reusing the input tables", flush=True)
 
     settings = cfg.settings.analyze
     runs = []
+    stages: list[dict[str, float]] = []  # each run's AnalyzeReport.stage_seconds
     for run in range(1, args.runs + 1):
         load_before = load_average()
         with PeakMemory() as mem:
@@ -289,6 +300,7 @@ def main(argv=None) -> int:
             report = run_analyze(spark, cfg, store, settings=settings)
             wall = time.time() - t
         runs.append((wall, mem.cpu_seconds))
+        stages.append(dict(report.stage_seconds))
         if run == 1:
             print(report.summary())
         label = "fresh session: JVM warm-up included" if run == 1 else "same session, JVM warm"
@@ -317,6 +329,7 @@ def main(argv=None) -> int:
             print(f"  ratio analyze run {i} / numpy alone = {w / t_np:.2f}x wall, "
                   f"{c / max(mem_np.cpu_seconds, 1e-9):.2f}x CPU time")
         print(f"  (heavy pass of the last run alone: {heavy / t_np:.2f}x wall)")
+    print_stage_seconds(runs, stages, None if args.skip_numpy else t_np)
     if not args.skip_naive:
         t_cov, t_inv = naive_pandas(X, C, region, args.naive_videos, args.naive_replicates)
         scale = args.videos / min(args.naive_videos, args.videos)
@@ -329,6 +342,30 @@ def main(argv=None) -> int:
                                                           for i, (w, _) in enumerate(runs, 1)))
     spark.stop()
     return 0
+
+
+def print_stage_seconds(runs: list[tuple[float, float]], stages: list[dict[str, float]], t_np: float | None) -> None:
+    """Where each timed analysis' wall time went: its ``AnalyzeReport.stage_seconds`` (the same JSON its ``analyses``
+    row holds in ``stage_seconds``), the share of the run's wall time, and, when numpy alone was timed, the stage's
+    seconds / numpy alone's seconds: that column sums to the ``ratio analyze run i / numpy alone`` wall ratio."""
+    names = stage_names(*stages)
+    headers = ["stage"]
+    for i in range(1, len(runs) + 1):
+        headers += [f"run {i} s", f"run {i} share"] + ([f"run {i} / numpy"] if t_np else [])
+
+    def cells(seconds: list[float]) -> list[str]:
+        out = []
+        for s, (wall, _) in zip(seconds, runs):
+            out += [f"{s:.1f}", f"{100 * s / wall:.1f}%"] + ([f"{s / t_np:.2f}x"] if t_np else [])
+        return out
+
+    rows = [[name, *cells([st.get(name, 0.0) for st in stages])] for name in names]
+    rows.append(["other (wall - stages)", *cells([wall - sum(st.values()) for (wall, _), st in zip(runs, stages)])])
+    rows.append(["= wall", *cells([wall for wall, _ in runs])])
+    print("WHERE THE TIME GOES (AnalyzeReport.stage_seconds of each timed analysis, as in its analyses row's "
+          "stage_seconds column)" + ("; 'run i / numpy' = stage seconds / numpy alone's seconds, summing to the "
+                                     "wall ratio above:" if t_np else ":"))
+    print_table(headers, rows)
 
 
 def _thresholds_numpy(key: np.ndarray, region: np.ndarray, per_region: int) -> list[int]:

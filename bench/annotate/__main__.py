@@ -1,4 +1,5 @@
 """``python -m bench.annotate``: the same command line as ``python -m bench.bench_annotate``."""
 from bench.annotate.cli import main
 
-main()
+if __name__ == "__main__":
+    main()
