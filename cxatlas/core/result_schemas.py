@@ -188,7 +188,7 @@ ANALYSES = TableSpec(
         _f("finished", TS, "when its last result table was committed (UTC)"),
         _f("run_seconds", pa.float64(), "wall time of the analysis"),
         _f("stage_seconds", pa.string(), "JSON {stage: seconds}: where the run time went (inputs, heavy_pass, "
-                                         "statistics, write_tables, figures)"),
+                                         "statistics, write_tables, figures, housekeeping)"),
         _f("expression_model_version", pa.string(), "video_expressions.model_version analysed"),
         _f("context_model_version", pa.string(), "video_contexts.model_version analysed"),
         _f("taxonomy", pa.string(), "video_contexts.taxonomy analysed"),

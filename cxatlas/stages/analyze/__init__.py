@@ -137,6 +137,16 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
         report.figures = write_figures(frames, figures_dir, cfg.settings.geo.bin_deg, settings.figures.dpi)
         t = stage("figures", t)
 
+    # Housekeeping: rows that killed or failed analyses left (invisible already) are deleted; this one's are kept.
+    # Before the commit marker, so that its seconds are in the row (after it, they would be nowhere).
+    try:
+        from cxatlas.stages.analyze.unfinished import remove_unfinished
+
+        remove_unfinished(store, cfg.settings.failures.unfinished_results_hours, keep=analysis_id)
+    except Exception as exc:  # noqa: BLE001 - housekeeping: the next analysis tries again
+        log.warning("could not remove the rows of unfinished analyses (%s: %s)", type(exc).__name__, exc)
+    t = stage("housekeeping", t)
+
     report.seconds = time.time() - started
     row = pd.DataFrame([dict(
         started=pd.Timestamp(int(started * 1e6), unit="us", tz="UTC"),
@@ -154,11 +164,5 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
     # cannot both commit it (the loser writes no row and its command fails).
     marker = _to_spark(spark, ANALYSES, row, analysis_id)
     report.commits[ANALYSES.name] = analyses.create_if_missing().insert_new(marker, evolve_schema=True)
-    try:  # housekeeping: rows that killed or failed analyses left (invisible already) are deleted
-        from cxatlas.stages.analyze.unfinished import remove_unfinished
-
-        remove_unfinished(store, cfg.settings.failures.unfinished_results_hours, keep=analysis_id)
-    except Exception as exc:  # noqa: BLE001 - this analysis is committed; the next one tries again
-        log.warning("could not remove the rows of unfinished analyses (%s: %s)", type(exc).__name__, exc)
     log.info("analysis %s finished in %.1fs", analysis_id, report.seconds)
     return report
