@@ -37,6 +37,7 @@ from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_LOADINGS, CC
                                          REGION_SIMILARITY, REGION_VS_WORLD, SIGN_AGREEMENT)
 from cxatlas.core.settings import AnalyzeSettings
 from cxatlas.stages.analyze.results import ResultFrames, _to_spark, compute_results, write_figures
+from cxatlas.stages.analyze.unfinished import start_removal
 from cxatlas.stages.analyze.writing import write_result_tables
 from cxatlas.stages.analyze.settings import (BALANCED_FIT, CCA_BALANCE, LORO, AnalyzeError, AnalyzeReport,
                                              check_settings, new_analysis_id)
@@ -75,6 +76,7 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
         raise AnalyzeError(f"analysis {analysis_id!r} already exists; choose another id")
     analysis_id = analysis_id or new_analysis_id()
     report = AnalyzeReport(analysis_id, settings)
+    housekeeping = start_removal(store, cfg.settings.failures.unfinished_results_hours, keep=analysis_id)
 
     def stage(name: str, t0: float) -> float:
         now = time.time()
@@ -137,14 +139,9 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
         report.figures = write_figures(frames, figures_dir, cfg.settings.geo.bin_deg, settings.figures.dpi)
         t = stage("figures", t)
 
-    # Housekeeping: rows that killed or failed analyses left (invisible already) are deleted; this one's are kept.
-    # Before the commit marker, so that its seconds are in the row (after it, they would be nowhere).
-    try:
-        from cxatlas.stages.analyze.unfinished import remove_unfinished
-
-        remove_unfinished(store, cfg.settings.failures.unfinished_results_hours, keep=analysis_id)
-    except Exception as exc:  # noqa: BLE001 - housekeeping: the next analysis tries again
-        log.warning("could not remove the rows of unfinished analyses (%s: %s)", type(exc).__name__, exc)
+    # Housekeeping (rows that killed or failed analyses left, invisible already, are deleted; this one's are kept)
+    # ran beside the analysis; it ends before the commit marker, and the wait for it is a stage of the row.
+    housekeeping.join()
     t = stage("housekeeping", t)
 
     report.seconds = time.time() - started
