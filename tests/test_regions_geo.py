@@ -321,3 +321,154 @@ def test_every_country_with_a_region_can_be_sampled(country_regions: dict[str, s
     lat, lon = zip(*(geo.sample_points_in_country(code, 1, rng) for code in codes))
     problems = geo.coordinate_problems(np.concatenate(lat), np.concatenate(lon), codes, country_regions)
     assert all(p is None for p in problems)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The vectorised check against a straightforward reference (issue #25)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _reference_problem(lat, lon, country, country_regions, places, max_distance_km=300.0, border_tolerance_km=20.0,
+                       max_offshore_km=30.0, offshore_neighbours=32):
+    """One row, the rules of :func:`geo.coordinate_problems`' docstring read literally: no KD-tree, no batching, the
+    haversine distance from the point to every GeoNames place."""
+    p_lat, p_lon, p_code = places
+
+    def distances(a, b):
+        phi1, phi2 = math.radians(a), np.radians(p_lat)
+        dphi, dlam = phi2 - phi1, np.radians(p_lon) - math.radians(b)
+        h = np.sin(dphi / 2) ** 2 + math.cos(phi1) * np.cos(phi2) * np.sin(dlam / 2) ** 2
+        return 2 * geo.EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+    def one_sided(a, b, d):
+        near = np.argsort(d, kind="stable")[:offshore_neighbours]
+        phi1, phi2 = math.radians(a), np.radians(p_lat[near])
+        dlam = np.radians(p_lon[near]) - math.radians(b)
+        bearing = np.sort(np.arctan2(np.sin(dlam) * np.cos(phi2),
+                                     math.cos(phi1) * np.sin(phi2) - math.sin(phi1) * np.cos(phi2) * np.cos(dlam)))
+        gaps = np.diff(np.append(bearing, bearing[0] + 2 * math.pi))
+        return gaps.max() > math.pi
+
+    def fit(a, b, code):  # (valid, close)
+        d = distances(a, b)
+        nearest = d.min()
+        own = d[p_code == code]
+        to_country = own.min() if own.size else math.inf
+        valid = to_country <= nearest + border_tolerance_km and nearest <= max_distance_km
+        if valid and max_offshore_km is not None and nearest > max_offshore_km and one_sided(a, b, d):
+            valid = False
+        near_km = max_distance_km if max_offshore_km is None else max_offshore_km
+        return valid, valid and nearest <= near_km
+
+    if lat is None or lon is None:
+        return geo.MISSING_COORDINATES
+    try:
+        a, b = float(lat), float(lon)
+    except (TypeError, ValueError):
+        return geo.INVALID_COORDINATES
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return geo.INVALID_COORDINATES
+    if 90 < abs(a) <= 180 and abs(b) <= 90:
+        return geo.COORDINATES_SWAPPED
+    if abs(a) > 90 or abs(b) > 180:
+        return geo.COORDINATES_OUT_OF_RANGE
+    code = country.strip().upper() if isinstance(country, str) else None
+    if code is None or code not in country_regions:
+        return geo.UNKNOWN_COUNTRY
+    valid, close = fit(a, b, code)
+    if not close and abs(b) <= 90 and a != b:
+        other_valid, other_close = fit(b, a, code)
+        if (other_valid and not valid) or other_close:
+            return geo.COORDINATES_SWAPPED
+    return None if valid else geo.COORDINATES_OUTSIDE_COUNTRY
+
+
+def _real_rows(country_regions: dict[str, str | None]) -> list[tuple]:
+    """Rows as manifests hold them: real places (jittered) claimed by their own country, by another country and
+    swapped; uniform points (mostly at sea); and the edge cases: poles, the 180th meridian, coasts, the open sea,
+    out-of-range and missing values, codes in any case and spacing."""
+    index = geo._place_index()
+    rng = np.random.default_rng(25)
+    codes = sorted(country_regions)
+    rows = []
+    for i in rng.choice(len(index.lat), 240, replace=False):
+        lat = float(np.clip(index.lat[i] + rng.normal(0, 0.2), -90, 90))
+        lon = float((index.lon[i] + rng.normal(0, 0.2) + 180) % 360 - 180)
+        own = str(index.countries[index.country_idx[i]])
+        kind = i % 4
+        claimed = own if kind < 2 else codes[rng.integers(len(codes))]
+        rows.append((lon, lat, claimed) if kind == 3 else (lat, lon, claimed))
+    for _ in range(60):  # uniform on the sphere
+        lat, lon = math.degrees(math.asin(rng.uniform(-1, 1))), rng.uniform(-180, 180)
+        rows.append((lat, lon, codes[rng.integers(len(codes))]))
+    rows += [
+        (90.0, 0.0, "NO"), (-90.0, 0.0, "AQ"), (89.9, 179.9, "RU"), (-89.9, -179.9, "AQ"), (78.22, 15.65, "SJ"),
+        (-17.8, 178.0, "FJ"), (-16.5, -179.99, "FJ"), (-16.5, 180.0, "FJ"), (-16.5, -180.0, " fj"),
+        (65.0, -179.99, "RU"), (65.0, 179.99, "RU"), (-13.45, 179.99, "WF"), (-8.52, 179.2, "TV"), (1.87, -157.4, "KI"),
+        (43.2, 5.4, "FR"), (38.68, -9.4215, "PT"), (30.0, -40.0, "PT"), (0.0, 0.0, "GH"), (3.37, 6.52, "NG"),
+        (6.52, 3.37, "NG"), (139.69, 35.68, "JP"), (35.68, 139.69, "jp "), (48.85, 2.35, "BR"), (48.85, 2.35, "ZZ"),
+        (48.85, 2.35, None), (48.85, 2.35, ""), (95.0, 10.0, "FR"), (10.0, 200.0, "FR"), (-91.0, 0.0, "FR"),
+        (0.0, -180.5, "FR"), (200.0, 10.0, "FR"), (None, 2.35, "FR"), (48.85, None, "FR"), (float("nan"), 2.35, "FR"),
+        (48.85, float("inf"), "FR"), ("north", 2.35, "FR"), ("48.85", "2.35", "FR"), (-0.0, -0.0, "GH"),
+        (50.8656, 6.0625, "DE"), (48.5733, 7.76, "DE"), (-33.87, 151.21, "NZ"), (45.0, 45.0, "GE"),
+    ]
+    return rows
+
+
+def test_vectorised_check_equals_a_row_by_row_reference(country_regions: dict[str, str | None]) -> None:
+    """Every row's outcome (None or its reason) is the reference's, whether the batch comes as object arrays (null
+    kept) or, as ingest's UDF gets it, as float Series (null -> NaN: invalid, never reaching the lookup) with the
+    codes of a Spark string column."""
+    index = geo._place_index()
+    places = (index.lat, index.lon, index.countries[index.country_idx])
+    rows = _real_rows(country_regions)
+    expected = [_reference_problem(lat, lon, c, country_regions, places) for lat, lon, c in rows]
+    lat = np.array([r[0] for r in rows], dtype=object)
+    lon = np.array([r[1] for r in rows], dtype=object)
+    country = [r[2] for r in rows]
+    got = geo.coordinate_problems(lat, lon, country, country_regions, max_offshore_km=30.0)
+    mismatches = [(r, e, g) for r, e, g in zip(rows, expected, got) if e != g]
+    assert not mismatches, mismatches[:10]
+    reasons = set(expected)
+    assert {None, geo.COORDINATES_OUTSIDE_COUNTRY, geo.COORDINATES_SWAPPED, geo.MISSING_COORDINATES,
+            geo.INVALID_COORDINATES, geo.COORDINATES_OUT_OF_RANGE, geo.UNKNOWN_COUNTRY} <= reasons
+    assert sum(e is None for e in expected) > 100  # most real rows are fine: the lookup's common case is covered
+
+    numeric = [i for i, r in enumerate(rows) if all(isinstance(v, float) for v in r[:2])]
+    as_spark = geo.coordinate_problems(pd.Series([rows[i][0] for i in numeric], dtype="float64"),
+                                       pd.Series([rows[i][1] for i in numeric], dtype="float64"),
+                                       pd.Series([rows[i][2] for i in numeric], dtype=object), country_regions,
+                                       max_offshore_km=30.0)
+    assert list(as_spark) == [expected[i] for i in numeric]
+
+
+def test_ingest_checks_batch_equals_the_reference(country_regions: dict[str, str | None]) -> None:
+    """The batch function ingest runs on the executors (coordinates, region, uri) on the same rows, called as Spark
+    calls it: float Series with NaN for null, the country as Spark upper-cased it, the uri as given."""
+    from cxatlas.core.config import load_config
+    from cxatlas.core.uris import UriPolicy
+    from cxatlas.stages.ingest import row_checks
+
+    cfg = load_config()
+    index = geo._place_index()
+    places = (index.lat, index.lon, index.countries[index.country_idx])
+    rows = [r for r in _real_rows(country_regions) if all(isinstance(v, float) for v in r[:2])]
+    policy = UriPolicy.from_settings(cfg.settings.ingest)
+    uris = ["/videos/a.mp4", "/proc/self/environ", None, "relative/v.mp4", "http://x/v.mp4", "s3a://b/v.mp4",
+            "/videos/../dev/zero", " /videos/b.mp4 "]
+    uri = pd.Series([uris[i % len(uris)] for i in range(len(rows))], dtype=object)
+    country = pd.Series([r[2].upper() if isinstance(r[2], str) else None for r in rows], dtype=object)
+    out = row_checks(pd.Series([r[0] for r in rows]), pd.Series([r[1] for r in rows]), country, uri,
+                     country_regions=country_regions, geo=cfg.settings.geo, policy=policy)
+    limits = dict(max_distance_km=cfg.settings.geo.max_distance_km,
+                  border_tolerance_km=cfg.settings.geo.border_tolerance_km,
+                  max_offshore_km=cfg.settings.geo.max_offshore_km,
+                  offshore_neighbours=cfg.settings.geo.offshore_neighbours)
+    nan_as_invalid = [geo.INVALID_COORDINATES if any(math.isnan(v) for v in r[:2]) else None for r in rows]
+    expected = [n or _reference_problem(r[0], r[1], c, country_regions, places, **limits)
+                for r, c, n in zip(rows, country, nan_as_invalid)]
+    assert list(out["geo_reason"]) == expected
+    assert list(out["region"]) == [country_regions.get(c) if c is not None else None for c in country]
+    refused = [policy.refusal(u) for u in uri]
+    assert list(out["uri_reason"]) == [r[0] if r else None for r in refused]
+    assert list(out["uri_detail"]) == [r[1] if r else None for r in refused]

@@ -55,6 +55,22 @@ def test_policy_roots_and_opt_in():
         assert rooted.refusal(outside)[0] == "uri_outside_roots", outside
 
 
+def test_batch_refusals_equal_row_by_row():
+    """Ingest asks :meth:`UriPolicy.refusals` for a whole batch, with a fast path for plain local paths; every
+    answer must be :meth:`UriPolicy.refusal`'s, for uris on either side of the fast path and for policies that do
+    and do not allow local files anywhere."""
+    uris = ["/", "/videos/1.mp4", "/videos/1.mp4/", "/proc", "/proc/", "/procfs/a.mp4", "/proc/self/environ", "/dev",
+            "/dev/", "/devices/a.mp4", "/sys/x", "/system/a.mp4", "/a//b.mp4", "//host/a.mp4", "/a/./b.mp4",
+            "/a/../dev/zero", "/a/.hidden.mp4", "/a/b..mp4", "/a/..", "/a/.", " /a.mp4", "/a.mp4 ", "/a.mp4\n",
+            "/\u00e4.mp4", "/a b.mp4", "/a:b.mp4", "/a%20b,c=d@e~f+g.mp4", "/srv/uploads/a.mp4", "relative.mp4",
+            "file:/a.mp4", "file:///dev/zero", "FILE:///srv/uploads/a.mp4", "s3a://bucket/videos/a.mp4",
+            "http://169.254.169.254/", "", "   ", None, float("nan")]
+    for policy in (DEFAULT, UriPolicy(("FILE",)), UriPolicy(("s3a",)),
+                   UriPolicy(("file", "s3a"), ("/srv/uploads", "s3a://bucket/videos"))):
+        expected = [policy.refusal(None if u is None or u != u else u) for u in uris]
+        assert policy.refusals(uris) == expected, policy
+
+
 class _Counting(http.server.BaseHTTPRequestHandler):
     requests: list[str] = []
 

@@ -156,6 +156,17 @@ def _country_tree(country_code: str) -> cKDTree | None:
     return cKDTree(_unit_vectors(index.lat[rows], index.lon[rows]))
 
 
+def _country_numbers(codes: np.ndarray) -> np.ndarray:
+    """Each code's index into ``_place_index().countries`` (-1 where GeoNames has no place of it), looked up once
+    per distinct code of the batch."""
+    countries = _place_index().countries
+    inverse, uniques = pd.factorize(codes)
+    hits = np.searchsorted(countries, np.array([str(u) for u in uniques], dtype="<U2")) if len(uniques) else \
+        np.zeros(0, dtype=np.int64)
+    found = [int(h) if h < len(countries) and countries[h] == str(u) else -1 for h, u in zip(hits, uniques)]
+    return np.array(found + [-1], dtype=np.int64)[inverse]
+
+
 def _distance_to_country(xyz: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Great-circle km from each unit vector to the nearest place of its row's country (inf where it has none).
 
@@ -165,7 +176,7 @@ def _distance_to_country(xyz: np.ndarray, codes: np.ndarray) -> np.ndarray:
     out = np.full(len(codes), np.inf)
     if len(codes) == 0:
         return out
-    uniques, inverse = np.unique(codes.astype(str), return_inverse=True)
+    inverse, uniques = pd.factorize(codes)  # a batch holds a few distinct codes: hashed once, not compared per row
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], np.arange(len(uniques) + 1))
     for j, code in enumerate(uniques):
@@ -223,9 +234,17 @@ def _fit(
     offshore_neighbours: int,
 ) -> _Fit:
     """Judge finite, in-range points against their claimed (known) countries; see :func:`coordinate_problems`."""
+    index = _place_index()
     xyz = _unit_vectors(lat, lon)
-    nearest_km = _chord_to_km(np.asarray(_place_index().tree.query(xyz, k=1)[0]).reshape(-1))
-    in_country = _distance_to_country(xyz, codes) <= nearest_km + border_tolerance_km
+    chord, nearest = index.tree.query(xyz, k=1)
+    nearest_km = _chord_to_km(np.asarray(chord).reshape(-1))
+    # Where the nearest place is itself of the claimed country, the country's nearest place is that one: rule 1
+    # holds (0 <= border_tolerance_km) without asking the country's tree, which only the other rows need.
+    own = index.country_idx[np.asarray(nearest).reshape(-1)] == _country_numbers(codes)
+    in_country = own.copy()
+    other = np.flatnonzero(~own)
+    if other.size:
+        in_country[other] = _distance_to_country(xyz[other], codes[other]) <= nearest_km[other] + border_tolerance_km
     valid = in_country & (nearest_km <= max_distance_km)
     near_km = max_distance_km if max_offshore_km is None else max_offshore_km
     far = np.flatnonzero(valid & (nearest_km > near_km))
@@ -273,8 +292,26 @@ def _as_float_with_missing(values: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _as_codes(values: Any) -> np.ndarray:
     """Country codes as an object array of stripped upper-case str, or None where missing/not a string."""
+    return _normalised_codes(values)[0]
+
+
+def _normalised_codes(
+    values: Any, country_regions: Mapping[str, str | None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(:func:`_as_codes`, whether each code is a key of ``country_regions``), normalising each distinct value once.
+
+    A batch of manifest rows names a handful of countries, so the values are factorised (hashed, in C) and only the
+    distinct ones go through Python's ``str.strip().upper()``; missing values (None, NaN, pd.NA) factorise to -1.
+    """
     arr = np.asarray(values.array if isinstance(values, (pd.Series, pd.Index)) else values, dtype=object).reshape(-1)
-    return np.array([v.strip().upper() if isinstance(v, str) else None for v in arr], dtype=object)
+    try:
+        inverse, uniques = pd.factorize(arr)
+    except TypeError:  # unhashable values (never a code): no grouping, each value on its own
+        inverse, uniques = np.arange(arr.size), arr
+    normal = [v.strip().upper() if isinstance(v, str) else None for v in uniques]
+    known = [c is not None and country_regions is not None and c in country_regions for c in normal]
+    codes = np.array(normal + [None], dtype=object)[inverse]  # -1 (missing) picks the trailing None
+    return codes, np.array(known + [False], dtype=bool)[inverse]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -417,7 +454,7 @@ def coordinate_problems(
         raise ValueError("max_distance_km, border_tolerance_km and max_offshore_km must be >= 0")
     lat_f, lat_missing = _as_float_with_missing(lat)
     lon_f, lon_missing = _as_float_with_missing(lon)
-    codes = _as_codes(country)
+    codes, known = _normalised_codes(country, country_regions)
     n = lat_f.size
     if lon_f.size != n or codes.size != n:
         raise ValueError(f"lat, lon and country lengths differ: {n}, {lon_f.size}, {codes.size}")
@@ -436,7 +473,6 @@ def coordinate_problems(
         abs_lat, abs_lon = np.abs(lat_f), np.abs(lon_f)
         flag((abs_lat > 90) & (abs_lat <= 180) & (abs_lon <= 90), COORDINATES_SWAPPED)
         flag((abs_lat > 90) | (abs_lon > 180), COORDINATES_OUT_OF_RANGE)
-    known = np.fromiter((c is not None and c in country_regions for c in codes), dtype=bool, count=n)
     flag(~known, UNKNOWN_COUNTRY)
 
     rows = np.flatnonzero(pending)

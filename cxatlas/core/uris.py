@@ -30,6 +30,13 @@ REASONS: dict[str, str] = {
 SYSTEM_ROOTS = ("/proc", "/sys", "/dev")
 LOCAL_SCHEMES = ("file",)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+# A plain absolute local path that :meth:`UriPolicy.refusal` would take apart and put back unchanged: nothing around it
+# to strip, no scheme (it starts with "/"), no authority and nothing normalisation changes but a trailing slash (no
+# "//", no segment starting with "."), only ASCII letters, digits and -_.~+%=,@ (so no Unicode case or whitespace
+# rules), and not a system root or under one. Such a uri is refused only by a policy without "file" or with roots;
+# every other uri goes through refusal() itself.
+_PLAIN_LOCAL = re.compile(r"/(?!(?:%s)(?:/|\Z))(?!.*//)(?!.*/\.)[A-Za-z0-9_.~+%%=,@/-]*\Z"
+                          % "|".join(re.escape(root.strip("/")) for root in SYSTEM_ROOTS))
 
 
 def scheme_of(uri: str) -> str:
@@ -89,6 +96,23 @@ class UriPolicy:
             return ("uri_outside_roots", f"uri {uri[:300]!r} is not under any of ingest.allowed_roots "
                     f"({', '.join(self.allowed_roots)})")
         return None
+
+    def refusals(self, uris) -> list[tuple[str, str] | None]:
+        """:meth:`refusal` of every uri of a batch (a sequence; None or NaN: missing), in order.
+
+        Ingest asks this for every manifest row, so the common uri, a plain absolute local path (``_PLAIN_LOCAL``), is
+        answered by one regular-expression match when the policy allows local files anywhere; every other uri gets
+        :meth:`refusal` itself, so the answers are the same as asking row by row (``tests/test_uri_policy.py``).
+        """
+        plain = _PLAIN_LOCAL.match if "file" in {s.lower() for s in self.allowed_schemes} and not self.allowed_roots \
+            else None
+        out: list[tuple[str, str] | None] = []
+        for uri in uris:
+            if plain is not None and type(uri) is str and plain(uri):
+                out.append(None)
+            else:
+                out.append(self.refusal(None if uri is None or (isinstance(uri, float) and uri != uri) else uri))
+        return out
 
     @staticmethod
     def _within(scheme: str, authority: str, path: str, root: str) -> bool:
