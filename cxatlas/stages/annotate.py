@@ -11,9 +11,11 @@ run picks up the same videos. Checkpoints are validated on the driver BEFORE any
 from __future__ import annotations
 
 import logging
+import sys
 import threading
-import time
 from dataclasses import dataclass
+
+from tqdm import tqdm
 
 from cxatlas.core.config import Config, join_uri
 from cxatlas.core.runs import RunReport
@@ -75,30 +77,38 @@ def validate_models(settings: AnnotateSettings) -> tuple[str, tuple[str, ...], s
 
 
 class _Progress:
-    """Prints a line whenever more annotate tasks have finished (Spark's status tracker), from a daemon thread."""
+    """The annotate tasks' progress as tqdm bars, fed from Spark's status tracker by a daemon thread: one bar per stage
+    with one task per annotate partition (the first decodes and scores; later ones, over the staged result, write).
+    Drawn on stdout, whose lines are not filtered (``cxatlas.cli.quiet`` reads fd 2 line by line, which would hold a
+    bar back): a terminal redraws it in place; a log or a pipe gets one update per change, each
+    ``\\r[annotate] partitions annotated: ...`` (text-mode readers split lines at ``\\r``). Not drawn under ``--quiet`` (this module's logger below INFO)."""
 
     def __init__(self, spark, n_tasks: int, every_s: float = 2.0):
         self.tracker, self.every_s, self.n_tasks = spark.sparkContext.statusTracker(), every_s, n_tasks
+        self.disabled = not log.isEnabledFor(logging.INFO)
+        self.bars: dict[int, tqdm] = {}  # stage id -> its bar
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
-        self.started = time.time()
+
+    def _bar(self, stage_id: int) -> tqdm:
+        if stage_id not in self.bars:
+            phase = "annotated" if not self.bars else "written"
+            self.bars[stage_id] = tqdm(total=self.n_tasks, desc=f"[annotate] partitions {phase}", unit="partition",
+                                       file=sys.stdout, disable=self.disabled, mininterval=0, dynamic_ncols=True)
+        return self.bars[stage_id]
 
     def _run(self) -> None:
-        last = None
-        phases: dict[int, str] = {}  # stage id -> what its tasks do
         while not self.stop.wait(self.every_s):
             for stage_id in sorted(self.tracker.getActiveStageIds()):
-                info = self.tracker.getStageInfo(stage_id)
-                # Stages with one task per annotate partition: the first decodes and scores; later ones (over the
-                # staged result) write the tables, so their counts start again from 0.
-                if info is None or info.numTasks != self.n_tasks:
-                    continue
-                phase = phases.setdefault(stage_id, "annotated" if not phases else "written")
-                state = (stage_id, info.numCompletedTasks)
-                if state != last:
-                    print(f"[annotate] {info.numCompletedTasks}/{info.numTasks} partitions {phase}, "
-                          f"{time.time() - self.started:.0f}s", flush=True)
-                    last = state
+                self._advance(stage_id)
+
+    def _advance(self, stage_id: int) -> None:
+        info = self.tracker.getStageInfo(stage_id)
+        if info is None or info.numTasks != self.n_tasks:
+            return
+        bar = self._bar(stage_id)
+        if info.numCompletedTasks > bar.n:
+            bar.update(info.numCompletedTasks - bar.n)
 
     def __enter__(self):
         self.thread.start()
@@ -107,6 +117,9 @@ class _Progress:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join(timeout=5)
+        for stage_id, bar in list(self.bars.items()):
+            self._advance(stage_id)  # a stage that ended between two polls shows its last count
+            bar.close()
 
 
 def run_annotate(spark, cfg: Config, store: TableStore, max_videos: int | None = None) -> AnnotateReport:

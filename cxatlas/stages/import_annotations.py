@@ -42,7 +42,8 @@ The files' schemas are compared before anything is written; the import reads the
   the files without it;
 * ``lat``/``lon`` and ignored extra columns may be missing from some files (null there).
 
-Types may differ between files only where widening loses nothing that matters: ``expr_``/``ctx_`` scores and
+Types may differ between files only where Arrow's own promotion merges them (``pyarrow.unify_schemas``,
+permissive) and widening loses nothing that matters: ``expr_``/``ctx_`` scores and
 ``lat``/``lon`` that are integers, floats or decimals of any width are read as double; other integer columns as 64-bit
 integers; ``string``/``large_string`` as string; an all-null column takes the others' type; ignored extra columns
 are read as string. Anything else (a string in one file and a double in another, in one column) is refused, naming
@@ -279,23 +280,44 @@ def _kind(arrow_type) -> str:
     return str(arrow_type)
 
 
-def _widened_type(column: str, kinds: set[str]) -> str | None:
-    """The Spark type every file's ``column`` is cast to when the files' types differ; None when they cannot be
-    combined without loss (only numbers widen to numbers, and only within the families below)."""
-    kinds = kinds - {"null"}
+def _arrow_common_type(types: list):
+    """Arrow's own promotion of one column's types across files (:func:`pyarrow.unify_schemas`, ``permissive``: null
+    takes the other type, integers widen to a wider integer or to a float, ``string`` to ``large_string``, a float
+    and a decimal to a float); None where Arrow cannot merge them (a string and a double). Dictionary-encoded columns
+    are compared by their values' type, as Spark reads them."""
+    import pyarrow as pa
+    import pyarrow.types as pat
+
+    plain = [t.value_type if pat.is_dictionary(t) else t for t in types]
+    try:
+        unified = pa.unify_schemas([pa.schema([pa.field("c", t)]) for t in plain], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    return unified.field("c").type
+
+
+_SPARK_TYPE = {"int": "bigint", "float": "double", "string": "string"}
+
+
+def _widened_type(column: str, types: list) -> str | None:
+    """The Spark type every file's ``column`` is cast to when the files' Arrow ``types`` differ; None when they cannot
+    be combined without loss. Arrow decides whether they combine at all (:func:`_arrow_common_type`); the stricter
+    rules of the module docstring go on top: scores and coordinates are read as double; elsewhere a column keeps one
+    family (Arrow would read an integer in one file and a float in another as double, and widen decimals), except
+    the extra columns, which are only kept for the quarantine's source rows and are read as string."""
+    kinds = {_kind(t) for t in types} - {"null"}
+    score = _is_score_or_coordinate(column)
     if not kinds:
-        return None if _is_score_or_coordinate(column) else "string"  # all null: Spark's union widens it
-    if _is_score_or_coordinate(column) and kinds <= {"int", "float", "decimal"}:
-        return "double"
-    if kinds == {"int"}:
-        return "bigint"
-    if kinds == {"float"}:
-        return "double"
-    if kinds == {"string"}:
-        return "string"
-    if column not in REQUIRED and not _is_score_or_coordinate(column):
-        return "string"  # an extra column, ignored or refused later: only kept for the quarantine's source rows
-    return None
+        return None if score else "string"  # all null: Spark's union widens it
+    extra = column not in REQUIRED and not score
+    common = _arrow_common_type(types)
+    if common is None:
+        return "string" if extra else None
+    if score:
+        return "double" if _kind(common) in ("int", "float", "decimal") else None
+    if len(kinds) == 1 and _kind(common) in _SPARK_TYPE:
+        return _SPARK_TYPE[_kind(common)]
+    return "string" if extra else None
 
 
 @dataclass(frozen=True)
@@ -348,9 +370,9 @@ def plan_layout(schemas: dict, missing_contexts_as_zero: bool = False) -> InputL
                 types.setdefault(str(schema.field(column).type), []).append(name)
         if len(types) == 1 and column not in fills:
             continue
-        kinds = {_kind(schemas[files[0]].field(column).type) for files in types.values()}
-        target = _widened_type(column, kinds)
-        if target is None and kinds - {"null"}:
+        arrow_types = [schemas[files[0]].field(column).type for files in types.values()]
+        target = _widened_type(column, arrow_types)
+        if target is None and {_kind(t) for t in arrow_types} - {"null"}:
             problems.append(f"column '{column}' has types that cannot be combined: " +
                             ", ".join(f"{t} in {_names(files, limit=5)}" for t, files in types.items()))
         elif target is not None:
