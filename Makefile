@@ -62,8 +62,9 @@ $(AIRFLOW_STAMP): constraints-airflow.txt
 
 airflow-venv: $(AIRFLOW_STAMP)
 
-# Headless Chromium for the report's browser test (tests/test_report_browser.py drives it over the DevTools protocol):
-# Debian's `chromium` package, installed only when no chromium is on PATH (apt-get as root, else through sudo).
+# Headless Chromium for the report's browser test (tests/stages/test_report_browser.py drives it over the DevTools
+# protocol): Debian's `chromium` package, installed only when no chromium is on PATH (apt-get as root, else through
+# sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \

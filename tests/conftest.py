@@ -1,5 +1,11 @@
 """Shared fixtures: ONE local Spark session for the whole run (starting a JVM costs seconds), real Delta tables in
-per-test folders, and the packaged config pointed at them."""
+per-test folders, and the packaged config pointed at them.
+
+Layout: a test file lives in the folder that mirrors what it tests (``tests/core/``, ``warehouse/``, ``stages/``,
+``stats/``, ``media/``, ``sim/``, ``compat/``, ``cli/`` for ``cxatlas/<part>/``; ``tests/models/`` for ``models/``);
+a test of the whole project (architecture, packaging, notebooks, schedules, the cluster deployment) stays at the top
+of ``tests/``, beside the helpers that are not tests (this file, ``hooks/``, the harnesses, ``durations.json``).
+Every test file's basename is unique across the folders: ``durations.json`` is keyed by basename (see below)."""
 from __future__ import annotations
 
 import hashlib

@@ -9,7 +9,7 @@ API, removed in pyarrow 15, and pyarrow 14's wheels are built against numpy 1.x.
   a one-row-group cache came back empty in 2 of 18 shuffled epochs, and the training loop saw an epoch of nothing.
   Once the ventilator has completed no item is added any more, so checking the workers again after
   ``EmptyResultError`` is exact: still busy means the race happened, and reading goes on.
-  :func:`race_present` replays the interleaving on the unpatched pool; ``tests/test_compat.py`` fails when it no
+  :func:`race_present` replays the interleaving on the unpatched pool; ``tests/compat/test_compat.py`` fails when it no
   longer loses the item, i.e. when upstream has fixed it and this patch can go.
 * :func:`quiet` / :func:`quiet_for_good`: pyarrow 14 deprecates the legacy API petastorm uses with a FutureWarning per
   call, and petastorm logs at INFO that a plain Parquet cache has no petastorm metadata; neither says anything about

@@ -2,8 +2,8 @@
 
 One entry per (stage, code). The README's "Bad input" tables are generated from it (``cxatlas reasons
 --update-readme README.md`` rewrites the text between the ``<!-- reasons:<stage> -->`` markers) and ``cxatlas reasons``
-prints it. ``tests/test_reasons.py`` fails when a job writes a reason the catalogue does not hold, when the catalogue
-holds one no job writes, and when the README tables drift from it.
+prints it. ``tests/core/test_reasons.py`` fails when a job writes a reason the catalogue does not hold, when the
+catalogue holds one no job writes, and when the README tables drift from it.
 
 Pure data and string formatting: no Spark, no I/O (``core/`` is vocabulary).
 """

@@ -102,7 +102,7 @@ class UriPolicy:
 
         Ingest asks this for every manifest row, so the common uri, a plain absolute local path (``_PLAIN_LOCAL``), is
         answered by one regular-expression match when the policy allows local files anywhere; every other uri gets
-        :meth:`refusal` itself, so the answers are the same as asking row by row (``tests/test_uri_policy.py``).
+        :meth:`refusal` itself, so the answers are the same as asking row by row (``tests/core/test_uri_policy.py``).
         """
         plain = _PLAIN_LOCAL.match if "file" in {s.lower() for s in self.allowed_schemes} and not self.allowed_roots \
             else None

@@ -4,7 +4,7 @@ Cowen et al. (2021), Nature 589:251, Methods and Fig. 3c: a canonical dimension 
 when its held-out (leave-one-region-out) canonical correlations are reliably positive across the 12 regions, tested
 with a one-sided Wilcoxon signed-rank test per dimension, with Benjamini-Hochberg correction over dimensions.
 
-(This module holds statistical tests, not pytest tests; those live in ``tests/test_stats.py``.)
+(This module holds statistical tests, not pytest tests; those live in ``tests/stats/test_stats.py``.)
 """
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def test_sql_file_with_several_statements_and_csv_output(spark, cfg, store, tmp_
 
 
 # Only the JVM's own module notice is filtered in Python; log4j's lines are silenced by conf/log4j2.properties
-# (tests/test_logging.py runs a real command), so a log4j line that reaches the pipe is passed on.
+# (tests/warehouse/test_logging.py runs a real command), so a log4j line that reaches the pipe is passed on.
 @pytest.mark.parametrize("line, hidden", [
     ("WARNING: Using incubator modules: jdk.incubator.vector", True),
     ("Using Spark's default log4j profile: org/apache/spark/log4j2-defaults.properties", False),

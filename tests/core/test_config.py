@@ -13,7 +13,7 @@ import yaml
 from cxatlas.core import settings as schema
 from cxatlas.core.config import ConfigError, load_config, packaged_conf_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def leaves(mapping: dict, prefix: str = "", cls: type = schema.Settings):

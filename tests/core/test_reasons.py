@@ -21,7 +21,7 @@ from cxatlas.core import reasons as catalogue
 from cxatlas.core import uris
 from cxatlas.media import video
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: Which stage each module that writes quarantine reasons belongs to.
 STAGE_MODULES = {

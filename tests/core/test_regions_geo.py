@@ -28,7 +28,7 @@ from cxatlas.core.regions import (
     region_by_id,
 )
 
-REGIONS_CSV = Path(__file__).resolve().parents[1] / "conf" / "regions.csv"
+REGIONS_CSV = Path(__file__).resolve().parents[2] / "conf" / "regions.csv"
 USER_ASSIGNED = {"XK"}  # Kosovo: not officially assigned by ISO, used by GeoNames; documented in regions.csv
 
 

@@ -20,7 +20,7 @@ from cxatlas.stages.annotate import run_annotate
 from cxatlas.stages.ingest import run_ingest
 from cxatlas.warehouse.tables import TableStore
 from tests.conftest import make_config
-from tests.test_ingest import PARIS, write_csv
+from tests.stages.test_ingest import PARIS, write_csv
 
 FAST = ("annotate.partitions=2", "annotate.video.max_windows=1", "annotate.videos_per_batch=4")
 DEFAULT = UriPolicy(("file", "s3a", "gs", "abfss", "hdfs"))

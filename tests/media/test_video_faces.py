@@ -24,7 +24,7 @@ from cxatlas.media.video import REASONS, VideoError, decode_frame_count, sample_
 from cxatlas.models.faces import FaceDetector, box_iou, track_faces
 
 FPS = 18.0
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from cxatlas.stages.ingest import run_ingest
 from cxatlas.warehouse.spark import ARROW_BATCH
 from cxatlas.warehouse.tables import TableStore
 from tests.conftest import make_config
-from tests.test_ingest import PARIS, write_csv
-from tests.test_tables import session_conf
+from tests.stages.test_ingest import PARIS, write_csv
+from tests.warehouse.test_tables import session_conf
 
 FAST = ("annotate.partitions=2", "annotate.video.max_windows=2", "annotate.videos_per_batch=4")
 

@@ -20,9 +20,9 @@ from cxatlas.core.config import load_config
 from cxatlas.core.regions import load_country_regions
 from cxatlas.core.schemas import QUARANTINE, UPLOADS
 from cxatlas.stages.ingest import ManifestError, run_ingest
-from tests.test_ingest import COLUMNS, PARIS, write_csv
+from tests.stages.test_ingest import COLUMNS, PARIS, write_csv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Real places given correctly (lat, lon, claimed country): capitals, a coastal city, border cities.
 GOOD = {

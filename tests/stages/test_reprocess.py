@@ -32,7 +32,7 @@ from cxatlas.warehouse.lease import Lease
 from cxatlas.warehouse.tables import TableStore
 from tests.conftest import cli_args, make_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Fewer windows per video: the same code path at a third of the cost.
 FAST = ("annotate.video.max_windows=3", "analyze.min_occurrences=1", "analyze.replicates=5",
         "analyze.cca.per_region=6", "analyze.cca.ridge=0.1", "analyze.figures.enabled=false",

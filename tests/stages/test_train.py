@@ -134,7 +134,7 @@ def _annotate_videos(spark, tmp_path: Path, model: str, checkpoint: Path):
     from cxatlas.sim.media_corpus import source_paths
     from cxatlas.stages.annotate import run_annotate
     from cxatlas.stages.ingest import run_ingest
-    from tests.test_ingest import PARIS, write_csv
+    from tests.stages.test_ingest import PARIS, write_csv
 
     videos = {k: v for k, v in source_paths().items() if k in ("single_face", "no_face")}
     acfg = make_config(tmp_path / "annotate", "annotate.partitions=2", "annotate.video.max_windows=2",

@@ -19,7 +19,7 @@ from cxatlas.stages.import_annotations import run_import
 from cxatlas.stages.ingest import run_ingest
 from cxatlas.warehouse.metastore import is_listening, pyspark_jars_dir
 from tests.conftest import database_for, make_config
-from tests.test_ingest import PARIS, SAO_PAULO, SYDNEY, write_csv
+from tests.stages.test_ingest import PARIS, SAO_PAULO, SYDNEY, write_csv
 
 SUMMARY = re.compile(r"rows in (\d+) = new (\d+) \+ updated (\d+) \+ unchanged (\d+) \+ quarantined (\d+)\s+"
                      r"\[(reconciles|DOES NOT RECONCILE)\]")

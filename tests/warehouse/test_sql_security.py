@@ -19,8 +19,8 @@ from cxatlas.stages.import_annotations import run_import
 from cxatlas.stages.ingest import run_ingest
 from cxatlas.warehouse.metastore import is_listening, pyspark_jars_dir
 from tests.conftest import cli_args, make_config
-from tests.test_catalog import free_port, manifest_rows
-from tests.test_ingest import SYDNEY, write_csv
+from tests.warehouse.test_catalog import free_port, manifest_rows
+from tests.stages.test_ingest import SYDNEY, write_csv
 
 BEELINE = str(pyspark_jars_dir().parent / "bin" / "beeline")
 REFUSED = "cxatlas sql-server refuses"
