@@ -16,7 +16,7 @@ import pytest
 
 from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
 from cxatlas.stages import import_annotations
-from cxatlas.stages.import_annotations import REASONS, ImportFormatError, read_input, run_import
+from cxatlas.stages.import_annotations import REASONS, ImportFormatError, plan_layout, read_input, run_import
 
 TABLES = (UPLOADS, VIDEO_EXPRESSIONS, VIDEO_CONTEXTS, QUARANTINE)
 SAO_PAULO = (-23.55, -46.63)
@@ -148,6 +148,50 @@ def test_type_differences_between_files_are_widened_or_refused_before_any_table_
     uploads = store.table(UPLOADS).read().toPandas().set_index("video_id")
     assert uploads.loc["d0", "lat"] == pytest.approx(SAO_PAULO[0], abs=1e-5)  # float32 coordinates widened
     assert uploads.loc["d0", "lat_bin"] == uploads.loc["s0", "lat_bin"]
+
+
+_NUMBERS = [pa.int8(), pa.uint32(), pa.int64(), pa.float32(), pa.float64(), pa.decimal128(9, 3)]
+_TEXTS = [pa.string(), pa.large_string(), pa.dictionary(pa.int32(), pa.string())]
+
+
+def _arrow_merges(a, b) -> bool:
+    """The independent reference: does Arrow itself (``pa.unify_schemas``, permissive) merge the two types?"""
+    plain = [t.value_type if pa.types.is_dictionary(t) else t for t in (a, b)]
+    try:
+        pa.unify_schemas([pa.schema([("c", t)]) for t in plain], promote_options="permissive")
+        return True
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return False
+
+
+@pytest.mark.parametrize("column", ["expr_joy", "ctx_beach", "lat", "video_id", "note"])
+def test_type_layout_follows_arrow_promotion_with_the_stricter_rules_on_top(column):
+    """Every pair of number and text types, in a score, a coordinate, the key and an extra column: the layout
+    refuses exactly where Arrow cannot merge the types or one of the module's stricter rules applies (no number
+    family mixed outside scores; no decimal outside scores; the key stays text), and reads scores as double."""
+    base = {"video_id": pa.string(), "region": pa.string(), "expr_joy": pa.float32(), "ctx_beach": pa.float32()}
+    for a in _NUMBERS + _TEXTS:
+        for b in _NUMBERS + _TEXTS:
+            if a == b:
+                continue
+            schemas = {"a.parquet": pa.schema({**base, column: a}), "b.parquet": pa.schema({**base, column: b})}
+            kinds = {"int" if pa.types.is_integer(t) else "float" if pa.types.is_floating(t) else
+                     "decimal" if pa.types.is_decimal(t) else "string" for t in (a, b)}
+            if column == "note":  # an extra column: only kept for the quarantine's source rows
+                expected = {"int": "bigint", "float": "double", "string": "string"}.get(kinds.pop(), "string") \
+                    if len(kinds) == 1 else "string"
+            elif not _arrow_merges(a, b):
+                expected = None
+            elif column.startswith(("expr_", "ctx_")) or column == "lat":
+                expected = "double" if "string" not in kinds else None
+            else:
+                expected = "string" if kinds == {"string"} else "bigint" if kinds == {"int"} else \
+                    "double" if kinds == {"float"} else None
+            if expected is None:
+                with pytest.raises(ImportFormatError, match=f"'{column}' has types that cannot be combined"):
+                    plan_layout(schemas)
+            else:
+                assert plan_layout(schemas).casts[column] == expected, (a, b)
 
 
 def test_rows_located_outside_their_stated_region_are_quarantined(spark, store, cfg, tmp_path):
