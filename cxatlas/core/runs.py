@@ -6,6 +6,7 @@ always UTC and every summary has the same shape, so logs, tables and the ``quara
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,13 +25,17 @@ def utc_timestamp(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+log = logging.getLogger(__name__)
+
 class StageClock:
     """Wall seconds per named step of one run, for the ``stage_seconds`` JSON column of ``runs`` and ``analyses``
     (issue #25: where every job's time goes, visible in SQL). Entering a step closes the one before; a step entered
-    twice (one ingest per manifest) adds up."""
+    twice (one ingest per manifest) adds up; ``enter(None)`` closes the last. With a ``label`` each closed step is
+    logged (``<label>: <step> done in 1.2s``), for the progress of long jobs."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.label = label
         self._step: str | None = None
         self._since = time.time()
 
@@ -38,6 +43,8 @@ class StageClock:
         now = time.time()
         if self._step is not None:
             self.seconds[self._step] = self.seconds.get(self._step, 0.0) + now - self._since
+            if self.label:
+                log.info("%s: %s done in %.1fs", self.label, self._step, now - self._since)
         self._step, self._since = step, now
 
     def as_json(self) -> str:

@@ -35,6 +35,7 @@ from cxatlas.core.regions import REGION_IDS
 from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_LOADINGS, CCA_TESTS,
                                          CONTEXT_EXPRESSION_CORRELATIONS, GEOBIN_VARIATES, HEADLINE_NUMBERS,
                                          REGION_SIMILARITY, REGION_VS_WORLD, SIGN_AGREEMENT)
+from cxatlas.core.runs import StageClock
 from cxatlas.core.settings import AnalyzeSettings
 from cxatlas.stages.analyze.results import ResultFrames, _to_spark, compute_results, write_figures
 from cxatlas.stages.analyze.unfinished import start_removal
@@ -78,13 +79,8 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
     report = AnalyzeReport(analysis_id, settings)
     housekeeping = start_removal(store, cfg.settings.failures.unfinished_results_hours, keep=analysis_id)
 
-    def stage(name: str, t0: float) -> float:
-        now = time.time()
-        report.stage_seconds[name] = now - t0
-        log.info("analyze %s: %s done in %.1fs", analysis_id, name, now - t0)
-        return now
-
-    t = time.time()
+    clock = StageClock(f"analyze {analysis_id}")
+    clock.enter("inputs")
     inputs = Inputs.read(store)
     versions = report.input_versions = inputs.versions
     expr_version, ctx_version, taxonomy, expr_columns, expr_rows = resolve_inputs(inputs, settings)
@@ -103,8 +99,8 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
             inputs, expr_version, ctx_version, taxonomy, expr_columns, broadcast=broadcast, exclude_labels=exclude,
             occur_threshold=settings.occur_threshold, excluded_only=True).count()
     report.video_filter = describe_video_filter(taxonomy, exclude, report.n_videos_filtered, settings.video_filter)
-    t = stage("inputs", t)
 
+    clock.enter("heavy_pass")
     if incremental:  # the stored sums of this configuration, brought up to date (cxatlas.stages.analyze.incremental)
         from cxatlas.stages.analyze.incremental import current_sums, selection
 
@@ -117,32 +113,33 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
     report.videos_per_region = {r: int(n) for r, n in zip(REGION_IDS, m.n[:, 0]) if n > 0}
     if not report.videos_per_region:
         raise AnalyzeError("no video has expression scores, a context row and a region: nothing to analyse")
-    t = stage("heavy_pass", t)
 
+    clock.enter("statistics")
     frames = compute_results(m, cm, geobins, expr_columns, labels, settings)
     report.n_contexts_analysed = int(frames.analysed.sum())
     if report.n_contexts_analysed == 0:
         log.warning("no context occurred %d times (analyze.min_occurrences): correlation tables stay empty",
                     settings.min_occurrences)
-    t = stage("statistics", t)
 
+    clock.enter("write_tables")
     analyses.create_if_missing()  # before any result row: the views join on it (README "Statistics")
     report.commits.update(write_result_tables(spark, store, analysis_id, (
         (CONTEXT_EXPRESSION_CORRELATIONS, frames.correlations), (REGION_SIMILARITY, frames.similarity),
         (REGION_VS_WORLD, frames.world), (CCA_HELDOUT, frames.cca_heldout), (CCA_TESTS, frames.cca_tests),
         (GEOBIN_VARIATES, frames.geobins), (SIGN_AGREEMENT, frames.sign_agreement),
         (CCA_LOADINGS, frames.cca_loadings), (HEADLINE_NUMBERS, frames.headline))))
-    t = stage("write_tables", t)
 
     figures_dir = join_uri(cfg.data_root, settings.figures.dir, analysis_id)
     if settings.figures.enabled:
+        clock.enter("figures")
         report.figures = write_figures(frames, figures_dir, cfg.settings.geo.bin_deg, settings.figures.dpi)
-        t = stage("figures", t)
 
     # Housekeeping (rows that killed or failed analyses left, invisible already, are deleted; this one's are kept)
     # ran beside the analysis; it ends before the commit marker, and the wait for it is a stage of the row.
+    clock.enter("housekeeping")
     housekeeping.join()
-    t = stage("housekeeping", t)
+    clock.enter(None)
+    report.stage_seconds = clock.seconds
 
     report.seconds = time.time() - started
     row = pd.DataFrame([dict(
