@@ -5,6 +5,11 @@ Spark reading the same CSV and writing it as Parquet on the same cores (ratio >=
 per row (validation, geography checks against GeoNames in a pandas UDF, geobins, deduplication by upload_time, a
 MERGE into ``uploads``, quarantine), so this shows what that costs. Prints; asserts nothing.
 
+Beside the ratio it prints where ingest's time went (``IngestReport.stage_seconds``: reading the manifest's header,
+the tables, validating and classifying every row, the ``uploads`` MERGE, the quarantine), and, for both sides, the CPU
+seconds and the peak resident memory of the whole process tree (driver, JVM, Python workers), sampled by a thread
+every 0.2 s: CPU time is what a busy machine distorts least, so compare runs by it when the load average differs.
+
     .venv/bin/python -m bench.bench_ingest --rows 1000000
 """
 from __future__ import annotations
@@ -16,6 +21,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +44,60 @@ def write_manifest(path: Path, rows: int, seed: int = 0) -> None:
             writer.writerow([f"v{i:08d}", f"/videos/{i}.mp4", f"{float(lat) + rng.uniform(-0.05, 0.05):.5f}",
                              f"{float(lon) + rng.uniform(-0.05, 0.05):.5f}", country, "2021-06-01T12:00:00Z",
                              "Wedding party", "the bride and groom"])
+
+
+class TreeSampler:
+    """CPU seconds (user + system) and peak summed RSS of this process and all its descendants (the JVM, Python
+    workers), sampled every ``interval`` seconds in a thread; a process's CPU is its last value seen."""
+
+    def __init__(self, interval: float = 0.2):
+        import psutil
+
+        self.proc, self.interval = psutil.Process(), interval
+        self.peak_rss = 0
+        self.peak_parts: dict[str, int] = {}
+        self._start: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _procs(self):
+        return [self.proc, *self.proc.children(recursive=True)]
+
+    def _sample(self, into: dict[int, float]) -> None:
+        import psutil
+
+        parts: dict[str, int] = {}
+        for p in self._procs():
+            try:
+                t = p.cpu_times()
+                into[p.pid] = t.user + t.system
+                kind = ("driver" if p.pid == self.proc.pid else "metastore server" if "NetworkServerControl" in
+                        " ".join(p.cmdline()) else "jvm" if "java" in p.name() else "python workers")
+                parts[kind] = parts.get(kind, 0) + p.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        if sum(parts.values()) > self.peak_rss:
+            self.peak_rss, self.peak_parts = sum(parts.values()), parts
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample(self._last)
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(v - self._start.get(pid, 0.0) for pid, v in self._last.items())
+
+    def __enter__(self) -> "TreeSampler":
+        self._sample(self._start)
+        self.peak_rss, self.peak_parts = 0, {}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample(self._last)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,12 +125,14 @@ def main(argv: list[str] | None = None) -> int:
 
     spark.read.option("header", True).csv(str(manifest)).limit(10).collect()  # warm the JVM paths for both sides
     t = time.perf_counter()
-    (spark.read.option("header", True).option("multiLine", True).option("escape", '"').csv(str(manifest))
-     .write.mode("overwrite").parquet(str(work / "plain.parquet")))
+    with TreeSampler() as plain_tree:
+        (spark.read.option("header", True).option("multiLine", True).option("escape", '"').csv(str(manifest))
+         .write.mode("overwrite").parquet(str(work / "plain.parquet")))
     plain = time.perf_counter() - t
 
     t = time.perf_counter()
-    report = run_ingest(spark, cfg, TableStore.from_config(spark, cfg), str(manifest))
+    with TreeSampler() as ingest_tree:
+        report = run_ingest(spark, cfg, TableStore.from_config(spark, cfg), str(manifest))
     ingest = time.perf_counter() - t
     assert report.reconciles and report.new == args.rows, report.summary()
     ratio = plain / ingest
@@ -78,6 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  cxatlas ingest (Delta):     {ingest:7.1f} s  {args.rows / ingest:10,.0f} rows/s")
     print(f"  ratio ingest / plain: {ratio:.2f}  ({'MEETS' if ratio >= 0.5 else 'MISSES'} target >= 0.5); "
           f"load avg {os.getloadavg()[0]:.2f}")
+    stages = getattr(report, "stage_seconds", None) or {}
+    if stages:
+        rest = ingest - sum(stages.values())
+        print("  ingest stages (IngestReport.stage_seconds): " + ", ".join(
+            f"{name} {seconds:.1f} s" for name, seconds in stages.items()) + f"; outside them {rest:.1f} s")
+    cpu_plain, cpu_ingest = plain_tree.cpu_seconds, ingest_tree.cpu_seconds
+    print(f"  CPU seconds (process tree: driver, JVM, Python workers): plain {cpu_plain:.1f}, ingest {cpu_ingest:.1f}; "
+          f"ingest / plain in CPU time {cpu_plain / max(cpu_ingest, 1e-9):.2f}")
+    parts = ", ".join(f"{kind} {rss / 2**30:.2f}" for kind, rss in sorted(ingest_tree.peak_parts.items()))
+    print(f"  peak RSS of the process tree: plain {plain_tree.peak_rss / 2**30:.2f} GiB, "
+          f"ingest {ingest_tree.peak_rss / 2**30:.2f} GiB ({parts}; budget: 4 GiB)", flush=True)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -4,10 +4,16 @@ Data flow (all distributed; only counts and file metadata reach the driver)::
 
     manifest (CSV / JSON lines / Parquet, any Hadoop or fsspec URI)
       -> columns checked (missing or unexpected columns: ManifestError naming them)
-      -> parsed + validated (Spark expressions; coordinates and countries in a pandas UDF over cxatlas.core.geo)
-      -> sharded by a stable hash of video_id (``ingest.partitions``)
-      -> duplicates resolved: within the manifest and against ``uploads``, the latest upload_time wins
-      -> ``uploads`` upsert (one commit) and ``quarantine`` append (one commit)
+      -> coordinates, countries and uris checked where the rows are read (one pandas UDF per Arrow batch over
+         cxatlas.core.geo's KD-tree and cxatlas.core.uris: :func:`prepare`)
+      -> sharded by a stable hash of video_id (``ingest.partitions``), then on every core:
+         parsed + validated (Spark expressions), duplicates resolved within the manifest and against ``uploads``
+         (the latest upload_time wins), kept in memory and counted (one job)
+      -> uris held by several video_ids found (one job)
+      -> ``uploads`` upsert (one MERGE, one commit) and ``quarantine`` append (one commit, none when nothing was
+         rejected); the catalog entries are made in a thread beside the pass over the rows
+
+Where a run's time went: ``IngestReport.stage_seconds``.
 
 Rows in = new + updated + unchanged + quarantined. Re-ingesting a manifest changes nothing: its rows are
 ``unchanged`` and its bad rows are already quarantined (by row hash).
@@ -16,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import pandas as pd
@@ -25,12 +32,13 @@ import pandas as pd
 from cxatlas.core.config import Config
 from cxatlas.core.errors import UserError
 from cxatlas.core.regions import load_country_regions
-from cxatlas.core.runs import RunReport, utc_timestamp
-from cxatlas.core.schemas import UPLOADS
+from cxatlas.core.runs import RunReport, StageClock, utc_timestamp
+from cxatlas.core.schemas import QUARANTINE, UPLOADS, spark_schema
 from cxatlas.core.settings import GeoSettings
 from cxatlas.core.uris import REASONS as URI_REASONS
 from cxatlas.core.uris import UriPolicy
 from cxatlas.warehouse.quarantine import to_quarantine_rows, write_quarantine
+from cxatlas.warehouse.spark import scoped_conf
 from cxatlas.warehouse.tables import CommitResult, TableStore
 
 log = logging.getLogger(__name__)
@@ -78,6 +86,8 @@ class IngestReport(RunReport):
     withdrawn: int = 0
     annotations_deleted: int = 0
     shared_uri_rows: int = 0
+    #: wall seconds per step of the run (:func:`run_ingest` names them), as ``AnalyzeReport.stage_seconds``
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def headline(self) -> str:
         return f"ingest {self.manifest} (run {self.run_id})"
@@ -314,74 +324,132 @@ def check_columns(columns: list[str], allow_extra: bool) -> None:
                             f". Expected: {', '.join(REQUIRED_COLUMNS)} (optional: {', '.join(OPTIONAL_COLUMNS)})")
 
 
-def geo_reason_udf(country_regions: Mapping[str, str | None], geo: GeoSettings):
-    """A pandas UDF (lat, lon, country) -> reason or null, evaluated on executors over cxatlas.core.geo."""
+def row_checks(lat: pd.Series, lon: pd.Series, country: pd.Series, uri: pd.Series, *,
+               country_regions: Mapping[str, str | None], geo: GeoSettings, policy: UriPolicy) -> pd.DataFrame:
+    """The checks ingest runs in Python on one batch of rows: (geo_reason, region, uri_reason, uri_detail) per row.
+
+    The coordinate check of :func:`cxatlas.core.geo.coordinate_problems` (its KD-tree of GeoNames places on the
+    unit sphere is built once per Python worker and cached there), the country's region (the same exact-key lookup
+    as a map of ``country_regions``, once per distinct code of the batch) and :meth:`UriPolicy.refusals`.
+    """
+    import numpy as np
+
+    from cxatlas.core.geo import coordinate_problems
+
+    n = len(lat)
+    inverse, codes = pd.factorize(country.to_numpy(dtype=object))  # nulls -> -1 -> None
+    region = np.array([country_regions.get(c) for c in codes] + [None], dtype=object)[inverse]
+    uri_reason, uri_detail = np.full(n, None, dtype=object), np.full(n, None, dtype=object)
+    for i, refused in enumerate(policy.refusals(uri.to_numpy(dtype=object))):
+        if refused is not None:
+            uri_reason[i], uri_detail[i] = refused
+    reasons = coordinate_problems(lat, lon, country, country_regions, max_distance_km=geo.max_distance_km,
+                                  border_tolerance_km=geo.border_tolerance_km, max_offshore_km=geo.max_offshore_km,
+                                  offshore_neighbours=geo.offshore_neighbours)
+    return pd.DataFrame({"geo_reason": reasons, "region": region, "uri_reason": uri_reason,
+                         "uri_detail": uri_detail}, index=lat.index)
+
+
+def row_checks_udf(country_regions: Mapping[str, str | None], geo: GeoSettings, policy: UriPolicy):
+    """:func:`row_checks` as a pandas UDF (lat, lon, country, uri) -> struct, one Arrow batch at a time on the
+    executors. One UDF, so each row crosses to Python once."""
     from pyspark.sql.functions import pandas_udf
 
     regions = dict(country_regions)
-    limits = dict(max_distance_km=geo.max_distance_km, border_tolerance_km=geo.border_tolerance_km,
-                  max_offshore_km=geo.max_offshore_km, offshore_neighbours=geo.offshore_neighbours)
 
-    @pandas_udf("string")
-    def geo_reason(lat: pd.Series, lon: pd.Series, country: pd.Series) -> pd.Series:
-        from cxatlas.core.geo import coordinate_problems
+    @pandas_udf("geo_reason string, region string, uri_reason string, uri_detail string")
+    def checks(lat: pd.Series, lon: pd.Series, country: pd.Series, uri: pd.Series) -> pd.DataFrame:
+        return row_checks(lat, lon, country, uri, country_regions=regions, geo=geo, policy=policy)
 
-        reasons = coordinate_problems(lat, lon, country, regions, **limits)
-        return pd.Series(reasons, index=lat.index, dtype=object)
-
-    return geo_reason
+    return checks
 
 
-def uri_refusal_udf(policy: UriPolicy):
-    """A pandas UDF uri -> struct(reason, detail) of :meth:`UriPolicy.refusal` (nulls when the uri may be read)."""
-    from pyspark.sql.functions import pandas_udf
+def video_key(video_id):
+    """The video_id a row is keyed and sharded by: trimmed, blank -> null."""
+    from pyspark.sql import functions as F
 
-    @pandas_udf("reason string, detail string")
-    def uri_refusal(uri: pd.Series) -> pd.DataFrame:
-        found = [policy.refusal(None if pd.isna(u) else u) or (None, None) for u in uri]
-        return pd.DataFrame(found, columns=["reason", "detail"], index=uri.index, dtype=object)
+    vid = F.trim(video_id)
+    return F.when(vid == "", None).otherwise(vid)
 
-    return uri_refusal
+
+#: Columns ingest adds to the manifest's own before :func:`validate` (:func:`prepare` and the run's ``_order``).
+_ADDED = (CORRUPT, "_order", "_vid", "_lat", "_lon", "_country", "_checks")
+
+
+def ascii_case(text, *, upper: bool):
+    """``upper(text)`` (or ``lower``), with ASCII text mapped by ``translate``: the same result, but Spark's upper and
+    lower go through ICU, whose case tables take seconds to build in a fresh JVM (6 s measured, C1 JIT), a fixed
+    cost of every ingest for two-letter country codes. Text with a non-ASCII character still goes through ICU."""
+    import string
+
+    from pyspark.sql import functions as F
+
+    lower, upper_ = string.ascii_lowercase, string.ascii_uppercase
+    ascii_only = F.octet_length(text) == F.length(text)  # one byte per character: ASCII
+    mapped = F.translate(text, lower, upper_) if upper else F.translate(text, upper_, lower)
+    return F.when(ascii_only, mapped).otherwise(F.upper(text) if upper else F.lower(text))
+
+
+def source_columns(raw) -> list[str]:
+    """The manifest's own columns (what a quarantined row keeps as its ``source_row``), in file order."""
+    return [c for c in raw.columns if c not in _ADDED]
+
+
+def prepare(raw, *, country_regions: Mapping[str, str | None], cfg: Config):
+    """The manifest rows with their key (``_vid``), parsed coordinates and country (``_lat``, ``_lon``,
+    ``_country``) and the Python checks' results (``_checks``, :func:`row_checks_udf`): the part of :func:`validate`
+    that runs where the rows are read.
+
+    Why separate: Spark forgets how rows are sharded once they pass through a Python UDF, so the checks run before
+    the rows are sharded by video_id (pipelined with the reader: the JVM parses while the Python worker checks), and
+    everything after the shard (validation, ranking, the join with ``uploads``) keeps its partitioning.
+    """
+    from pyspark.sql import functions as F
+
+    def text(name: str):
+        return F.col(name) if name in raw.columns else F.lit(None).cast("string")
+
+    df = raw if "_vid" in raw.columns else raw.withColumn("_vid", video_key(text("video_id")))
+    df = df.select("*", F.trim(text("lat")).try_cast("double").alias("_lat"),
+                   F.trim(text("lon")).try_cast("double").alias("_lon"),
+                   ascii_case(F.trim(text("country")), upper=True).alias("_country"))
+    checks = row_checks_udf(country_regions, cfg.settings.geo, UriPolicy.from_settings(cfg.settings.ingest))
+    return df.withColumn("_checks", checks(F.col("_lat"), F.col("_lon"), F.col("_country"), text("uri")))
 
 
 def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg: Config):
-    """Parse and validate manifest rows: adds the uploads columns plus ``_reason``/``_detail``/``_source_row``.
+    """Parse and validate manifest rows: the uploads columns, ``_reason`` (null: valid), the manifest's own columns
+    as ``_src0``, ``_src1``, ... (:func:`source_columns` order), ``_corrupt_record`` and ``_uri_detail``. ``raw``
+    may have been through :func:`prepare` already (ingest does that before sharding); if not, it is here.
 
-    Pure transformation of a DataFrame (no I/O), so it can be tested on its own.
+    Pure transformation of a DataFrame (no I/O), so it can be tested on its own. What only a rejected row needs (its
+    ``_detail`` and ``_source_row``: :func:`reject_columns`) is not built here: Spark builds it for the rows that
+    reach the quarantine, not for every row.
     """
     from pyspark.sql import functions as F
 
     ing, geo = cfg.settings.ingest, cfg.settings.geo
     bin_deg = geo.bin_deg
     max_title, max_desc = ing.max_title_chars, ing.max_description_chars
-    original = [c for c in raw.columns if c not in (CORRUPT, "_order")]
-    df = raw if CORRUPT in raw.columns else raw.withColumn(CORRUPT, F.lit(None).cast("string"))
+    original = source_columns(raw)
+    df = raw if "_checks" in raw.columns else prepare(raw, country_regions=country_regions, cfg=cfg)
+    if CORRUPT not in df.columns:
+        df = df.withColumn(CORRUPT, F.lit(None).cast("string"))
     for column in (*REQUIRED_COLUMNS, "withdrawn"):  # a manifest of withdrawals lacks the content columns
         if column not in df.columns:
             df = df.withColumn(column, F.lit(None).cast("string"))
     if "source" not in df.columns:
         df = df.withColumn("source", F.lit(source))
-    df = df.withColumn("_source_row", F.to_json(F.struct(*[F.col(c) for c in original]), KEEP_NULLS)) \
-        .withColumn("_source_row", F.coalesce("_source_row", F.col(CORRUPT)))
 
-    region_map = F.create_map(*[x for code, region in sorted(country_regions.items())
-                                for x in (F.lit(code), F.lit(region).cast("string"))])
-    vid = F.trim(F.col("video_id"))
     lat_raw, lon_raw = F.trim(F.col("lat")), F.trim(F.col("lon"))
     df = df.select(
         "*",
-        F.when(vid == "", None).otherwise(vid).alias("_vid"),
-        lat_raw.try_cast("double").alias("_lat"),
-        lon_raw.try_cast("double").alias("_lon"),
-        F.upper(F.trim(F.col("country"))).alias("_country"),
         F.try_to_timestamp(F.trim(F.col("upload_time"))).alias("_time"),
-        F.lower(F.trim(F.col("withdrawn").cast("string"))).alias("_withdrawn_text"),
+        ascii_case(F.trim(F.col("withdrawn").cast("string")), upper=False).alias("_withdrawn_text"),
     )
     withdrawn = F.coalesce(F.col("_withdrawn_text").isin(list(_TRUE)), F.lit(False))
     unparseable = ((lat_raw.isNotNull() & (lat_raw != "") & F.col("_lat").isNull()) |
                    (lon_raw.isNotNull() & (lon_raw != "") & F.col("_lon").isNull()))
-    geo_reason = geo_reason_udf(country_regions, geo)(F.col("_lat"), F.col("_lon"), F.col("_country"))
-    df = df.withColumn("_uri_check", uri_refusal_udf(UriPolicy.from_settings(ing))(F.col("uri")))
     reason = (F.when(F.col(CORRUPT).isNotNull(), "malformed_record")
               .when(F.col("_vid").isNull(), "missing_video_id")
               .when(F.col("upload_time").isNull() | (F.trim(F.col("upload_time")) == ""), "missing_upload_time")
@@ -389,44 +457,23 @@ def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg
               .when(F.col("_withdrawn_text").isNotNull() & ~F.col("_withdrawn_text").isin(list(_TRUE + _FALSE)),
                     "invalid_withdrawn")
               .when(withdrawn, F.lit(None).cast("string"))  # a tombstone needs only video_id and upload_time
-              .when(F.col("_uri_check.reason").isNotNull(), F.col("_uri_check.reason"))  # never read: README Security
+              .when(F.col("_checks.uri_reason").isNotNull(), F.col("_checks.uri_reason"))  # never read: README Security
               .when(F.col("_lat").isNull() | F.col("_lon").isNull(),
                     F.when(unparseable, "invalid_coordinates").otherwise("missing_coordinates"))
-              .otherwise(geo_reason))
-    detail = (F.when(reason == "malformed_record", F.lit("the reader could not parse this line"))
-              .when(reason.isin(list(URI_REASONS)), F.col("_uri_check.detail"))
-              .when(reason == "malformed_upload_time",
-                    F.concat(F.lit("upload_time '"), F.col("upload_time"), F.lit("' is not an ISO-8601 timestamp")))
-              .when(reason == "invalid_withdrawn",
-                    F.concat(F.lit("withdrawn '"), F.col("withdrawn").cast("string"),
-                             F.lit("' is not true/false (also accepted: 1/0, yes/no)")))
-              .when(reason == "invalid_coordinates",
-                    F.concat(F.lit("lat/lon '"), F.coalesce(F.col("lat"), F.lit("")), F.lit("', '"),
-                             F.coalesce(F.col("lon"), F.lit("")), F.lit("' are not numbers")))
-              .when(reason == "unknown_country",
-                    F.concat(F.lit("country '"), F.coalesce(F.col("country"), F.lit("")),
-                             F.lit("' is not an ISO 3166-1 alpha-2 code in conf/regions.csv")))
-              .when(reason == "coordinates_swapped",
-                    F.concat(F.lit("lat="), F.col("lat"), F.lit(" lon="), F.col("lon"), F.lit(" look swapped: read the "
-                             "other way round (lat="), F.col("lon"), F.lit(", lon="), F.col("lat"),
-                             F.lit(") they make a plausible point in country "), F.col("country")))
-              .when(reason == "coordinates_outside_country",
-                    F.concat(F.lit("lat="), F.col("lat"), F.lit(" lon="), F.col("lon"), F.lit(" are not in country "),
-                             F.col("country"), F.lit(": no place of it is within geo.border_tolerance_km of the "
-                             "point's nearest place, or the point is at sea (geo.max_offshore_km) or too remote "
-                             "(geo.max_distance_km)")))
-              .when(reason.isNotNull(),
-                    F.concat(reason, F.lit(": lat="), F.coalesce(F.col("lat"), F.lit("null")), F.lit(" lon="),
-                             F.coalesce(F.col("lon"), F.lit("null")), F.lit(" country="),
-                             F.coalesce(F.col("country"), F.lit("null")))))
+              .otherwise(F.col("_checks.geo_reason")))
 
     title, desc = F.coalesce(F.col("title"), F.lit("")), F.coalesce(F.col("description"), F.lit(""))
-    flags = F.array_compact(F.array(
-        F.when(F.length(title) > max_title, F.lit("title_truncated")),
-        F.when(F.length(desc) > max_desc, F.lit("description_truncated")),
-        F.when(F.instr(title, "\ufffd") > 0, F.lit("title_invalid_utf8")),
-        F.when(F.instr(desc, "\ufffd") > 0, F.lit("description_invalid_utf8")),
-    ))
+    none = F.array().cast("array<string>")
+
+    def flag(condition, name: str):
+        return F.when(condition, F.array(F.lit(name))).otherwise(none)
+
+    # The flags that apply, in this order: a concatenation of one-element arrays (compiled code; array_compact over
+    # an array of nullable flags is evaluated row by row by the interpreter).
+    flags = F.concat(flag(F.length(title) > max_title, "title_truncated"),
+                     flag(F.length(desc) > max_desc, "description_truncated"),
+                     flag(F.instr(title, "\ufffd") > 0, "title_invalid_utf8"),
+                     flag(F.instr(desc, "\ufffd") > 0, "description_invalid_utf8")).cast("array<string>")
     lat_bin = F.floor(F.col("_lat") / F.lit(bin_deg)).cast("int")
     lon_bin = F.floor(F.col("_lon") / F.lit(bin_deg)).cast("int")
 
@@ -438,7 +485,7 @@ def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg
         F.col("_vid").alias("video_id"),
         live(F.col("uri"), "uri"),
         live(F.col("_country"), "country"),
-        live(region_map[F.col("_country")], "region"),
+        live(F.col("_checks.region"), "region"),
         live(F.col("_lat"), "lat"),
         live(F.col("_lon"), "lon"),
         live(lat_bin, "lat_bin"),
@@ -450,55 +497,126 @@ def validate(raw, *, source: str, country_regions: Mapping[str, str | None], cfg
         F.col("source"),
         withdrawn.alias("withdrawn"),
         reason.alias("_reason"),
-        detail.alias("_detail"),
-        F.col("_source_row"),
+        F.col("_checks.uri_detail").alias("_uri_detail"),
+        F.col(CORRUPT),
+        *[F.col(_quoted(c)).alias(f"_src{i}") for i, c in enumerate(original)],
         *([F.col("_order")] if "_order" in df.columns else []),
     )
+
+
+def _validation_detail(original: list[str]):
+    """Why validation rejected a row, in words (from ``_reason`` and the row's text as the manifest gave it)."""
+    from pyspark.sql import functions as F
+
+    def text(name: str):
+        return F.col(f"_src{original.index(name)}") if name in original else F.lit(None).cast("string")
+
+    reason = F.col("_reason")
+    lat, lon, country = text("lat"), text("lon"), text("country")
+    return (F.when(reason == "malformed_record", F.lit("the reader could not parse this line"))
+            .when(reason.isin(list(URI_REASONS)), F.col("_uri_detail"))
+            .when(reason == "malformed_upload_time",
+                  F.concat(F.lit("upload_time '"), text("upload_time"), F.lit("' is not an ISO-8601 timestamp")))
+            .when(reason == "invalid_withdrawn",
+                  F.concat(F.lit("withdrawn '"), text("withdrawn").cast("string"),
+                           F.lit("' is not true/false (also accepted: 1/0, yes/no)")))
+            .when(reason == "invalid_coordinates",
+                  F.concat(F.lit("lat/lon '"), F.coalesce(lat, F.lit("")), F.lit("', '"),
+                           F.coalesce(lon, F.lit("")), F.lit("' are not numbers")))
+            .when(reason == "unknown_country",
+                  F.concat(F.lit("country '"), F.coalesce(country, F.lit("")),
+                           F.lit("' is not an ISO 3166-1 alpha-2 code in conf/regions.csv")))
+            .when(reason == "coordinates_swapped",
+                  F.concat(F.lit("lat="), lat, F.lit(" lon="), lon, F.lit(" look swapped: read the "
+                           "other way round (lat="), lon, F.lit(", lon="), lat,
+                           F.lit(") they make a plausible point in country "), country))
+            .when(reason == "coordinates_outside_country",
+                  F.concat(F.lit("lat="), lat, F.lit(" lon="), lon, F.lit(" are not in country "),
+                           country, F.lit(": no place of it is within geo.border_tolerance_km of the "
+                           "point's nearest place, or the point is at sea (geo.max_offshore_km) or too remote "
+                           "(geo.max_distance_km)")))
+            .when(reason.isNotNull(),
+                  F.concat(reason, F.lit(": lat="), F.coalesce(lat, F.lit("null")), F.lit(" lon="),
+                           F.coalesce(lon, F.lit("null")), F.lit(" country="),
+                           F.coalesce(country, F.lit("null")))))
+
+
+def reject_columns(classified, original: list[str], shared_uri: str):
+    """What a quarantined row keeps, built before the rows are kept in memory so that the manifest's own columns
+    (``_src0``, ...) need not be: ``_detail`` (why, in words) and ``_source_row`` (the row as the manifest gave it,
+    JSON; the reader's raw line for a malformed one), on the rows :func:`classify` quarantined, and (``shared_uri``
+    quarantine) ``_source_row`` also on every live new or updated row, which :func:`mark_shared_uris` may yet turn
+    into a ``shared_uri`` reject. The columns only these needed are dropped."""
+    from pyspark.sql import functions as F
+
+    quarantined = F.col("_status") == "quarantined"
+    keep_source = quarantined
+    if shared_uri == "quarantine":
+        live = F.col("uri").isNotNull() & ~F.coalesce(F.col("withdrawn"), F.lit(False))
+        keep_source = quarantined | (F.col("_status").isin("new", "updated") & live)
+    source_row = F.to_json(F.struct(*[F.col(f"_src{i}").alias(c) for i, c in enumerate(original)]), KEEP_NULLS)
+    duplicate = F.when(F.col("_rank") > 1, _in_manifest_detail()).otherwise(
+        F.concat(F.lit("uploads already holds a later upload of this video_id ("),
+                 F.col("_stored_time").cast("string"), F.lit(")")))
+    detail = F.when(~F.col("_valid"), _validation_detail(original)).otherwise(duplicate)
+    return (classified.withColumn("_detail", F.when(quarantined, detail))
+            .withColumn("_source_row", F.when(keep_source, F.coalesce(source_row, F.col(CORRUPT))))
+            .drop(*[f"_src{i}" for i in range(len(original))], "_uri_detail", CORRUPT, "_rank", "_winner_time",
+                  "_stored_time"))
 
 
 _CONTENT = ("uri", "country", "lat", "lon", "upload_time", "title", "description", "withdrawn")
 
 
-def classify(valid, existing):
-    """Resolve duplicates: adds ``_status`` (new | updated | unchanged | quarantined) with reasons for the rejects.
+def _content_hash():
+    from pyspark.sql import functions as F
 
-    Within the manifest, the row with the latest upload_time wins (ties: the later row in the manifest); against
-    ``uploads``, an incoming row replaces the stored one unless the stored one is newer. Identical content is
-    ``unchanged`` so a re-ingest commits nothing. A quarantined duplicate's detail says which rule beat it, so a
-    tie is never reported as "a later upload".
+    return F.sha2(F.to_json(F.struct(*[F.coalesce(F.col(c), F.lit(False)) if c == "withdrawn" else F.col(c)
+                                       for c in _CONTENT])), 256)
+
+
+def classify(checked, existing):
+    """Resolve duplicates over every row of :func:`validate`: adds ``_valid`` and ``_status`` (new | updated |
+    unchanged | quarantined); a rejected row keeps its validation ``_reason``, a beaten duplicate gets ``duplicate``.
+
+    Within the manifest, the valid row with the latest upload_time wins (ties: the later row in the manifest);
+    against ``uploads``, an incoming row replaces the stored one unless the stored one is newer. Identical content is
+    ``unchanged`` so a re-ingest commits nothing (the content hash of an incoming row is computed only where
+    ``uploads`` holds its video_id). A quarantined duplicate's detail (:func:`reject_columns`) says which rule beat
+    it, so a tie is never reported as "a later upload". Rows that failed validation take part in nothing: they rank
+    after every valid row of their video_id, no winner's time is theirs, and they match no stored row (one window
+    by video_id alone, so the shard by video_id serves the ranking and the join).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     if "withdrawn" not in existing.columns:  # a table written before withdrawals existed
         existing = existing.withColumn("withdrawn", F.lit(False))
-    content_hash = F.sha2(F.to_json(F.struct(*[F.coalesce(F.col(c), F.lit(False)) if c == "withdrawn" else F.col(c)
-                                               for c in _CONTENT])), 256)
-    w = Window.partitionBy("video_id").orderBy(F.col("upload_time").desc(), F.col("_order").desc())
-    ranked = (valid.withColumn("_rank", F.row_number().over(w)).withColumn("_hash", content_hash)
-              .withColumn("_winner_time", F.max("upload_time").over(Window.partitionBy("video_id"))))
-    stored = existing.select(F.col("video_id"), F.col("upload_time").alias("_stored_time"),
-                             content_hash.alias("_stored_hash"))
-    joined = ranked.join(stored, "video_id", "left")
-    status = (F.when(F.col("_rank") > 1, "quarantined")
+    # One window (one sort, one pass): valid rows first, latest first; the first row's upload_time is the winner's
+    # (a quarantined duplicate is valid, so its video_id has a valid first row).
+    by_video = Window.partitionBy("video_id").orderBy(F.col("_valid").desc(), F.col("upload_time").desc(),
+                                                      F.col("_order").desc())
+    ranked = (checked.withColumn("_valid", F.col("_reason").isNull())
+              .withColumn("_rank", F.row_number().over(by_video))
+              .withColumn("_winner_time", F.first("upload_time").over(by_video)))
+    stored = existing.select(F.col("video_id").alias("_stored_vid"), F.col("upload_time").alias("_stored_time"),
+                             _content_hash().alias("_stored_hash"))
+    joined = ranked.join(stored, (F.col("video_id") == F.col("_stored_vid")) & F.col("_valid"), "left")
+    status = (F.when(~F.col("_valid") | (F.col("_rank") > 1), "quarantined")
               .when(F.col("_stored_hash").isNull(), "new")  # no stored row (a stored row may lack a time: import)
-              .when(F.col("_stored_hash") == F.col("_hash"), "unchanged")
+              .when(F.col("_stored_hash") == _content_hash(), "unchanged")
               .when(F.col("_stored_time") > F.col("upload_time"), "quarantined")
               .otherwise("updated"))
-    reason_detail = F.when(F.col("_rank") > 1, _in_manifest_detail()).otherwise(
-        F.concat(F.lit("uploads already holds a later upload of this video_id ("),
-                 F.col("_stored_time").cast("string"), F.lit(")")))
     return (joined.withColumn("_status", status)
-            .withColumn("_reason", F.when(F.col("_status") == "quarantined", F.lit("duplicate")))
-            .withColumn("_detail", F.when(F.col("_status") == "quarantined", reason_detail))
-            .drop("_winner_time"))
+            .withColumn("_reason", F.when(~F.col("_valid"), F.col("_reason"))
+                        .when(F.col("_status") == "quarantined", F.lit("duplicate")))
+            .drop("_stored_vid", "_stored_hash"))
 
 
-def mark_shared_uris(classified, existing, mode: str):
-    """Find uris held by several video_ids (the study counts videos as independent): adds ``_shared_with``, the
-    video_id that holds the uri first (a live stored upload, else the earliest upload_time, then the smallest id),
-    on every new or updated row whose uri another video_id holds first. ``mode`` quarantine turns those rows into
-    ``shared_uri`` rejects; warn leaves them (the run's report counts them)."""
+def shared_uri_holders(classified, existing):
+    """The new or updated uploads whose uri another video_id holds first: ``video_id``, ``_status`` and
+    ``_shared_with``, the video_id that holds the uri first (a live stored upload, else the earliest upload_time,
+    then the smallest id). Small (usually empty), so the caller keeps it and joins it back by video_id."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -506,14 +624,28 @@ def mark_shared_uris(classified, existing, mode: str):
     incoming = classified.filter(F.col("_status").isin("new", "updated") & live)
     stored = existing if "withdrawn" in existing.columns else existing.withColumn("withdrawn", F.lit(False))
     holders = (stored.filter(live).join(incoming.select("video_id"), "video_id", "left_anti")
-               .select("uri", "video_id", F.lit(0).alias("_tier"), "upload_time"))
-    both = holders.unionByName(incoming.select("uri", "video_id", F.lit(1).alias("_tier"), "upload_time"))
+               .select("uri", "video_id", F.lit(0).alias("_tier"), "upload_time", F.lit(None).cast("string")
+                       .alias("_status")))
+    both = holders.unionByName(incoming.select("uri", "video_id", F.lit(1).alias("_tier"), "upload_time",
+                                               "_status"))
     by_uri = Window.partitionBy("uri").orderBy("_tier", "upload_time", "video_id")
-    firsts = (both.withColumn("_shared_with", F.first("video_id").over(
-                  by_uri.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)))
-              .filter((F.col("_tier") == 1) & (F.col("_shared_with") != F.col("video_id")))
-              .select("video_id", "_shared_with"))
-    marked = classified.join(firsts, "video_id", "left").withColumn(
+    return (both.withColumn("_shared_with", F.first("video_id").over(
+                by_uri.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)))
+            .filter((F.col("_tier") == 1) & (F.col("_shared_with") != F.col("video_id")))
+            .select("video_id", "_status", "_shared_with"))
+
+
+def mark_shared_uris(classified, holders, mode: str, any_shared: bool = True):
+    """Adds ``_shared_with`` (:func:`shared_uri_holders`) to every new or updated row whose uri another video_id
+    holds first (the study counts videos as independent). ``mode`` quarantine turns those rows into ``shared_uri``
+    rejects; warn leaves them (the run's report counts them). ``any_shared`` False (no holder was counted, or mode
+    warn, where a mark changes nothing written) spares the join: ``_shared_with`` is null."""
+    from pyspark.sql import functions as F
+
+    if not any_shared:
+        return classified.withColumn("_shared_with", F.lit(None).cast("string"))
+    live = F.col("uri").isNotNull() & ~F.coalesce(F.col("withdrawn"), F.lit(False))
+    marked = classified.join(holders.select("video_id", "_shared_with"), "video_id", "left").withColumn(
         "_shared_with", F.when(F.col("_status").isin("new", "updated") & live, F.col("_shared_with")))
     if mode != "quarantine":
         return marked
@@ -567,99 +699,203 @@ def apply_withdrawals(store: TableStore, commits: dict | None = None) -> int:
 
 
 def run_ingest(spark, cfg: Config, store: TableStore, manifest: str, fmt: str | None = None) -> IngestReport:
-    """Ingest one manifest into ``uploads`` and ``quarantine``; returns the reconciled counts."""
-    from pyspark import StorageLevel
+    """Ingest one manifest into ``uploads`` and ``quarantine``; returns the reconciled counts.
+
+    Where the work goes (``IngestReport.stage_seconds``): ``read`` (the manifest's header), ``tables`` (``uploads``
+    ready, its version), ``validate`` (the one pass over every row: parse, check, rank duplicates against
+    ``uploads``, kept in memory, counted), ``shared uris``, ``write uploads`` (one MERGE), ``write quarantine`` and
+    ``withdrawals``. Spark jobs only where a number is needed: one for the counts, one for the shared uris, then the
+    commits.
+    """
     from pyspark.sql import functions as F
 
     report = IngestReport(manifest=manifest)
-    run_id = report.run_id
+    stages = StageClock()
+    stages.enter("read")
     ing = cfg.settings.ingest
     raw = read_manifest(spark, manifest, fmt, csv_multiline=ing.csv_multiline)
     if raw is None or not raw.columns:
         log.warning("manifest %s is empty: nothing to ingest", manifest)
-        return report.finish()
+        return _finish(report, stages)
     if raw.columns == [CORRUPT]:  # lines, but not one JSON object among them: not "empty", the wrong format
         raise ManifestError(f"no line of manifest {manifest} is a JSON object: a JSON manifest holds one object per "
                             "line (for a CSV, name it .csv or pass --format csv)")
     check_columns(raw.columns, ing.allow_extra_columns)
     country_regions = load_country_regions(cfg.path("regions.file"))
-    uploads = store.table(UPLOADS).create_if_missing()
-    read_version = uploads.version()
 
-    n_parts = ing.partitions
-    # Manifest order breaks upload_time ties (the later row wins); then shard by a stable hash of video_id.
+    stages.enter("tables")
+    uploads = store.table(UPLOADS)
+    if uploads.exists():
+        stored = uploads.read(uploads.version())  # this version throughout, whatever other writers commit meanwhile
+    else:  # the first ingest into this data root: nothing is stored yet (an empty relation built in the JVM: a
+        # DataFrame made from a Python list would start Python workers to produce no rows)
+        stored = spark.range(0).select(*[F.lit(None).cast(f.dataType).alias(f.name)
+                                         for f in spark_schema(UPLOADS.schema).fields])
+    # The catalog entries (the metastore server's first round trips in a process take seconds) are made in a thread
+    # while the pass over the rows runs, which needs only the table's files; the first commit waits for them.
+    with ThreadPoolExecutor(1, thread_name_prefix="ingest-catalog") as pool:
+        catalog = []
+        marked, kept, counts = _classify_rows(spark, cfg, raw, stored, manifest, country_regions, report, stages,
+                                              on_pass=lambda: catalog.append(pool.submit(_catalog_ready, store)))
+        stages.enter("tables")
+        for ready in catalog or [pool.submit(_catalog_ready, store)]:
+            ready.result()
+    try:
+        _write(spark, store, report, stages, stored, marked, counts)
+    finally:
+        for df in kept:
+            df.unpersist()
+    return _finish(report, stages)
+
+
+def _catalog_ready(store: TableStore) -> None:
+    """``uploads`` and ``quarantine`` exist and are named in the catalog."""
+    store.table(UPLOADS).create_if_missing()
+    store.table(QUARANTINE).create_if_missing()
+
+
+def _finish(report: IngestReport, stages: StageClock) -> IngestReport:
+    stages.enter(None)
+    report.stage_seconds = {step: round(seconds, 3) for step, seconds in stages.seconds.items()}
+    report.finish()
+    log.info("ingest run %s finished in %.1fs (%s)", report.run_id, report.seconds,
+             ", ".join(f"{k} {v:.1f}s" for k, v in report.stage_seconds.items()))
+    return report
+
+
+@dataclass
+class _Counts:
+    """What the counting pass found beyond the report's counts: the tombstones among the new and updated rows."""
+
+    tombstones: int = 0
+
+
+def _classify_rows(spark, cfg: Config, raw, stored, manifest: str, country_regions, report: IngestReport,
+                   stages: StageClock, on_pass=None):
+    """The one pass over every row (validate, rank, compare with ``uploads``), kept in memory, counted into
+    ``report``; then the shared uris. Returns (the rows marked, the DataFrames kept in memory, :class:`_Counts`).
+
+    ``on_pass`` is called once every DataFrame of the pass is built, just before its job runs: the catalog work
+    started then runs beside the job, where starting it earlier would stall building the DataFrames (resolving a
+    function waits for the session catalog the metastore's first round trips hold).
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    ing = cfg.settings.ingest
+    stages.enter("validate")
+    original = source_columns(raw)
+    # Manifest order breaks upload_time ties (the later row wins); the Python checks run where the rows are read
+    # (:func:`prepare`); then shard by a stable hash of video_id, and validate, rank and join on every core.
     raw = raw.withColumn("_order", F.monotonically_increasing_id())
+    raw = prepare(raw, country_regions=country_regions, cfg=cfg).repartition(ing.partitions, "_vid")
     checked = validate(raw, source=manifest, country_regions=country_regions, cfg=cfg)
-    checked = checked.repartition(n_parts, "video_id").persist(StorageLevel.MEMORY_AND_DISK)
-    valid = checked.filter(F.col("_reason").isNull())
-    classified = mark_shared_uris(classify(valid, uploads.read(read_version)), uploads.read(read_version),
-                                  ing.shared_uri).persist(StorageLevel.MEMORY_AND_DISK)
+    # Kept in memory for the counts, the MERGE and the quarantine: the columns a row of uploads needs and what a
+    # rejected row keeps (nothing of the manifest's own columns), uncompressed (the rows live for one run; gathering
+    # compression statistics cost more than the memory it saves).
+    with scoped_conf(spark, {"spark.sql.inMemoryColumnarStorage.compressed": False}):
+        classified = reject_columns(classify(checked, stored), original, ing.shared_uri).persist(
+            StorageLevel.MEMORY_AND_DISK)
 
-    invalid_counts = {r["_reason"]: r["count"] for r in
-                      checked.filter(F.col("_reason").isNotNull()).groupBy("_reason").count().collect()}
-    status_counts, tombstones, rejected = {}, 0, Counter()
-    for r in (classified.groupBy("_status", "withdrawn", "_reason", F.col("_shared_with").isNotNull().alias("_shared"))
-              .count().collect()):
-        status_counts[r["_status"]] = status_counts.get(r["_status"], 0) + r["count"]
-        tombstones += r["count"] if r["withdrawn"] and r["_status"] in ("new", "updated") else 0
+    counts = _Counts()
+    status_counts, rejected = Counter(), Counter()
+    by_status = classified.groupBy("_status", "withdrawn", "_reason").count()
+    if on_pass is not None:
+        on_pass()
+    for r in by_status.collect():
+        status_counts[r["_status"]] += r["count"]
+        counts.tombstones += r["count"] if r["withdrawn"] and r["_status"] in ("new", "updated") else 0
         rejected[r["_reason"]] += r["count"] if r["_status"] == "quarantined" else 0
-        report.shared_uri_rows += r["count"] if r["_shared"] and r["_status"] in ("new", "updated") else 0
-    duplicates = status_counts.get("quarantined", 0)
-    report.rows_in = sum(invalid_counts.values()) + sum(status_counts.values())
-    report.new, report.updated = status_counts.get("new", 0), status_counts.get("updated", 0)
-    report.unchanged = status_counts.get("unchanged", 0)
-    report.quarantined = sum(invalid_counts.values()) + duplicates
-    report.reasons = dict(invalid_counts, **{reason: n for reason, n in rejected.items() if n})
+
+    stages.enter("shared uris")
+    holders = shared_uri_holders(classified, stored).persist(StorageLevel.MEMORY_AND_DISK)
+    shared = {r["_status"]: r["count"] for r in holders.groupBy("_status").count().collect()}
+    if ing.shared_uri == "quarantine":
+        for status, n in shared.items():
+            status_counts[status] -= n
+            status_counts["quarantined"] += n
+            rejected["shared_uri"] += n
+    else:
+        report.shared_uri_rows = sum(shared.values())
+    marked = mark_shared_uris(classified, holders, ing.shared_uri,
+                              any_shared=bool(shared) and ing.shared_uri == "quarantine")
+
+    report.rows_in = sum(status_counts.values())
+    report.new, report.updated = status_counts["new"], status_counts["updated"]
+    report.unchanged = status_counts["unchanged"]
+    report.quarantined = status_counts["quarantined"]
+    report.reasons = {reason: n for reason, n in rejected.items() if n}
     if report.shared_uri_rows:
         log.warning("%d new or updated uploads name a uri another video_id already names (ingest.shared_uri: warn)",
                     report.shared_uri_rows)
+    return marked, [classified, holders], counts
 
+
+def _write(spark, store: TableStore, report: IngestReport, stages: StageClock, stored, marked, counts: _Counts):
+    """The commits: ``uploads`` (one MERGE), ``quarantine`` (rejected rows and the stored rows that updated rows
+    replaced; no commit when there are none), then the withdrawals."""
+    from pyspark.sql import functions as F
+
+    uploads = store.table(UPLOADS)
+    stages.enter("write uploads")
     ingest_time = F.lit(utc_timestamp(report.started)).cast("timestamp")
-    accepted = (classified.filter(F.col("_status").isin("new", "updated"))
+    accepted = (marked.filter(F.col("_status").isin("new", "updated"))
                 .withColumn("ingest_time", ingest_time).select(*UPLOADS.schema.names))
-    incoming = classified.filter(F.col("_status") == "updated").select(
-        "video_id", F.col("upload_time").alias("_new_time"), F.col("withdrawn").alias("_new_withdrawn"))
-    stored = uploads.read(read_version)
-    replaced = (stored.join(incoming, "video_id")
-                .withColumn("_source_row", F.to_json(F.struct(*[c for c in UPLOADS.schema.names
-                                                                if c in stored.columns]), KEEP_NULLS))
-                .withColumn("_reason", F.when(F.col("_new_withdrawn"), F.lit("withdrawn"))
-                            .otherwise(F.lit("duplicate")))
-                .withColumn("_detail", F.when(F.col("_new_withdrawn"), F.concat(F.lit(
-                    "the uploader withdrew this video at "), F.col("_new_time").cast("string"), F.lit(
-                    "; this was its row in uploads"))).when(F.col("_new_time") == F.col("upload_time"), F.lit(
-                    "replaced in uploads by a new row of this video_id with the same upload_time (ties: the newer "
-                    "ingest wins)")).otherwise(F.lit("replaced in uploads by a later upload of this video_id")))
-                .drop("_new_time", "_new_withdrawn"))
-    report.replaced_rows_quarantined = report.updated
-    rejects = (checked.filter(F.col("_reason").isNotNull())
-               .unionByName(classified.filter(F.col("_status") == "quarantined").select(*checked.columns)))
-    common = dict(stage="ingest", reason_col="_reason", detail_col="_detail", source_row_col="_source_row",
-                  run_id=run_id)
-    quarantine_rows = to_quarantine_rows(rejects, source_col="source", **common).unionByName(
-        to_quarantine_rows(replaced.withColumn("_from", F.lit("uploads")), source_col="_from", **common))
-
+    updated = report.updated
+    report.replaced_rows_quarantined = updated
     if report.new or report.updated:
         # One MERGE: new keys inserted, later uploads replace older ones. Never a blind append: if another ingest
         # commits the same keys first, Delta makes this commit conflict and retry, and the retry's own counts (what
         # it inserted and replaced) are the ones reported; rows the other writer already stored count as unchanged.
-        commit = uploads.upsert(accepted, update_when="t.upload_time IS NULL OR s.upload_time >= t.upload_time",
-                                evolve_schema=True)
+        # The source is the rows kept in memory: Delta need not copy it again before the MERGE reads it twice (its
+        # materializeSource guards sources that could change between the two reads; these cannot).
+        with scoped_conf(spark, {"spark.databricks.delta.merge.materializeSource": "none"}):
+            commit = uploads.upsert(accepted, update_when="t.upload_time IS NULL OR s.upload_time >= t.upload_time",
+                                    evolve_schema=True, keys_unique=True)  # _rank 1 of its video_id: one row each
         planned = report.new + report.updated
         report.new, report.updated = commit.rows_inserted, commit.rows_updated
         report.unchanged += planned - report.new - report.updated
         report.commits["uploads"] = commit
     else:
         report.commits["uploads"] = CommitResult(UPLOADS.name, None)
-    report.commits["quarantine"] = write_quarantine(store, quarantine_rows)
-    if tombstones and report.commits["uploads"].version is not None:
+
+    stages.enter("write quarantine")
+    if report.quarantined or updated:
+        common = dict(stage="ingest", reason_col="_reason", detail_col="_detail", source_row_col="_source_row",
+                      run_id=report.run_id)
+        quarantine_rows = to_quarantine_rows(marked.filter(F.col("_status") == "quarantined"), source_col="source",
+                                             **common)
+        if updated:
+            quarantine_rows = quarantine_rows.unionByName(to_quarantine_rows(
+                _replaced_rows(stored, marked).withColumn("_from", F.lit("uploads")), source_col="_from", **common))
+        report.commits["quarantine"] = write_quarantine(store, quarantine_rows)
+    else:  # nothing rejected, nothing replaced: no rows to look for and no commit
+        report.commits["quarantine"] = CommitResult(QUARANTINE.name, None)
+
+    stages.enter("withdrawals")
+    if counts.tombstones and report.commits["uploads"].version is not None:
         # What the commit wrote, not what was planned: a concurrent ingest may have stored a later upload first.
         report.withdrawn = (uploads.read(report.commits["uploads"].version)
                             .filter(F.col("withdrawn") & (F.col("ingest_time") == ingest_time)).count())
     if report.withdrawn:
         report.annotations_deleted = apply_withdrawals(store, report.commits)
-    checked.unpersist()
-    classified.unpersist()
-    report.finish()
-    log.info("ingest run %s finished in %.1fs", run_id, report.seconds)
-    return report
+
+
+def _replaced_rows(stored, marked):
+    """The stored rows that updated rows replace, shaped as rejects: what ``uploads`` held before (its row, JSON),
+    reason ``withdrawn`` (the uploader withdrew the video) or ``duplicate`` (a later upload replaced it)."""
+    from pyspark.sql import functions as F
+
+    incoming = marked.filter(F.col("_status") == "updated").select(
+        "video_id", F.col("upload_time").alias("_new_time"), F.col("withdrawn").alias("_new_withdrawn"))
+    return (stored.join(incoming, "video_id")
+            .withColumn("_source_row", F.to_json(F.struct(*[c for c in UPLOADS.schema.names
+                                                            if c in stored.columns]), KEEP_NULLS))
+            .withColumn("_reason", F.when(F.col("_new_withdrawn"), F.lit("withdrawn"))
+                        .otherwise(F.lit("duplicate")))
+            .withColumn("_detail", F.when(F.col("_new_withdrawn"), F.concat(F.lit(
+                "the uploader withdrew this video at "), F.col("_new_time").cast("string"), F.lit(
+                "; this was its row in uploads"))).when(F.col("_new_time") == F.col("upload_time"), F.lit(
+                "replaced in uploads by a new row of this video_id with the same upload_time (ties: the newer "
+                "ingest wins)")).otherwise(F.lit("replaced in uploads by a later upload of this video_id")))
+            .drop("_new_time", "_new_withdrawn"))

@@ -440,3 +440,35 @@ def test_vectorised_check_equals_a_row_by_row_reference(country_regions: dict[st
                                        pd.Series([rows[i][2] for i in numeric], dtype=object), country_regions,
                                        max_offshore_km=30.0)
     assert list(as_spark) == [expected[i] for i in numeric]
+
+
+def test_ingest_checks_batch_equals_the_reference(country_regions: dict[str, str | None]) -> None:
+    """The batch function ingest runs on the executors (coordinates, region, uri) on the same rows, called as Spark
+    calls it: float Series with NaN for null, the country as Spark upper-cased it, the uri as given."""
+    from cxatlas.core.config import load_config
+    from cxatlas.core.uris import UriPolicy
+    from cxatlas.stages.ingest import row_checks
+
+    cfg = load_config()
+    index = geo._place_index()
+    places = (index.lat, index.lon, index.countries[index.country_idx])
+    rows = [r for r in _real_rows(country_regions) if all(isinstance(v, float) for v in r[:2])]
+    policy = UriPolicy.from_settings(cfg.settings.ingest)
+    uris = ["/videos/a.mp4", "/proc/self/environ", None, "relative/v.mp4", "http://x/v.mp4", "s3a://b/v.mp4",
+            "/videos/../dev/zero", " /videos/b.mp4 "]
+    uri = pd.Series([uris[i % len(uris)] for i in range(len(rows))], dtype=object)
+    country = pd.Series([r[2].upper() if isinstance(r[2], str) else None for r in rows], dtype=object)
+    out = row_checks(pd.Series([r[0] for r in rows]), pd.Series([r[1] for r in rows]), country, uri,
+                     country_regions=country_regions, geo=cfg.settings.geo, policy=policy)
+    limits = dict(max_distance_km=cfg.settings.geo.max_distance_km,
+                  border_tolerance_km=cfg.settings.geo.border_tolerance_km,
+                  max_offshore_km=cfg.settings.geo.max_offshore_km,
+                  offshore_neighbours=cfg.settings.geo.offshore_neighbours)
+    nan_as_invalid = [geo.INVALID_COORDINATES if any(math.isnan(v) for v in r[:2]) else None for r in rows]
+    expected = [n or _reference_problem(r[0], r[1], c, country_regions, places, **limits)
+                for r, c, n in zip(rows, country, nan_as_invalid)]
+    assert list(out["geo_reason"]) == expected
+    assert list(out["region"]) == [country_regions.get(c) if c is not None else None for c in country]
+    refused = [policy.refusal(u) for u in uri]
+    assert list(out["uri_reason"]) == [r[0] if r else None for r in refused]
+    assert list(out["uri_detail"]) == [r[1] if r else None for r in refused]

@@ -147,13 +147,18 @@ class Table(CommitMixin, ChecksMixin, ChangeFeedMixin, MaintenanceMixin):
             return CommitResult(self.spec.name, None)
         return self._merge(fresh, evolve_schema, update=False)
 
-    def upsert(self, df, *, evolve_schema: bool = False, update_when: str | None = None) -> CommitResult:
+    def upsert(self, df, *, evolve_schema: bool = False, update_when: str | None = None,
+               keys_unique: bool = False) -> CommitResult:
         """``MERGE``: rows whose key exists are replaced whole (``UPDATE SET *``), the others inserted. ``df`` is
         first given the table's columns (typed nulls for evolved ones it lacks; its extra columns dropped unless
         ``evolve_schema``, which adds them to the table). ``update_when`` (SQL over ``t`` = target, ``s`` = source)
-        limits which matched rows are replaced, e.g. only by a later upload."""
+        limits which matched rows are replaced, e.g. only by a later upload. ``keys_unique``: the caller built
+        ``df`` with one row per key (ingest: the first row of a window per key) and says so, which spares the check's
+        Spark job (a group-by over every input row); readers still refuse a table holding a key twice
+        (:meth:`read_unique`)."""
         self._check_df(df, "upsert")
-        self._check_unique_keys(df, "upsert")
+        if not keys_unique:
+            self._check_unique_keys(df, "upsert")
         self.create_if_missing()
         return self._merge(df, evolve_schema, update=True, update_when=update_when)
 
