@@ -62,7 +62,22 @@ class TreeSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _procs(self):
-        return [self.proc, *self.proc.children(recursive=True)]
+        """This process and its descendants, less a JVM's processes caught while it spawns a command (Hadoop's
+        local file system runs chmod and stat): until the exec they share the JVM's memory and show its command line,
+        and counting them would count the JVM twice."""
+        import psutil
+
+        procs = [self.proc]
+        for p in self.proc.children(recursive=True):
+            try:
+                cmd, parent = p.cmdline(), p.parent()
+                if any("jspawnhelper" in part for part in cmd) or (parent is not None and "java" in parent.name()
+                                                                   and cmd == parent.cmdline()):
+                    continue
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            procs.append(p)
+        return procs
 
     def _sample(self, into: dict[int, float]) -> None:
         import psutil
