@@ -221,3 +221,37 @@ def test_a_lost_commit_race_is_told_by_deltas_exception_class_and_retried(spark,
     assert lost.value.__cause__ is conflict
     with pytest.raises(ValueError):  # anything else is not retried
         table._retry("append", lambda: (_ for _ in ()).throw(ValueError("not a conflict")))
+
+
+def test_a_duplicate_key_written_outside_cxatlas_is_refused_at_every_new_version(spark, store):
+    """``read_unique`` checks each table version once per process: a version found unique is not aggregated again,
+    but a duplicate that any later commit brings in (here Delta's own writer, outside cxatlas) is refused, and so
+    is one in a table deleted and created again at the same path (its versions start again at 0)."""
+    import shutil
+
+    from cxatlas.warehouse.tables import DuplicateKeyError
+    from cxatlas.warehouse.tables.checks import _UNIQUE_VERSIONS
+
+    table = store.table(SCORES)
+    schema = "video_id string, region string, score_a float"
+    table.upsert(spark.createDataFrame([("v1", "brazil", 0.1), ("v2", "africa", 0.2)], schema))
+    clean = table.version()
+    assert table.read_unique().count() == 2
+    assert any(version == clean for _, version in _UNIQUE_VERSIONS)
+    assert table.read_unique(clean).count() == 2  # the same version again: known unique
+
+    spark.createDataFrame([("v1", "brazil", 0.5)], schema).write.format("delta").mode("append").save(table.path)
+    with pytest.raises(DuplicateKeyError, match=r"'scores'.*video_id='v1' \(2 rows\)"):
+        table.read_unique()
+    with pytest.raises(DuplicateKeyError):
+        table.read_unique()  # refused again: a refusal is never remembered as a pass
+    assert table.read_unique(clean).count() == 2  # time travel to the clean version still reads
+
+    # The same path, a new table whose version `clean` (known unique for the old table) holds a duplicate: the new
+    # table's id means it is checked.
+    shutil.rmtree(table.path)
+    for batch in ([("v7", "brazil", 0.1)], [("v7", "africa", 0.3)]):
+        spark.createDataFrame(batch, schema).write.format("delta").mode("append").save(table.path)
+    assert table.version() == clean == 1
+    with pytest.raises(DuplicateKeyError, match="v7"):
+        table.read_unique(clean)
