@@ -3,8 +3,8 @@
 Why Delta: the tables are the only thing every driver of a site shares (local disk, HDFS, S3 alike). Taking the
 lease is one ``MERGE`` into ``leases`` conditioned on the lease being free; two runs that try at once both read the
 same table version, Delta's optimistic concurrency lets one commit and makes the other conflict, and the loser's
-retry re-reads the table and finds the lease held. The holder is then read back from the committed table, so the
-answer never rests on a local belief.
+retry re-reads the table and finds the lease held. Whether a run took the lease is the committed MERGE's own count
+of rows it inserted or replaced (from the table's history), so the answer never rests on a local belief.
 
 A lease is free when it expired (``expires`` passed: the holder is gone or stuck), or when its holder ran on this
 host and its process is dead (a SIGKILLed run frees its lease at once for a restart on the same machine). A live
@@ -96,7 +96,9 @@ class Lease:
             time.sleep(poll_seconds)
 
     def _take(self, seen: Holder | None) -> bool:
-        """Compare-and-swap: replace exactly the holder we saw (or insert when there was none)."""
+        """Compare-and-swap: replace exactly the holder we saw (or insert when there was none). Whether it took is
+        the committed MERGE's own count, read from the table's history: one row inserted or replaced (a retried
+        MERGE, after another writer committed first, reports what the retry did), never a local belief."""
         now = time.time()
         spark = self.store.spark
         row = [(self.name, self.run_id, self.host, self.pid, utc_timestamp(now), utc_timestamp(now + self.ttl))]
@@ -105,9 +107,8 @@ class Lease:
             "name", "holder", "host", "pid", "cast(acquired as timestamp) acquired", "cast(expires as timestamp) expires")
         self.table.create_if_missing()
         expected = "t.holder IS NULL" if seen is None else f"t.holder = '{seen.holder}'"
-        self.table.upsert(source, update_when=expected)
-        got = self.current()
-        return got is not None and got.holder == self.run_id
+        commit = self.table.upsert(source, update_when=expected, keys_unique=True)  # one row: one key
+        return commit.rows_inserted + commit.rows_updated == 1
 
     def holder_description(self) -> str:
         holder = self.current()
@@ -116,13 +117,13 @@ class Lease:
         return f"run {holder.holder} (host {holder.host}, pid {holder.pid}, until {utc_timestamp(holder.expires)} UTC)"
 
     def renew(self) -> None:
-        """Extend the lease; raises :class:`LeaseLost` if another run holds it now."""
-        holder = self.current()
-        if holder is None or holder.holder != self.run_id:
+        """Extend the lease (one MERGE that replaces our own row only); raises :class:`LeaseLost` if another run
+        holds it now."""
+        if not self._take(Holder(self.run_id, self.host, self.pid, 0.0)):
             self.held = False
+            holder = self.current()
             raise LeaseLost(f"run {self.run_id} lost the lease '{self.name}' to "
                             f"{holder.holder if holder else 'nobody'}; stopping")
-        self._take(holder)
 
     def release(self) -> None:
         """Give the lease back (delete our row; a row another run took over is left alone)."""

@@ -40,7 +40,9 @@ class RunLog:
                                         output_versions=None, config_hash=config_hash(cfg), stage_seconds=None,
                                         **{c: None for c in COUNT_COLUMNS})
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
+    def _write(self, rows: list[dict[str, Any]], *, new: bool = False) -> None:
+        """Upsert ``rows`` (one per run id) into ``runs``; ``new``: their run ids cannot be there yet (a run's first
+        row), so a blind append does it without MERGE's join."""
         from pyspark.sql import functions as F
 
         spark = self.store.spark
@@ -50,10 +52,14 @@ class RunLog:
                                    ", ".join(f"`{n}` {t}" for n, t in text.items()))
         df = df.select(*[F.col(n).cast("timestamp").alias(n) if n in ("started", "finished") else F.col(n)
                          for n in text])
-        self.store.table(RUNS).upsert(df, evolve_schema=True)  # a runs table from before a column gains it
+        table = self.store.table(RUNS)
+        if new:
+            table.append(df, evolve_schema=True)  # a runs table from before a column gains it
+        else:
+            table.upsert(df, evolve_schema=True, keys_unique=len({r["run_id"] for r in rows}) == len(rows))
 
     def start(self) -> None:
-        self._write([self.row])
+        self._write([self.row], new=True)
 
     def finish(self, status: str, error: str | None = None, counts: Mapping[str, int] | None = None,
                analysis_id: str | None = None, input_versions: Mapping[str, int] | None = None,
