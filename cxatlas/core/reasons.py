@@ -42,7 +42,7 @@ _URI_ANNOTATE = ("the row was ingested before the policy or under other settings
                  "or widen `ingest.allowed_schemes` / `ingest.allowed_roots` if the location is legitimate")
 
 CATALOGUE: tuple[Reason, ...] = (
-    # ---- ingest: cxatlas/stages/ingest.py (validate, classify, shared uris, replaced rows), core/uris.py, core/geo.py
+    # ---- ingest: cxatlas/stages/ingest/ (validate, classify, shared uris, replaced rows), core/uris.py, core/geo.py
     Reason("malformed_record", "ingest", "the reader could not parse the line (broken quoting, bad JSON)",
            "fix the line in the manifest and ingest it again"),
     Reason("missing_video_id", "ingest", "no `video_id` (null or blank)", "give the row an id"),

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: Which stage each module that writes quarantine reasons belongs to.
 STAGE_MODULES = {
-    "ingest": ["cxatlas/stages/ingest.py"],
+    "ingest": sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cxatlas/stages/ingest").glob("*.py")),
     "import": ["cxatlas/stages/import_annotations.py"],
     "annotate": ["cxatlas/stages/annotate.py", "udfs/annotate.py"],
     "train": ["cxatlas/stages/train.py", "udfs/training.py"],
