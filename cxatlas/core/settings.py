@@ -169,6 +169,7 @@ class FaceSettings:
     detect_batch_size: PosInt
     min_track_frames: PosInt
     detect_stride: PosInt
+    refine_stride: NonNegInt
     iou_threshold: Share
     max_missed: NonNegInt
     crop_size: PosInt
@@ -180,6 +181,10 @@ class FaceSettings:
         if self.detect_stride > self.min_track_frames:
             raise ValueError(f"detect_stride ({self.detect_stride}) must not exceed min_track_frames "
                              f"({self.min_track_frames}): no track could be confirmed")
+        if self.refine_stride > self.detect_stride:
+            raise ValueError(f"refine_stride ({self.refine_stride}) must not exceed detect_stride "
+                             f"({self.detect_stride}): refining every detect_stride-th frame already refines only "
+                             f"the last frame of a window (say so: refine_stride = detect_stride)")
         return self
 
 
