@@ -54,32 +54,18 @@ class _Recorder:
         detect, candidates, refine = det.detect, det.candidates, det.refine
         track, predict = det.track, expr.predict_windows
 
-        def timed_detect(frames: Any, *a: Any, **kw: Any) -> Any:
-            started, cpu = time.perf_counter(), time.process_time()
-            try:
-                return detect(frames, *a, **kw)
-            finally:
-                self.detect_s += time.perf_counter() - started
-                self.detect_cpu_s += time.process_time() - cpu
-                self.detected_frames += len(frames)
-
-        def timed_candidates(frame: Any, *a: Any, **kw: Any) -> Any:
-            started, cpu = time.perf_counter(), time.process_time()
-            try:
-                return candidates(frame, *a, **kw)
-            finally:
-                self.detect_s += time.perf_counter() - started
-                self.detect_cpu_s += time.process_time() - cpu
-                self.detected_frames += 1
-
-        def timed_refine(frame: Any, boxes: Any, *a: Any, **kw: Any) -> Any:
-            started, cpu = time.perf_counter(), time.process_time()
-            try:
-                return refine(frame, boxes, *a, **kw)
-            finally:
-                self.detect_s += time.perf_counter() - started
-                self.detect_cpu_s += time.process_time() - cpu
-                self.refined_frames += 1
+        def timed(method: Any, counter: str, frames: Any = lambda first: 1) -> Any:
+            """``method`` with its wall and CPU seconds added to MTCNN's, and ``frames(first argument)`` to
+            ``counter``."""
+            def call(first: Any, *a: Any, **kw: Any) -> Any:
+                started, cpu = time.perf_counter(), time.process_time()
+                try:
+                    return method(first, *a, **kw)
+                finally:
+                    self.detect_s += time.perf_counter() - started
+                    self.detect_cpu_s += time.process_time() - cpu
+                    setattr(self, counter, getattr(self, counter) + frames(first))
+            return call
 
         def recorded_track(window: Any, *a: Any, **kw: Any) -> Any:
             tracks = track(window, *a, **kw)
@@ -91,7 +77,9 @@ class _Recorder:
             self.scores.append(np.asarray(scores))
             return scores
 
-        det.detect, det.candidates, det.refine = timed_detect, timed_candidates, timed_refine
+        det.detect = timed(detect, "detected_frames", len)
+        det.candidates = timed(candidates, "detected_frames")
+        det.refine = timed(refine, "refined_frames")
         det.track = recorded_track
         expr.predict_windows = recorded_predict
 
