@@ -85,7 +85,7 @@ class Lease:
         started = time.time()
         while True:
             holder = self.current()
-            if self.is_free(holder, time.time()) and self._take(holder):
+            if self.is_free(holder, time.time()) and self._take(holder.holder if holder else None):
                 self.held = True
                 if holder is not None and holder.holder != self.run_id:
                     self.displaced = holder
@@ -95,10 +95,10 @@ class Lease:
             log.info("lease %s is held by run %s; waiting", self.name, holder.holder if holder else "?")
             time.sleep(poll_seconds)
 
-    def _take(self, seen: Holder | None) -> bool:
-        """Compare-and-swap: replace exactly the holder we saw (or insert when there was none). Whether it took is
-        the committed MERGE's own count, read from the table's history: one row inserted or replaced (a retried
-        MERGE, after another writer committed first, reports what the retry did), never a local belief."""
+    def _take(self, seen: str | None) -> bool:
+        """Compare-and-swap: replace exactly the row of holder ``seen`` (or insert when there was none). Whether it
+        took is the committed MERGE's own count, read from the table's history: one row inserted or replaced (a
+        retried MERGE, after another writer committed first, reports what the retry did), never a local belief."""
         now = time.time()
         spark = self.store.spark
         row = [(self.name, self.run_id, self.host, self.pid, utc_timestamp(now), utc_timestamp(now + self.ttl))]
@@ -106,7 +106,7 @@ class Lease:
                                             "expires string").selectExpr(
             "name", "holder", "host", "pid", "cast(acquired as timestamp) acquired", "cast(expires as timestamp) expires")
         self.table.create_if_missing()
-        expected = "t.holder IS NULL" if seen is None else f"t.holder = '{seen.holder}'"
+        expected = "t.holder IS NULL" if seen is None else f"t.holder = '{seen}'"
         commit = self.table.upsert(source, update_when=expected, keys_unique=True)  # one row: one key
         return commit.rows_inserted + commit.rows_updated == 1
 
@@ -119,7 +119,7 @@ class Lease:
     def renew(self) -> None:
         """Extend the lease (one MERGE that replaces our own row only); raises :class:`LeaseLost` if another run
         holds it now."""
-        if not self._take(Holder(self.run_id, self.host, self.pid, 0.0)):
+        if not self._take(self.run_id):
             self.held = False
             holder = self.current()
             raise LeaseLost(f"run {self.run_id} lost the lease '{self.name}' to "
