@@ -45,13 +45,6 @@ _OVERLAY.write_text(f"catalog:\n  derby_port: {_free_port()}\n  metastore_root: 
 os.environ["CXATLAS_CONF"] = str(_OVERLAY)
 os.environ["CXATLAS_DERBY_HOME"] = str(_OVERLAY.parent / "derby")
 
-# Fault injection (tests/hooks/cxatlas_test_faults.py): the file listing the faults is this run's own, named in the
-# environment before the Spark JVM starts so that its Python workers see it too; the `inject_faults` fixture fills it.
-from tests.hooks import cxatlas_test_faults as faults  # noqa: E402
-
-FAULTS_FILE = _OVERLAY.parent / "faults"
-os.environ[faults.ENV] = str(FAULTS_FILE)
-
 
 def database_for(data_root: Path) -> str:
     """One catalog database per test data root: the test session shares ONE Spark session, hence one metastore, while
@@ -88,10 +81,7 @@ def metastore_server():
 def spark(tmp_path_factory):
     from cxatlas.warehouse.spark import build_spark
 
-    # Its Python workers run through the fault-injection hook (inert unless a test lists faults).
-    session = build_spark(make_config(tmp_path_factory.mktemp("spark-data"),
-                                      f"spark.conf.spark.python.daemon.module={faults.MODULE}",
-                                      f"spark.conf.spark.executorEnv.PYTHONPATH={faults.HOOKS_DIR}"), "-tests")
+    session = build_spark(make_config(tmp_path_factory.mktemp("spark-data")), "-tests")
     yield session
     session.stop()
 
@@ -99,13 +89,16 @@ def spark(tmp_path_factory):
 @pytest.fixture
 def inject_faults(monkeypatch):
     """``inject_faults("video_id", "context:video_id", ...)``: the expression (or context) model call of a batch
-    holding one of these videos raises, in the session's workers and in this process, until the test ends."""
-    def inject(*ids: str) -> None:
-        FAULTS_FILE.write_text("".join(f"{i}\n" for i in ids))
-        faults.install(lambda obj, name, value: monkeypatch.setattr(obj, name, value, raising=False))
+    holding one of these videos raises (``tests/faults.py``) in every annotate job this test runs, until it ends;
+    returns the faulty ``AnnotateBatches`` class for a test that calls it directly."""
+    from tests.faults import faulty_batches
 
-    yield inject
-    FAULTS_FILE.unlink(missing_ok=True)
+    def inject(*ids: str) -> type:
+        batches = faulty_batches(*ids)
+        monkeypatch.setattr("cxatlas.stages.annotate.AnnotateBatches", batches)
+        return batches
+
+    return inject
 
 
 @pytest.fixture

@@ -413,14 +413,14 @@ def test_non_finite_ratings_are_quarantined_and_a_label_without_ratings_refused(
 def test_one_failing_video_in_context_scoring_is_quarantined_and_its_batch_goes_on(tmp_path, inject_faults):
     from cxatlas.core.config import load_config
     from cxatlas.sim.media_corpus import source_paths
-    from cxatlas.udfs.annotate import ANNOTATED, QUARANTINED, AnnotateBatches, load_models
+    from cxatlas.udfs.annotate import ANNOTATED, QUARANTINED, load_models
 
-    inject_faults("context:bad")
+    batches = inject_faults("context:bad")
     settings = load_config(overrides=["annotate.video.max_windows=1"]).settings.annotate
     clip = str(source_paths()["single_face"])
     batch = pd.DataFrame([dict(video_id=v, uri=clip, title="Wedding party", description="bride and groom")
                           for v in ("a", "bad", "b")])
-    out = AnnotateBatches(settings).annotate(batch, load_models(settings, "cpu")).set_index("video_id")
+    out = batches(settings).annotate(batch, load_models(settings, "cpu")).set_index("video_id")
     assert out.loc["bad", "status"] == QUARANTINED and out.loc["bad", "reason"] == "context_model_error"
     assert "fault injected" in out.loc["bad", "detail"] and out.loc["bad", "scores"] is None
     for ok in ("a", "b"):
