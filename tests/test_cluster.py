@@ -78,9 +78,10 @@ SCALE_OVERRIDES = (
     "ingest.partitions=8",
     "annotate.partitions=6",
     "annotate.video.max_windows=2",  # two 1-s windows per video: every stage runs, at a quarter of the frames
-    # Minutes-long jobs on 2 cores: C2's compiling costs more CPU than it saves (conf/local.yaml's default too).
-    "spark.conf.spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1",
-    "spark.conf.spark.executor.extraJavaOptions=-XX:TieredStopAtLevel=1",
+    # Minutes-long jobs on 2 cores: C2's compiling costs more CPU than it saves (conf/local.yaml's default too),
+    # with the larger code cache C1 needs to keep compiling past the first minute (local.yaml says why).
+    "spark.conf.spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m",
+    "spark.conf.spark.executor.extraJavaOptions=-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m",
 )
 # ... and its sizes.
 LOOPBACK_OVERRIDES = (*PLATFORM_OVERRIDES, *SCALE_OVERRIDES,

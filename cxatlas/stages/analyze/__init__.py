@@ -34,12 +34,12 @@ from cxatlas.core.config import Config, join_uri
 from cxatlas.core.regions import REGION_IDS
 from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_LOADINGS, CCA_TESTS,
                                          CONTEXT_EXPRESSION_CORRELATIONS, GEOBIN_VARIATES, HEADLINE_NUMBERS,
-                                         REGION_SIMILARITY, REGION_VS_WORLD, SIGN_AGREEMENT)
+                                         REGION_SIMILARITY, REGION_VS_WORLD, RESULT_TABLES, SIGN_AGREEMENT)
 from cxatlas.core.runs import StageClock
 from cxatlas.core.settings import AnalyzeSettings
 from cxatlas.stages.analyze.results import ResultFrames, _to_spark, compute_results, write_figures
 from cxatlas.stages.analyze.unfinished import start_removal
-from cxatlas.stages.analyze.writing import write_result_tables
+from cxatlas.stages.analyze.writing import create_in_background, write_result_tables
 from cxatlas.stages.analyze.settings import (BALANCED_FIT, CCA_BALANCE, LORO, AnalyzeError, AnalyzeReport,
                                              check_settings, new_analysis_id)
 from cxatlas.stages.analyze.sums import (Inputs, compute_sums, describe_video_filter, prepare_input, resolve_inputs,
@@ -90,6 +90,7 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
     report.expressions, report.n_contexts, report.expression_rows = list(expr_columns), len(labels), expr_rows
     log.info("analyze %s: expressions %s (%d columns), contexts %s / %s (%d labels), tables %s", analysis_id,
              expr_version, len(expr_columns), ctx_version, taxonomy, len(labels), versions)
+    created = create_in_background(store, RESULT_TABLES)  # the inputs are there: the analysis will write
     exclude = video_filter_labels(taxonomy, settings, cfg.settings.annotate.context)
     broadcast = expr_rows <= settings.broadcast_max_rows
     prepared = prepare_input(inputs, expr_version, ctx_version, taxonomy, expr_columns, settings.cca.sample_seed,
@@ -122,7 +123,7 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
                     settings.min_occurrences)
 
     clock.enter("write_tables")
-    analyses.create_if_missing()  # before any result row: the views join on it (README "Statistics")
+    created.result()  # analyses before any result row: the views join on it (README "Statistics")
     report.commits.update(write_result_tables(spark, store, analysis_id, (
         (CONTEXT_EXPRESSION_CORRELATIONS, frames.correlations), (REGION_SIMILARITY, frames.similarity),
         (REGION_VS_WORLD, frames.world), (CCA_HELDOUT, frames.cca_heldout), (CCA_TESTS, frames.cca_tests),

@@ -7,12 +7,17 @@ Spark runs jobs submitted from several driver threads side by side: the tables a
 
 Visibility is unchanged: every reader and view joins on the ``analyses`` row, which the caller commits only after
 all of these have returned (and not at all when one of them raised).
+
+Creating a table that does not exist yet (the first analysis of a data root: a Delta commit and catalog round trips
+to the metastore for each) costs more than writing it, and needs nothing from the statistics: it starts in the
+background once the inputs are known (:func:`create_in_background`) and the writers wait for it.
 """
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -22,7 +27,25 @@ from cxatlas.warehouse.tables.table import sql_string
 
 log = logging.getLogger(__name__)
 
-__all__ = ["write_result_tables"]
+__all__ = ["create_in_background", "write_result_tables"]
+
+
+def create_in_background(store, specs: Sequence[TableSpec]) -> Future:
+    """Create and register the tables of ``specs`` that are missing (the database first, then the tables all at
+    once) in a background thread; the returned future's ``result()`` waits for them and raises what a creation
+    raised."""
+    done: Future = Future()
+
+    def create() -> None:
+        try:
+            store.ensure_database()
+            with ThreadPoolExecutor(max_workers=max(1, len(specs)), thread_name_prefix="cxatlas-create") as pool:
+                done.set_result(list(pool.map(lambda spec: store.table(spec).create_if_missing(), specs)))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the tables
+            done.set_exception(exc)
+
+    threading.Thread(target=create, name="cxatlas-create", daemon=True).start()
+    return done
 
 
 def write_result_tables(spark, store, analysis_id: str, frames: Iterable[tuple[TableSpec, pd.DataFrame]],
