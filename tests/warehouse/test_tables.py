@@ -255,3 +255,24 @@ def test_a_duplicate_key_written_outside_cxatlas_is_refused_at_every_new_version
     assert table.version() == clean == 1
     with pytest.raises(DuplicateKeyError, match="v7"):
         table.read_unique(clean)
+
+
+def test_a_catalog_name_pointing_at_another_root_is_refused(spark, store, tmp_path):
+    """Two data roots on one metastore and database: the second root's table of the same name would make every query
+    read the first root's rows, so registering it is refused, naming both locations (the catalog entry's location
+    comes from ``DESCRIBE TABLE EXTENDED``)."""
+    from dataclasses import replace
+
+    from cxatlas.warehouse.tables import TableError
+
+    table = store.table(SCORES)
+    table.append(spark.createDataFrame([("v1", "brazil", 0.1)], "video_id string, region string, score_a float"))
+    table.register()
+    assert table._catalog_location().removeprefix("file:").rstrip("/") == table.path.removeprefix("file:").rstrip("/")
+    other = replace(store, root=str(tmp_path / "other-root"), _tables={}).table(SCORES)
+    spark.createDataFrame([("v9", "africa", 0.9)], "video_id string, region string, score_a float") \
+        .write.format("delta").save(other.path)
+    with pytest.raises(TableError, match="another data root") as refused:
+        other.register()
+    assert str(tmp_path / "other-root") in str(refused.value) and store.root.removeprefix("file:") in str(refused.value)
+    assert spark.sql(f"SELECT video_id FROM {table.name}").collect()[0][0] == "v1"  # the catalog still reads the first

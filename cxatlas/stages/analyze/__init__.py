@@ -39,7 +39,7 @@ from cxatlas.core.runs import StageClock
 from cxatlas.core.settings import AnalyzeSettings
 from cxatlas.stages.analyze.results import ResultFrames, _to_spark, compute_results, write_figures
 from cxatlas.stages.analyze.unfinished import start_removal
-from cxatlas.stages.analyze.writing import create_in_background, write_result_tables
+from cxatlas.stages.analyze.writing import create_in_background, in_background, write_result_tables
 from cxatlas.stages.analyze.settings import (BALANCED_FIT, CCA_BALANCE, LORO, AnalyzeError, AnalyzeReport,
                                              check_settings, new_analysis_id)
 from cxatlas.stages.analyze.sums import (Inputs, compute_sums, describe_video_filter, prepare_input, resolve_inputs,
@@ -122,6 +122,12 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
         log.warning("no context occurred %d times (analyze.min_occurrences): correlation tables stay empty",
                     settings.min_occurrences)
 
+    figures_dir = join_uri(cfg.data_root, settings.figures.dir, analysis_id)
+    drawing = None
+    if settings.figures.enabled:  # drawn in this process while the table writes wait on Spark and Delta
+        drawing = in_background("cxatlas-figures", write_figures, frames, figures_dir, cfg.settings.geo.bin_deg,
+                                settings.figures.dpi)
+
     clock.enter("write_tables")
     created.result()  # analyses before any result row: the views join on it (README "Statistics")
     report.commits.update(write_result_tables(spark, store, analysis_id, (
@@ -130,10 +136,9 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
         (GEOBIN_VARIATES, frames.geobins), (SIGN_AGREEMENT, frames.sign_agreement),
         (CCA_LOADINGS, frames.cca_loadings), (HEADLINE_NUMBERS, frames.headline))))
 
-    figures_dir = join_uri(cfg.data_root, settings.figures.dir, analysis_id)
-    if settings.figures.enabled:
-        clock.enter("figures")
-        report.figures = write_figures(frames, figures_dir, cfg.settings.geo.bin_deg, settings.figures.dpi)
+    if drawing is not None:
+        clock.enter("figures")  # the wait for the drawing that did not end with the writes
+        report.figures = drawing.result()
 
     # Housekeeping (rows that killed or failed analyses left, invisible already, are deleted; this one's are kept)
     # ran beside the analysis; it ends before the commit marker, and the wait for it is a stage of the row.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import pandas as pd
 
@@ -27,25 +27,34 @@ from cxatlas.warehouse.tables.table import sql_string
 
 log = logging.getLogger(__name__)
 
-__all__ = ["create_in_background", "write_result_tables"]
+__all__ = ["create_in_background", "in_background", "write_result_tables"]
+
+T = TypeVar("T")
+
+
+def in_background(name: str, fn: Callable[..., T], *args) -> "Future[T]":
+    """``fn(*args)`` in a daemon thread of its own; the future's ``result()`` waits for it and raises what it raised."""
+    done: Future = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the result
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return done
 
 
 def create_in_background(store, specs: Sequence[TableSpec]) -> Future:
     """Create and register the tables of ``specs`` that are missing (the database first, then the tables all at
-    once) in a background thread; the returned future's ``result()`` waits for them and raises what a creation
-    raised."""
-    done: Future = Future()
+    once) in the background (:func:`in_background`)."""
+    def create() -> list:
+        store.ensure_database()
+        with ThreadPoolExecutor(max_workers=max(1, len(specs)), thread_name_prefix="cxatlas-create") as pool:
+            return list(pool.map(lambda spec: store.table(spec).create_if_missing(), specs))
 
-    def create() -> None:
-        try:
-            store.ensure_database()
-            with ThreadPoolExecutor(max_workers=max(1, len(specs)), thread_name_prefix="cxatlas-create") as pool:
-                done.set_result(list(pool.map(lambda spec: store.table(spec).create_if_missing(), specs)))
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the tables
-            done.set_exception(exc)
-
-    threading.Thread(target=create, name="cxatlas-create", daemon=True).start()
-    return done
+    return in_background("cxatlas-create", create)
 
 
 def write_result_tables(spark, store, analysis_id: str, frames: Iterable[tuple[TableSpec, pd.DataFrame]],
