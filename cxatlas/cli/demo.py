@@ -5,6 +5,7 @@ sample corpus (real videos from installed packages) -> ingest -> annotate -> ana
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 
 from cxatlas.cli.commands import open_store, run_sql, sample_corpus
 from cxatlas.core.config import Config, join_uri
@@ -79,9 +80,12 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
 
     corpus_dir = join_uri(cfg.data_root, "corpus")
     print(f"[demo] 1. sample corpus -> {corpus_dir}", flush=True)
-    info = sample_corpus(cfg, corpus_dir, args.videos)
+    # The corpus (decoding and encoding video in this process) is built while Spark and the metastore start.
+    with ThreadPoolExecutor(1, thread_name_prefix="cxatlas-corpus") as pool:
+        corpus = pool.submit(sample_corpus, cfg, corpus_dir, args.videos)
+        spark, store = open_store(cfg, "demo")
+        info = corpus.result()
     print(f"       {info.videos} real videos, manifest {info.manifest}")
-    spark, store = open_store(cfg, "demo")
     print("[demo] 2. ingest", flush=True)
     ingested = run_ingest(spark, cfg, store, str(info.manifest))
     print(ingested.summary())
