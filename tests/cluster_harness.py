@@ -471,7 +471,8 @@ def standalone_cluster(root: str | Path, *, workers: int = 2, cores: int = 1, me
     master_dir = root / "master"
     # The daemons only coordinate: the JVM's quick compiler (C1) is enough, and C2's compile threads would take CPU
     # from the executors on a 2-core machine.
-    env = spark_env(python, {"SPARK_DAEMON_MEMORY": daemon_memory, "SPARK_DAEMON_JAVA_OPTS": "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m"})
+    env = spark_env(python, {"SPARK_DAEMON_MEMORY": daemon_memory,
+                             "SPARK_DAEMON_JAVA_OPTS": "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m"})
     master_port, master_ui = free_port(), free_port()
     master = _start_daemon("master", [str(SPARK_HOME / "bin" / "spark-class"), MASTER_CLASS, "--host", "127.0.0.1",
                                       "--port", str(master_port), "--webui-port", str(master_ui)],

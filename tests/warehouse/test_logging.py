@@ -25,7 +25,8 @@ def test_packaged_config_reaches_driver_and_executors(tmp_path):
     assert Path(log4j_config_path()).is_file()
     conf = session_conf(cfg)
     # the packaged default's own driver option (local.yaml: C1 only) comes after the log options too
-    assert conf["spark.driver.extraJavaOptions"] == java_log_options(cfg) + " -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m"
+    assert conf["spark.driver.extraJavaOptions"] == (java_log_options(cfg)
+                                                    + " -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m")
     assert conf["spark.executor.extraJavaOptions"] == java_log_options(cfg) + " -Dmine=1"  # the user's come last
     assert f"-Dlog4j2.configurationFile=file:{log4j_config_path()}" in java_log_options(cfg)
 

@@ -38,8 +38,9 @@ from cxatlas.core.result_schemas import (ANALYSES, CCA_HELDOUT, CCA_LOADINGS, CC
 from cxatlas.core.runs import StageClock
 from cxatlas.core.settings import AnalyzeSettings
 from cxatlas.stages.analyze.results import ResultFrames, _to_spark, compute_results, write_figures
+from cxatlas.stages.analyze.background import in_background
 from cxatlas.stages.analyze.unfinished import start_removal
-from cxatlas.stages.analyze.writing import create_in_background, in_background, write_result_tables
+from cxatlas.stages.analyze.writing import create_in_background, write_result_tables
 from cxatlas.stages.analyze.settings import (BALANCED_FIT, CCA_BALANCE, LORO, AnalyzeError, AnalyzeReport,
                                              check_settings, new_analysis_id)
 from cxatlas.stages.analyze.sums import (Inputs, compute_sums, describe_video_filter, prepare_input, resolve_inputs,
@@ -143,7 +144,7 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
     # Housekeeping (rows that killed or failed analyses left, invisible already, are deleted; this one's are kept)
     # ran beside the analysis; it ends before the commit marker, and the wait for it is a stage of the row.
     clock.enter("housekeeping")
-    housekeeping.join()
+    housekeeping.result()
     clock.enter(None)
     report.stage_seconds = clock.seconds
 

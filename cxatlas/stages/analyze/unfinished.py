@@ -8,10 +8,11 @@ are older than ``failures.unfinished_results_hours`` (younger ones may belong to
 from __future__ import annotations
 
 import logging
-import threading
 import time
+from concurrent.futures import Future
 
 from cxatlas.core.result_schemas import ANALYSES, RESULT_TABLES
+from cxatlas.stages.analyze.background import in_background
 from cxatlas.warehouse.tables import TableStore
 
 log = logging.getLogger(__name__)
@@ -56,16 +57,15 @@ def remove_unfinished(store: TableStore, older_than_hours: float, keep: str | No
     return removed
 
 
-def start_removal(store: TableStore, older_than_hours: float, keep: str) -> threading.Thread:
-    """:func:`remove_unfinished` in a background thread, started when an analysis starts and joined before its commit
-    marker (issue #25: its Spark jobs wait on I/O and the metastore while the analysis computes, instead of adding
-    seconds after it). It never touches ``keep``'s rows; a failure is logged (the next analysis tries again)."""
+def start_removal(store: TableStore, older_than_hours: float, keep: str) -> Future:
+    """:func:`remove_unfinished` in the background (:func:`~cxatlas.stages.analyze.background.in_background`),
+    started when an analysis starts and waited for before its commit marker (issue #25: its Spark jobs wait on I/O
+    and the metastore while the analysis computes, instead of adding seconds after it). It never touches ``keep``'s
+    rows; a failure is logged (the next analysis tries again) and the future holds None."""
     def run() -> None:
         try:
             remove_unfinished(store, older_than_hours, keep=keep)
         except Exception as exc:  # noqa: BLE001 - housekeeping: the next analysis tries again
             log.warning("could not remove the rows of unfinished analyses (%s: %s)", type(exc).__name__, exc)
 
-    thread = threading.Thread(target=run, name="cxatlas-unfinished", daemon=True)
-    thread.start()
-    return thread
+    return in_background("cxatlas-unfinished", run)

@@ -15,40 +15,24 @@ background once the inputs are known (:func:`create_in_background`) and the writ
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Iterable, Sequence
 
 import pandas as pd
 
 from cxatlas.core.schemas import TableSpec
+from cxatlas.stages.analyze.background import in_background
 from cxatlas.stages.analyze.results import _to_spark
 from cxatlas.warehouse.tables.table import sql_string
 
 log = logging.getLogger(__name__)
 
-__all__ = ["create_in_background", "in_background", "write_result_tables"]
-
-T = TypeVar("T")
-
-
-def in_background(name: str, fn: Callable[..., T], *args) -> "Future[T]":
-    """``fn(*args)`` in a daemon thread of its own; the future's ``result()`` waits for it and raises what it raised."""
-    done: Future = Future()
-
-    def run() -> None:
-        try:
-            done.set_result(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the result
-            done.set_exception(exc)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return done
+__all__ = ["create_in_background", "write_result_tables"]
 
 
 def create_in_background(store, specs: Sequence[TableSpec]) -> Future:
     """Create and register the tables of ``specs`` that are missing (the database first, then the tables all at
-    once) in the background (:func:`in_background`)."""
+    once) in the background (:func:`~cxatlas.stages.analyze.background.in_background`)."""
     def create() -> list:
         store.ensure_database()
         with ThreadPoolExecutor(max_workers=max(1, len(specs)), thread_name_prefix="cxatlas-create") as pool:
