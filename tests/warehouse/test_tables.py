@@ -2,6 +2,7 @@
 reader (delta-rs) sees the same."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import deltalake
@@ -255,6 +256,40 @@ def test_a_duplicate_key_written_outside_cxatlas_is_refused_at_every_new_version
     assert table.version() == clean == 1
     with pytest.raises(DuplicateKeyError, match="v7"):
         table.read_unique(clean)
+
+
+def test_the_change_feed_gives_the_changed_keys_rows_as_time_travel_does(spark, store):
+    """``rows_before`` / ``rows_after`` of a feed over versions (a, b] equal time travel to a and to b, restricted to
+    the keys the feed changed: over keys updated twice (first pre-image, last post-image, not any other), deleted,
+    inserted then deleted, deleted then inserted again, and left alone (not in the feed)."""
+    from pyspark.sql import functions as F
+
+    table = store.table(dataclasses.replace(SCORES, name="fed_scores", change_feed=True,
+                                            comment="SCORES with Delta's change data feed on"))
+    schema = "video_id string, region string, score_a float"
+
+    def upsert(*rows):
+        table.upsert(spark.createDataFrame(list(rows), schema))
+
+    upsert(("a", "brazil", 0.1), ("b", "africa", 0.2), ("c", "africa", 0.3), ("keep", "brazil", 0.9))
+    start = table.version()
+    upsert(("a", "brazil", 0.11), ("n", "brazil", 0.5))       # a updated, n inserted
+    upsert(("a", "africa", 0.12))                             # a updated again (and moved partition)
+    table.delete("video_id IN ('b', 'n')")                    # b deleted; n inserted then deleted
+    table.delete("video_id = 'c'")
+    upsert(("c", "brazil", 0.33))                             # c deleted, then inserted again
+    end = table.version()
+    feed = table.changes(start, end)
+
+    def as_rows(df):
+        return sorted(tuple(r) for r in df.select("video_id", "region", "score_a").collect())
+
+    changed = sorted({r[0] for r in feed.select("video_id").collect()})
+    assert changed == ["a", "b", "c", "n"]
+    for got, version in ((table.rows_before(feed), start), (table.rows_after(feed), end)):
+        expected = table.read(version).where(F.col("video_id").isin(changed))
+        assert as_rows(got) == as_rows(expected), version
+    assert [r[0] for r in as_rows(table.rows_after(feed))] == ["a", "c"]  # b and n are gone
 
 
 def test_a_catalog_name_pointing_at_another_root_is_refused(spark, store, tmp_path):

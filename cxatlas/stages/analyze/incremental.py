@@ -10,9 +10,11 @@ of each region with the smallest sample key". So the state of an analysis config
 
 stored in the ``stat_sums`` table with the input table versions it is exact for. An update reads which videos
 changed between those versions and now from Delta's change data feed (uploads, video_expressions, video_contexts),
-runs the heavy pass over the changed videos' rows as they were (subtracted) and as they are (added), and updates
-the candidates: changed videos leave, their new rows enter when their key is under the cut. Withdrawals and
-re-annotations are changes like any other; a new upload is a change whose old rows do not exist.
+runs the heavy pass over the changed videos' rows as they were (subtracted) and as they are (added), both taken from
+the feed itself (its first pre-image and last image of each changed row; no time travel, no scan of a whole table
+unless a changed video has a row that did not change, see :func:`changed_rows`), and updates the candidates:
+changed videos leave, their new rows enter when their key is under the cut. Withdrawals and re-annotations are
+changes like any other; a new upload is a change whose old rows do not exist.
 
 When the state cannot be updated exactly it is rebuilt by one full pass, and the reason is logged: no stored state,
 a change feed that does not reach back to the stored versions (it was switched on later, or the old versions were
@@ -165,7 +167,7 @@ def save_state(store: TableStore, key: str, state: SumsState, run_id: str):
                             payload=[p for _, _, p in rows], input_versions=versions, n_videos=state.n_videos,
                             run_id=run_id, updated=pd.Timestamp.now(tz="UTC").floor("us")))
     df = store.spark.createDataFrame(pdf, schema=spark_schema(STAT_SUMS.schema))
-    return store.table(STAT_SUMS).replace_where(df, f"sums_key = '{key}'")
+    return store.table(STAT_SUMS).replace_where(df, f"sums_key = '{key}'", n_rows=len(pdf))
 
 
 def load_state(store: TableStore, key: str, sel: Selection, settings: AnalyzeSettings) -> SumsState | None:
@@ -174,11 +176,13 @@ def load_state(store: TableStore, key: str, sel: Selection, settings: AnalyzeSet
     table = store.table(STAT_SUMS)
     if not table.exists():
         return None
-    rows = table.read().filter(F.col("sums_key") == key).collect()
-    if not rows:
+    # Arrow, not Row objects: the payloads (about 90 MB at 653 contexts and 50 replicates) come over as Arrow
+    # buffers instead of being pickled in the JVM and unpickled here.
+    rows = table.read().filter(F.col("sums_key") == key).select("kind", "key", "payload", "input_versions").toArrow()
+    if not rows.num_rows:
         return None
-    by_kind = {(r["kind"], r["key"]): bytes(r["payload"]) for r in rows}
-    versions = json.loads(rows[0]["input_versions"])
+    by_kind = {(k, i): p for k, i, p in zip(*(rows.column(c).to_pylist() for c in ("kind", "key", "payload")))}
+    versions = json.loads(rows.column("input_versions")[0].as_py())
     cuts = json.loads(by_kind[(KIND_META, 0)].decode())["cuts"]
     candidates = None
     if _subsample(settings):
@@ -191,25 +195,96 @@ def load_state(store: TableStore, key: str, sel: Selection, settings: AnalyzeSet
 # --------------------------------------------------------------------------------------------------------------------
 # Updating the state
 # --------------------------------------------------------------------------------------------------------------------
-def changed_videos(store: TableStore, old: dict[str, int], new: dict[str, int]):
-    """The video_ids any input table changed in versions ``(old, new]`` (a DataFrame), or a string saying why the
-    change feed cannot tell."""
-    frames = []
+def _selected(spec, frame, sel: Selection):
+    """The rows of ``frame`` (a table of ``spec`` or its change feed) that the analysis reads: the chosen model
+    version and taxonomy, so each video has at most one row per table."""
+    from pyspark.sql import functions as F
+
+    if spec is VIDEO_EXPRESSIONS:
+        return frame.filter(F.col("model_version") == sel.expr_version)
+    if spec is VIDEO_CONTEXTS:
+        return frame.filter((F.col("model_version") == sel.ctx_version) & (F.col("taxonomy") == sel.taxonomy))
+    return frame
+
+
+def _feeds(store: TableStore, old: dict[str, int], new: dict[str, int], sel: Selection):
+    """Each input table's change feed of versions ``(old, new]``, restricted to the analysis's selection (None: the
+    table did not change), or a string saying why the stored versions cannot be brought forward."""
+    feeds = {}
     for spec in INPUT_TABLES:
-        table = store.table(spec)
-        since = table.change_feed_since()
         before, now = old.get(spec.name), new[spec.name]
         if before is None:
             return f"the stored sums do not record a version of {spec.name}"
         if now < before:
             return f"{spec.name} is at version {now}, older than the stored sums' {before} (restored?)"
-        if now > before and (since is None or since > before + 1):
-            return f"{spec.name}'s change feed starts at version {since}, after the stored sums' version {before}"
-        frames.append(table.changed_keys(before, now, ["video_id"]))
+        feeds[spec.name] = _selected(spec, store.table(spec).changes(before, now), sel) if now > before else None
+    return feeds
+
+
+def _feed_gap(store: TableStore, old: dict[str, int], exc: BaseException) -> str:
+    """Why a change feed read failed, in words (and the feed switched on where it was off, for next time)."""
+    for spec in INPUT_TABLES:
+        since = store.table(spec).change_feed_since()
+        if since is None or since > old[spec.name] + 1:
+            return f"{spec.name}'s change feed starts at version {since}, after the stored sums' version {old[spec.name]}"
+    return f"the stored versions cannot be read any more ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+
+
+def changed_videos(feeds: dict):
+    """The video_ids any input table changed, with ``_tables``: the indexes (in :data:`INPUT_TABLES`) of the tables
+    whose feed has the video (a DataFrame; None when no table changed)."""
+    from pyspark.sql import functions as F
+
+    frames = [feed.select("video_id", F.lit(i).alias("_table")) for i, feed in enumerate(feeds.values())
+              if feed is not None]
+    if not frames:
+        return None
     out = frames[0]
     for frame in frames[1:]:
         out = out.unionByName(frame)
-    return out.distinct()
+    return out.groupBy("video_id").agg(F.collect_set("_table").alias("_tables"))
+
+
+def changed_rows(store: TableStore, inputs: Inputs, feeds: dict, sel: Selection, ids, unfed: dict | None
+                 ) -> tuple[Inputs, Inputs, list]:
+    """The selected input rows of the changed videos ``ids`` as they were at the stored versions and as they are,
+    from the change feeds: where a table's feed has a video, its row before is the feed's pre-image and its row now
+    the feed's last image (:meth:`~cxatlas.warehouse.tables.Table.rows_before`, ``rows_after``); only a changed
+    video that a table's feed does not have (an upload moved, whose annotations did not change) needs that table's
+    row, the same before and now, from a scan. ``unfed``: per table, those video ids when the caller knows them
+    (an empty list: no scan of that table at all); None: found by a join.
+
+    Time travel and a scan of every table would rebuild three old snapshots and read each table twice; the feeds
+    hold only what changed. Returns (old rows, new rows, the cached frames to unpersist)."""
+    from pyspark.sql import functions as F
+
+    old, new, cached = [], [], []
+    for i, (spec, now) in enumerate(zip(INPUT_TABLES, (inputs.uploads, inputs.expressions, inputs.contexts))):
+        feed = feeds[spec.name]
+        if feed is None:
+            rest_ids = ids
+        elif unfed is None:
+            rest_ids = ids.join(feed.select("video_id").distinct(), "video_id", "left_anti")
+        elif unfed[i]:
+            rest_ids = F.broadcast(store.spark.createDataFrame([(v,) for v in unfed[i]], "video_id string"))
+        else:
+            rest_ids = None
+        rest = None
+        if rest_ids is not None:  # unchanged rows: read once for both sides
+            rest = _selected(spec, now, sel).join(rest_ids, "video_id", "left_semi").cache()
+            cached.append(rest)
+        if feed is None:
+            old.append(rest)
+            new.append(rest)
+            continue
+        table = store.table(spec)
+        before, after = table.rows_before(feed), table.rows_after(feed)
+        if rest is not None:
+            before = before.unionByName(rest, allowMissingColumns=True)
+            after = after.unionByName(rest, allowMissingColumns=True)
+        old.append(before)
+        new.append(after)
+    return Inputs({}, *old), Inputs({}, *new), cached
 
 
 def _update_candidates(state: SumsState, changed_hashes: np.ndarray, added: list[SampleRows | None], capacity: int,
@@ -246,35 +321,44 @@ def update_state(store: TableStore, state: SumsState, inputs: Inputs, sel: Selec
     changed videos, what happened)."""
     from pyspark.sql import functions as F
 
-    changed = changed_videos(store, state.versions, inputs.versions)
-    if isinstance(changed, str):
-        return None, -1, changed
-    limit = int(inc.max_changed_fraction * max(state.n_videos, 1))
-    # The usual case (few changes) needs one small collect: the ids and their hashes, at most ``limit`` + 1 rows.
-    few = changed.select("video_id", F.xxhash64("video_id").alias("h")).limit(min(limit, inc.driver_max_videos) + 1)
-    collected = few.collect()
-    local = len(collected) <= inc.driver_max_videos
-    n_changed = len(collected) if len(collected) <= limit else changed.count()
-    if n_changed == 0:
+    from cxatlas.warehouse.tables.change_feed import is_feed_gap
+
+    feeds = _feeds(store, state.versions, inputs.versions, sel)
+    if isinstance(feeds, str):
+        return None, -1, feeds
+    changed = changed_videos(feeds)
+    if changed is None:
         state.versions = dict(inputs.versions)
         return state, 0, "no video changed"
-    if n_changed > limit:
-        return None, n_changed, (f"{n_changed} videos changed, more than incremental.max_changed_fraction="
-                                 f"{inc.max_changed_fraction} of {state.n_videos}")
+    limit = int(inc.max_changed_fraction * max(state.n_videos, 1))
+    cached = []
     try:
-        old_inputs = Inputs(dict(state.versions), *[store.table(s).read(state.versions[s.name]) for s in INPUT_TABLES])
+        # The usual case (few changes) needs one small collect: the ids, their hashes and which feeds have them, at
+        # most ``limit`` + 1 rows.
+        few = changed.select("video_id", F.xxhash64("video_id").alias("h"), "_tables").limit(
+            min(limit, inc.driver_max_videos) + 1)
+        collected = few.collect()
+        local = len(collected) <= inc.driver_max_videos
+        n_changed = len(collected) if len(collected) <= limit else changed.count()
+        if n_changed == 0:
+            state.versions = dict(inputs.versions)
+            return state, 0, "no video changed"
+        if n_changed > limit:
+            return None, n_changed, (f"{n_changed} videos changed, more than incremental.max_changed_fraction="
+                                     f"{inc.max_changed_fraction} of {state.n_videos}")
         if local:
             ids = F.broadcast(store.spark.createDataFrame([(r[0],) for r in collected], "video_id string"))
             hashes = np.array([r[1] for r in collected], dtype=np.int64)
+            unfed = {i: [r[0] for r in collected if i not in r[2]] for i in range(len(INPUT_TABLES))}
         else:
-            ids = changed
+            ids = changed.select("video_id")
             hashes = np.array([r[0] for r in changed.select(F.xxhash64("video_id")).collect()], dtype=np.int64)
-        prepared = [prepare_input(Inputs(i.versions, *[f.join(ids, "video_id", "left_semi")
-                                                        for f in (i.uploads, i.expressions, i.contexts)]),
-                                  sel.expr_version, sel.ctx_version, sel.taxonomy, sel.expr_columns,
+            unfed = None
+        old_inputs, new_inputs, cached = changed_rows(store, inputs, feeds, sel, ids, unfed)
+        prepared = [prepare_input(i, sel.expr_version, sel.ctx_version, sel.taxonomy, sel.expr_columns,
                                   settings.cca.sample_seed, broadcast=True, exclude_labels=sel.exclude_labels,
                                   occur_threshold=settings.occur_threshold)
-                    for i in (old_inputs, inputs)]
+                    for i in (old_inputs, new_inputs)]
         # With a sample size the passes' CCA sums hold only the parts that add across videos (a sample's sums come
         # from its candidates below); the new rows' own bottom-k come back as rows.
         capacity = _capacity(settings, inc) if _subsample(settings) else None
@@ -286,10 +370,13 @@ def update_state(store: TableStore, state: SumsState, inputs: Inputs, sel: Selec
             prepared = [both.filter(pa.array(~new_mask)), both.filter(pa.array(new_mask))]
         removed = _pass(prepared[0], sel, settings, capacity)
         added = _pass(prepared[1], sel, settings, capacity)
-    except Exception as exc:  # an old version vacuumed away, a table rewritten: rebuild rather than guess
-        if "FileNotFound" in str(exc) or "VersionNotFound" in str(exc) or "DELTA_FILE_NOT_FOUND" in str(exc):
-            return None, n_changed, f"the stored versions cannot be read any more ({type(exc).__name__})"
+    except Exception as exc:  # a version written with the feed off, vacuumed away: rebuild rather than guess
+        if is_feed_gap(exc):
+            return None, -1, _feed_gap(store, state.versions, exc)
         raise
+    finally:
+        for frame in cached:
+            frame.unpersist()
     m = state.moments + added[0] - removed[0]
     geo = _occupied(GeobinSums.total([state.geobins, added[2], -removed[2]]))
     new = SumsState(dict(inputs.versions), m, state.cca + added[1] - removed[1], geo, state.candidates, state.cuts)

@@ -1,9 +1,21 @@
-"""Delta's change data feed: what changed in a table since a reader last saw a version."""
+"""Delta's change data feed: what changed in a table since a reader last saw a version, and how it was before."""
 from __future__ import annotations
 
 from typing import Sequence
 
 CHANGE_FEED = "delta.enableChangeDataFeed"
+#: Columns Delta adds to every row of the change feed.
+FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
+#: Delta's error classes for a feed that cannot be read over a range: a version written with the feed off, a
+#: version whose log or data files were cleaned up (log retention, VACUUM), a schema change the feed cannot span.
+FEED_GAP_ERRORS = ("DELTA_MISSING_CHANGE_DATA", "DELTA_VERSION_NOT_FOUND", "DELTA_FILE_NOT_FOUND",
+                   "DELTA_CHANGE_DATA_FILE_NOT_FOUND", "DELTA_CHANGE_DATA_FEED_INCOMPATIBLE", "FileNotFound",
+                   "VersionNotFound", "DELTA_TIMESTAMP_GREATER_THAN_COMMIT")
+
+
+def is_feed_gap(exc: BaseException) -> bool:
+    """Whether ``exc`` says the change feed does not cover the range asked for (not a fault of the reader)."""
+    return any(name in str(exc) for name in FEED_GAP_ERRORS)
 
 
 class ChangeFeedMixin:
@@ -13,7 +25,7 @@ class ChangeFeedMixin:
         """The first version from which the change feed is complete (None: the feed is off).
 
         Tables written before the feed was switched on by cxatlas get it switched on here (one ALTER TABLE commit);
-        their feed then starts at that commit.
+        their feed then starts at that commit. Reads the whole history: called when a feed read failed, to say why.
         """
         if not self.spec.change_feed or not self.exists():
             return None
@@ -27,11 +39,45 @@ class ChangeFeedMixin:
         self.spark.sql(f"ALTER TABLE delta.`{self.path}` SET TBLPROPERTIES ('{CHANGE_FEED}' = 'true')")
         return self.version()
 
+    def changes(self, after: int, upto: int):
+        """The change feed of versions ``(after, upto]`` (``upto > after``): rows inserted, deleted, and updated
+        (pre- and post-image), with the table's columns and :data:`FEED_COLUMNS`. Lazy: a range the feed does not
+        cover raises when read (:func:`is_feed_gap`). It reads the commits of the range and the files they wrote,
+        never a snapshot of the table, so its cost follows the change."""
+        return (self.spark.read.format("delta").option("readChangeFeed", "true")
+                .option("startingVersion", after + 1).option("endingVersion", upto).load(self.path))
+
     def changed_keys(self, after: int, upto: int, columns: Sequence[str]):
         """Distinct ``columns`` of the rows inserted, updated or deleted in versions ``(after, upto]``: what changed
         since a reader last saw version ``after`` (Delta's change data feed; before and after images alike)."""
         if upto <= after:
             return self.spark.createDataFrame([], self.read(upto).select(*columns).schema)
-        return (self.spark.read.format("delta").option("readChangeFeed", "true")
-                .option("startingVersion", after + 1).option("endingVersion", upto).load(self.path)
-                .select(*columns).distinct())
+        return self.changes(after, upto).select(*columns).distinct()
+
+    def rows_before(self, feed):
+        """The rows that the keys changed in ``feed`` (:meth:`changes` of ``(after, upto]``) had at version
+        ``after``: for each key, the pre-image of its first commit in the range (a ``delete`` or
+        ``update_preimage`` row); a key whose first change is an insert had no row. This is time travel to
+        ``after`` for the changed keys only, without rebuilding that version's snapshot.
+
+        Exact when no version holds a key twice, which cxatlas's writers guarantee (MERGE on the key; blind
+        appends only of keys new by construction) and its readers check (:meth:`read_unique`).
+        """
+        return self._images(feed, "min", ("delete", "update_preimage"))
+
+    def rows_after(self, feed):
+        """The rows that the keys changed in ``feed`` have at version ``upto``: for each key, the insert or
+        post-image of its last commit in the range; a key whose last change deleted it has no row. The same rows
+        as a scan of version ``upto`` restricted to those keys, without the scan (same assumption as
+        :meth:`rows_before`)."""
+        return self._images(feed, "max", ("insert", "update_postimage"))
+
+    def _images(self, feed, which: str, change_types: tuple[str, ...]):
+        """Per key, the ``change_types`` rows of its first (``min``) or last (``max``) commit in ``feed``."""
+        from pyspark.sql import functions as F
+
+        key = list(self.spec.key)
+        edge = feed.groupBy(*key).agg(getattr(F, which)("_commit_version").alias("_edge_version"))
+        rows = (feed.filter(F.col("_change_type").isin(*change_types))
+                .join(edge, key).filter(F.col("_commit_version") == F.col("_edge_version")))
+        return rows.drop("_edge_version", *FEED_COLUMNS)
