@@ -165,3 +165,34 @@ def test_no_change_means_no_pass_and_no_commit(spark, tmp_path):
     assert first[3]["mode"] == "full" and second[3]["mode"] == "current"
     assert store.table(STAT_SUMS).version() == version
     np.testing.assert_array_equal(first[0].sxc, second[0].sxc)
+
+
+def test_a_version_written_with_the_change_feed_off_means_one_full_pass_saying_why(spark, tmp_path):
+    """The stored sums cannot be brought forward over a version the change feed did not record: the update says so
+    (the reason names the table), falls back to one full pass equal to a fresh one, and the next change is again an
+    incremental update (the feed was switched back on)."""
+    cfg = make_config(tmp_path / "data", "analyze.replicates=2", "analyze.min_occurrences=1", "analyze.partitions=1",
+                      "analyze.cca.per_region=5")
+    store = TableStore.from_config(spark, cfg)
+    settings, inc = cfg.settings.analyze, cfg.settings.incremental
+    rng = np.random.default_rng(2)
+    for spec in (UPLOADS, VIDEO_EXPRESSIONS, VIDEO_CONTEXTS):
+        store.table(spec).create_if_missing()
+    _write(spark, store, _frames(rng, [f"w{i}" for i in range(40)]), "append")
+    sel = selection(VERSION, VERSION, TAXONOMY, EXPR, LABELS)
+    assert current_sums(store, Inputs.read(store), sel, settings, inc, "a")[3]["mode"] == "full"
+
+    expressions = store.table(VIDEO_EXPRESSIONS)
+    spark.sql(f"ALTER TABLE delta.`{expressions.path}` SET TBLPROPERTIES ('delta.enableChangeDataFeed' = 'false')")
+    _write(spark, store, _frames(rng, [f"x{i}" for i in range(4)]), "append")
+    spark.sql(f"ALTER TABLE delta.`{expressions.path}` SET TBLPROPERTIES ('delta.enableChangeDataFeed' = 'true')")
+    inputs = Inputs.read(store)
+    m, cm, geo, info = current_sums(store, inputs, sel, settings, inc, "b")
+    assert info["mode"] == "full" and "video_expressions" in info["reason"], info
+    mf, _, _ = compute_sums(prepare_input(inputs, VERSION, VERSION, TAXONOMY, EXPR, settings.cca.sample_seed), EXPR,
+                            LABELS, settings)
+    _close(m.sxc, mf.sxc, "sums after the full pass")
+    assert int(m.n[:, 0].sum()) == 44
+
+    _write(spark, store, _frames(rng, [f"y{i}" for i in range(3)]), "append")
+    assert current_sums(store, Inputs.read(store), sel, settings, inc, "c")[3]["mode"] == "incremental"

@@ -221,12 +221,13 @@ def _feeds(store: TableStore, old: dict[str, int], new: dict[str, int], sel: Sel
     return feeds
 
 
-def _feed_gap(store: TableStore, old: dict[str, int], exc: BaseException) -> str:
-    """Why a change feed read failed, in words (and the feed switched on where it was off, for next time)."""
+def _feed_gap(store: TableStore, old: dict[str, int], new: dict[str, int], exc: BaseException) -> str:
+    """Why a change feed read failed, in words (a feed that was never on is switched on, for next time)."""
     for spec in INPUT_TABLES:
-        since = store.table(spec).change_feed_since()
-        if since is None or since > old[spec.name] + 1:
-            return f"{spec.name}'s change feed starts at version {since}, after the stored sums' version {old[spec.name]}"
+        if new[spec.name] > old[spec.name]:
+            why = store.table(spec).feed_gap(old[spec.name], new[spec.name])
+            if why:
+                return f"the change feed does not cover the stored sums' versions: {why}"
     return f"the stored versions cannot be read any more ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
 
 
@@ -323,16 +324,16 @@ def update_state(store: TableStore, state: SumsState, inputs: Inputs, sel: Selec
 
     from cxatlas.warehouse.tables.change_feed import is_feed_gap
 
-    feeds = _feeds(store, state.versions, inputs.versions, sel)
-    if isinstance(feeds, str):
-        return None, -1, feeds
-    changed = changed_videos(feeds)
-    if changed is None:
-        state.versions = dict(inputs.versions)
-        return state, 0, "no video changed"
     limit = int(inc.max_changed_fraction * max(state.n_videos, 1))
     cached = []
     try:
+        feeds = _feeds(store, state.versions, inputs.versions, sel)
+        if isinstance(feeds, str):
+            return None, -1, feeds
+        changed = changed_videos(feeds)
+        if changed is None:
+            state.versions = dict(inputs.versions)
+            return state, 0, "no video changed"
         # The usual case (few changes) needs one small collect: the ids, their hashes and which feeds have them, at
         # most ``limit`` + 1 rows.
         few = changed.select("video_id", F.xxhash64("video_id").alias("h"), "_tables").limit(
@@ -372,7 +373,7 @@ def update_state(store: TableStore, state: SumsState, inputs: Inputs, sel: Selec
         added = _pass(prepared[1], sel, settings, capacity)
     except Exception as exc:  # a version written with the feed off, vacuumed away: rebuild rather than guess
         if is_feed_gap(exc):
-            return None, -1, _feed_gap(store, state.versions, exc)
+            return None, -1, _feed_gap(store, state.versions, inputs.versions, exc)
         raise
     finally:
         for frame in cached:

@@ -39,6 +39,24 @@ class ChangeFeedMixin:
         self.spark.sql(f"ALTER TABLE delta.`{self.path}` SET TBLPROPERTIES ('{CHANGE_FEED}' = 'true')")
         return self.version()
 
+    def feed_gap(self, after: int, upto: int) -> str | None:
+        """Why the change feed cannot give versions ``(after, upto]``, from the table's history (None: nothing there
+        explains it): a commit in the range that switched it off, or a feed that starts later."""
+        import json
+
+        for row in self._delta().history().filter(f"version > {after} AND version <= {upto}").collect():
+            props = (row["operationParameters"] or {}).get("properties") or "{}"
+            try:
+                off = str(json.loads(props).get(CHANGE_FEED, "")).lower() == "false"
+            except ValueError:
+                off = False
+            if off:
+                return f"version {row['version']} of {self.spec.name} switched its change feed off"
+        since = self.change_feed_since()
+        if since is None or since > after + 1:
+            return f"{self.spec.name}'s change feed starts at version {since}, after version {after}"
+        return None
+
     def changes(self, after: int, upto: int):
         """The change feed of versions ``(after, upto]`` (``upto > after``): rows inserted, deleted, and updated
         (pre- and post-image), with the table's columns and :data:`FEED_COLUMNS`. Lazy: a range the feed does not
