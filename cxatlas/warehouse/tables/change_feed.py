@@ -1,8 +1,6 @@
 """Delta's change data feed: what changed in a table since a reader last saw a version, and how it was before."""
 from __future__ import annotations
 
-from typing import Sequence
-
 CHANGE_FEED = "delta.enableChangeDataFeed"
 #: Columns Delta adds to every row of the change feed.
 FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
@@ -64,13 +62,6 @@ class ChangeFeedMixin:
         never a snapshot of the table, so its cost follows the change."""
         return (self.spark.read.format("delta").option("readChangeFeed", "true")
                 .option("startingVersion", after + 1).option("endingVersion", upto).load(self.path))
-
-    def changed_keys(self, after: int, upto: int, columns: Sequence[str]):
-        """Distinct ``columns`` of the rows inserted, updated or deleted in versions ``(after, upto]``: what changed
-        since a reader last saw version ``after`` (Delta's change data feed; before and after images alike)."""
-        if upto <= after:
-            return self.spark.createDataFrame([], self.read(upto).select(*columns).schema)
-        return self.changes(after, upto).select(*columns).distinct()
 
     def rows_before(self, feed):
         """The rows that the keys changed in ``feed`` (:meth:`changes` of ``(after, upto]``) had at version
