@@ -79,6 +79,7 @@ class SparkSettings:
     conf: dict
     log_level: Literal["ALL", "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"]
     jars_dir: Optional[str]
+    class_archive: bool
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ metastore under the data root, served by Derby's network server so several proce
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import sys
@@ -15,6 +14,7 @@ from typing import Any, Iterator, Mapping
 
 from cxatlas.core.config import Config, join_uri, packaged_conf_dir
 from cxatlas.core.errors import UserError
+from cxatlas.warehouse.class_archive import java_option as class_archive_option, local_jars
 from cxatlas.warehouse.metastore import MetastoreServer, ensure_server, metastore_conf, server_of
 
 log = logging.getLogger(__name__)
@@ -22,10 +22,6 @@ DELTA_CLASS = "io.delta.tables.DeltaTable"
 #: Rows per Arrow batch handed to ``mapInPandas``: the jobs whose UDF batches a few heavy rows (videos, stimuli) set it
 #: around their own write with :func:`scoped_conf`.
 ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
-
-
-def local_jars(jars_dir: str | None) -> list[str]:
-    return sorted(glob.glob(os.path.join(jars_dir, "*.jar"))) if jars_dir else []
 
 
 #: Environment variable the command line sets from ``-v``/``-q`` (INFO/ERROR); when unset, ``spark.log_level``.
@@ -49,13 +45,15 @@ def java_log_options(cfg: Config) -> str:
 
 def session_conf(cfg: Config, server: MetastoreServer | None = None) -> dict[str, str]:
     """Everything the session is built with: ``spark.conf``, the local jars, the catalog settings (``server``:
-    the data root's metastore server; default: the one recorded under the data root) and the log4j2 configuration
-    (before any ``extraJavaOptions`` of ``spark.conf``, so the user's own options come last and win)."""
+    the data root's metastore server; default: the one recorded under the data root), the log4j2 configuration and
+    the driver's class archive (:mod:`cxatlas.warehouse.class_archive`), before any ``extraJavaOptions`` of
+    ``spark.conf``, so the user's own options come last and win."""
     s = cfg.settings
     conf = {key: (str(value).lower() if isinstance(value, bool) else str(value))
             for key, value in s.spark.conf.items() if value is not None}
-    for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
-        conf[key] = " ".join(filter(None, [java_log_options(cfg), conf.get(key, "")]))
+    archive = class_archive_option(s.spark.jars_dir) if s.spark.class_archive else ""
+    for key, first in (("spark.driver.extraJavaOptions", archive), ("spark.executor.extraJavaOptions", "")):
+        conf[key] = " ".join(filter(None, [java_log_options(cfg), first, conf.get(key, "")]))
     jars = local_jars(s.spark.jars_dir)
     if jars:
         conf["spark.jars"] = ",".join([*jars, *filter(None, conf.get("spark.jars", "").split(","))])

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cxatlas.core.config import load_config
+from cxatlas.warehouse.class_archive import java_option as class_archive_option
 from cxatlas.warehouse.spark import java_log_options, log4j_config_path, session_conf
 
 #: A line log4j wrote (our pattern and Spark's default one alike), or Spark's start-up banner.
@@ -24,9 +25,11 @@ def test_packaged_config_reaches_driver_and_executors(tmp_path):
         "spark.conf.spark.executor.extraJavaOptions=-Dmine=1"])
     assert Path(log4j_config_path()).is_file()
     conf = session_conf(cfg)
-    # the packaged default's own driver option (local.yaml: C1 only) comes after the log options too
-    assert conf["spark.driver.extraJavaOptions"] == (java_log_options(cfg)
-                                                    + " -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m")
+    # the packaged default's own driver option (local.yaml: C1 only) comes after the log options and the driver's
+    # class archive (cxatlas.warehouse.class_archive) too
+    archive = class_archive_option(cfg.settings.spark.jars_dir)
+    assert conf["spark.driver.extraJavaOptions"] == " ".join(filter(None, [
+        java_log_options(cfg), archive, "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m"]))
     assert conf["spark.executor.extraJavaOptions"] == java_log_options(cfg) + " -Dmine=1"  # the user's come last
     assert f"-Dlog4j2.configurationFile=file:{log4j_config_path()}" in java_log_options(cfg)
 
