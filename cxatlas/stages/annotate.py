@@ -27,7 +27,7 @@ from cxatlas.udfs.annotate import ANNOTATED, OUTPUT_SCHEMA, QUARANTINED, Annotat
 from cxatlas.warehouse.catalog import register_catalog
 from cxatlas.warehouse.quarantine import to_quarantine_rows, write_quarantine
 from cxatlas.warehouse.spark import ARROW_BATCH, remove_path, scoped_conf
-from cxatlas.warehouse.tables import TableStore
+from cxatlas.warehouse.tables import CommitResult, TableStore
 
 log = logging.getLogger(__name__)
 STAGE = "annotate"
@@ -161,6 +161,12 @@ def run_annotate(spark, cfg: Config, store: TableStore, max_videos: int | None =
         pending = todo.count()
         todo = todo.orderBy(F.xxhash64("video_id"), "video_id").limit(max_videos)
         report.remaining = max(0, pending - max_videos)
+    if (pending == 0) if max_videos is not None else todo.limit(1).count() == 0:
+        # Nothing waits (a scheduled run with no new upload): no UDF job, no staging, no commit (issue #25: a run
+        # costs what it does; the full path would only find the same nothing in 5-7 s of jobs).
+        for table in (expressions, contexts, quarantine):
+            report.commits[table.spec.name] = CommitResult(table.spec.name, None)
+        return _finish(report, store)
 
     n_parts = settings.partitions
     batches = AnnotateBatches(settings, UriPolicy.from_settings(cfg.settings.ingest))
@@ -178,6 +184,10 @@ def run_annotate(spark, cfg: Config, store: TableStore, max_videos: int | None =
                        versions_key)
     finally:
         remove_path(spark, staging)
+    return _finish(report, store)
+
+
+def _finish(report: AnnotateReport, store: TableStore) -> AnnotateReport:
     register_catalog(store)  # the expression_scores view follows the columns a new model added
     report.finish()
     log.info("annotate run %s finished in %.1fs", report.run_id, report.seconds)

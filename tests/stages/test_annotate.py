@@ -85,6 +85,13 @@ def test_annotate_real_videos_end_to_end(spark, tmp_path, media, inject_faults):
     shutil.copy(media["single_face"], media["missing_file"])  # the file comes back
     restored = run_annotate(spark, cfg, store)
     assert restored.considered == 1 and restored.annotated == 1 and restored.reconciles
+    # Now nothing waits: the run says so and commits nothing (no UDF job, no staging: issue #25).
+    versions = {t: store.table(t).version() for t in versions}
+    idle = run_annotate(spark, cfg, store)
+    assert idle.considered == 0 and idle.reconciles and idle.skipped_quarantined == len(report.reasons) - 1
+    assert {t: c.version for t, c in idle.commits.items()} == dict.fromkeys(
+        ["video_expressions", "video_contexts", "quarantine"])
+    assert {t: store.table(t).version() for t in versions} == versions
 
     # Lineage: a face setting is part of the annotation version, so changing it annotates every video again under a
     # new expression version (the old rows stay, tagged with the old version); the text-only contexts do not
