@@ -90,16 +90,21 @@ class _AdditiveSums:
     def to_bytes(self, compress: bool = False) -> bytes:
         """Serialise with ``np.savez`` for transport as a binary column.
 
-        Only regions with any non-zero sum are stored: an executor's batch usually covers few regions, so this
-        keeps partial results small without the CPU cost of compression. ``compress=True`` additionally deflates.
+        Only regions with a non-zero sum are stored (``_regions``: those of any field), without the CPU cost of
+        compression: an executor's batch usually covers few regions. A field that fewer regions fill keeps only its
+        own (``_regions_<field>``): the CCA's all-video and full-covariance sums (3.4 MB per region at 653 contexts)
+        cost nothing for a region that has none, as in the stored state of incremental statistics, where only the
+        regions whose every video is needed have them. ``compress=True`` additionally deflates.
         """
         arrays = self._arrays()
-        present = np.zeros(self.n_regions, dtype=bool)
-        for arr in arrays.values():
-            present |= arr.reshape(arr.shape[0], -1).any(axis=1)
-        idx = np.flatnonzero(present)
-        payload = {k: np.ascontiguousarray(v[idx]) for k, v in arrays.items()}
-        payload["_regions"] = idx.astype(np.int64)
+        filled = {k: v.reshape(v.shape[0], -1).any(axis=1) for k, v in arrays.items()}
+        present = np.logical_or.reduce(list(filled.values()))
+        payload = {"_regions": np.flatnonzero(present).astype(np.int64)}
+        for name, arr in arrays.items():
+            own = filled[name] if (filled[name] != present).any() else present
+            payload[name] = np.ascontiguousarray(arr[own])
+            if own is not present:
+                payload[f"_regions_{name}"] = np.flatnonzero(own).astype(np.int64)
         payload["_n_regions"] = np.array(self.n_regions, dtype=np.int64)
         payload["_format"] = np.array(self._format)
         buf = io.BytesIO()
@@ -114,12 +119,13 @@ class _AdditiveSums:
             if fmt != cls._format:
                 raise ValueError(f"payload holds {fmt!r}, expected {cls._format!r}")
             n_regions = int(z["_n_regions"])
-            idx = z["_regions"]
+            shared = z["_regions"]
             out = {}
             for f in fields(cls):  # type: ignore[arg-type]
                 part = z[f.name]
                 full = np.zeros((n_regions,) + part.shape[1:], dtype=np.float64)
-                full[idx] = part
+                own = f"_regions_{f.name}"
+                full[z[own] if own in z.files else shared] = part
                 out[f.name] = full
         return cls(**out)
 

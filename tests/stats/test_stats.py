@@ -5,6 +5,8 @@ Small seeded random data; every check could fail if the algebra were wrong. No S
 from __future__ import annotations
 
 import ast
+import dataclasses
+import io
 import hashlib
 import pathlib
 
@@ -210,6 +212,23 @@ def test_accumulate_cca_matches_dense_and_adds():
     np.testing.assert_allclose(halves.scc_full, cm.scc_full, rtol=1e-10, atol=1e-12)
     back = cs.CcaMoments.from_bytes(cm.to_bytes())
     np.testing.assert_array_equal(back.scc_full, cm.scc_full)
+    # A field filled for fewer regions than the others (the all-video sums of one region) is stored for those regions
+    # only, and comes back whole; so does a payload in the layout written before per-field regions (one region list).
+    us = region == 1
+    mixed = cm + cs.accumulate_cca(X[us], C[us], region[us], 2, all_videos=True)
+    assert mixed.scc_all[0].any() == False and mixed.scc_all[1].any()  # noqa: E712
+    data = mixed.to_bytes()
+    back = cs.CcaMoments.from_bytes(data)
+    for f in dataclasses.fields(mixed):
+        np.testing.assert_array_equal(getattr(back, f.name), getattr(mixed, f.name))
+    with np.load(io.BytesIO(data)) as z:
+        assert z["_regions_scc_all"].tolist() == [1] and z["scc_all"].shape == (1, 6, 6)
+        old = {k: z[k] for k in z.files if not k.startswith("_regions_")}
+    old.update({f.name: getattr(mixed, f.name) for f in dataclasses.fields(mixed)}, _regions=np.arange(2))
+    buf = io.BytesIO()
+    np.savez(buf, **old)
+    back = cs.CcaMoments.from_bytes(buf.getvalue())
+    np.testing.assert_array_equal(back.scc_all, mixed.scc_all)
 
 
 def test_covariance_parts_match_numpy():
