@@ -145,11 +145,9 @@ class GeobinSums:
         """Serialise; the context sums go as CSR (their exact non-zero values): a bin holds few videos, each with a
         few contexts (at 1M videos and 653 contexts, 30% of the bins' context sums are non-zero: 38 MB instead of
         84 MB in the stored state of incremental statistics)."""
-        sc = sp.csr_matrix(self.sc)
         buf = io.BytesIO()
         np.savez(buf, key=self.key, **{f: getattr(self, f) for f in self._SUMS if f != "sc"},
-                 sc_data=sc.data, sc_indices=sc.indices.astype(np.int32), sc_indptr=sc.indptr.astype(np.int64),
-                 sc_shape=np.array(self.sc.shape, dtype=np.int64))
+                 **_csr_arrays(sp.csr_matrix(self.sc), prefix="sc_"))
         return buf.getvalue()
 
     @classmethod
@@ -157,8 +155,19 @@ class GeobinSums:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             if "sc" in z.files:  # written before the context sums went as CSR
                 return cls(z["key"], *[z[f] for f in cls._SUMS])
-            sc = sp.csr_matrix((z["sc_data"], z["sc_indices"], z["sc_indptr"]), shape=tuple(z["sc_shape"])).toarray()
-            return cls(z["key"], *[z[f] for f in cls._SUMS if f != "sc"], sc)
+            return cls(z["key"], *[z[f] for f in cls._SUMS if f != "sc"], _csr_from(z, prefix="sc_").toarray())
+
+
+def _csr_arrays(m: sp.csr_matrix, data: np.ndarray | None = None, prefix: str = "") -> dict[str, np.ndarray]:
+    """A CSR matrix as the arrays of an ``np.savez`` payload (``data``: its values in another dtype, when lossless);
+    read back with :func:`_csr_from`."""
+    return {f"{prefix}data": m.data if data is None else data, f"{prefix}indices": m.indices.astype(np.int32),
+            f"{prefix}indptr": m.indptr.astype(np.int64), f"{prefix}shape": np.array(m.shape, dtype=np.int64)}
+
+
+def _csr_from(z, prefix: str = "") -> sp.csr_matrix:
+    return sp.csr_matrix((z[f"{prefix}data"].astype(np.float64), z[f"{prefix}indices"], z[f"{prefix}indptr"]),
+                         shape=tuple(z[f"{prefix}shape"]))
 
 
 def _region_part(obj, r: int):
@@ -248,16 +257,14 @@ class SampleRows:
         """Serialise; scores go as float32 when that is lossless (they come from float32 columns), halving the
         bytes the combine step shuffles."""
         buf = io.BytesIO()
-        np.savez(buf, key=self.key, hash=self.hash, X=_compact(self.X), data=_compact(self.C.data),
-                 indices=self.C.indices.astype(np.int32), indptr=self.C.indptr.astype(np.int64),
-                 shape=np.array(self.C.shape), k=np.array(self.k))
+        np.savez(buf, key=self.key, hash=self.hash, X=_compact(self.X), **_csr_arrays(self.C, _compact(self.C.data)),
+                 k=np.array(self.k))
         return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "SampleRows":
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            C = sp.csr_matrix((z["data"].astype(np.float64), z["indices"], z["indptr"]), shape=tuple(z["shape"]))
-            return cls(z["key"], z["hash"], z["X"].astype(np.float64), C, int(z["k"]))
+            return cls(z["key"], z["hash"], z["X"].astype(np.float64), _csr_from(z), int(z["k"]))
 
 
 class _BottomK:

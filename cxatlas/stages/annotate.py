@@ -161,7 +161,10 @@ def run_annotate(spark, cfg: Config, store: TableStore, max_videos: int | None =
         pending = todo.count()
         todo = todo.orderBy(F.xxhash64("video_id"), "video_id").limit(max_videos)
         report.remaining = max(0, pending - max_videos)
-    if (pending == 0) if max_videos is not None else todo.limit(1).count() == 0:
+        idle = pending == 0
+    else:
+        idle = todo.limit(1).count() == 0
+    if idle:
         # Nothing waits (a scheduled run with no new upload): no UDF job, no staging, no commit (issue #25: a run
         # costs what it does; the full path would only find the same nothing in 5-7 s of jobs).
         for table in (expressions, contexts, quarantine):

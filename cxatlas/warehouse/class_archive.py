@@ -8,8 +8,9 @@ cost of a scheduled run): 42.6 s and 42.1 s wall (49 and 47 CPU-s, every process
 36.4 s (44 and 42 CPU-s) with it.
 
 How: ``make install`` runs ``python -m cxatlas.warehouse.class_archive_build``, which starts a driver exactly as every
-command does, plus ``-XX:ArchiveClassesAtExit``, runs a small warm-up (:func:`cxatlas.warehouse.class_archive_build.warm_up`: Delta create, MERGE,
-DELETE, history, a read, a Python UDF over Arrow, the catalog), and keeps what the JVM dumps when it exits.
+command does, plus ``-XX:ArchiveClassesAtExit``, runs a small warm-up
+(:func:`cxatlas.warehouse.class_archive_build.warm_up`: Delta create, MERGE, DELETE, history, a read, a Python UDF
+over Arrow, the catalog), and keeps what the JVM dumps when it exits.
 :func:`java_option` then adds ``-XX:SharedArchiveFile`` to the driver's options (:func:`cxatlas.warehouse.spark.
 session_conf`), only when ``spark.class_archive`` is on and an archive made for THIS classpath and JVM exists: the
 file name carries a fingerprint of both (:func:`fingerprint`), so a new jar, a moved checkout or another JDK finds no

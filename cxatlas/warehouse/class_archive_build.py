@@ -5,7 +5,6 @@ the JVM writes when it exits (renamed into place whole, so a process starting me
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 from cxatlas.warehouse.class_archive import archive_path
+from cxatlas.warehouse.lease import pid_alive
 
 EXIT_WAIT_S = 180.0  # the JVM writes the archive after its Python driver exits: about 5 s for ~200 MB here
 
@@ -28,7 +28,8 @@ def warm_up(spark, store) -> None:
     lease.current()
     lease.release()
     df = spark.range(100).selectExpr("id", "cast(id % 7 as string) AS k")
-    df.mapInPandas(lambda batches: (b.assign(id=b["id"] * 2) for b in batches), df.schema).groupBy("k").count().collect()
+    doubled = df.mapInPandas(lambda batches: (b.assign(id=b["id"] * 2) for b in batches), df.schema)
+    doubled.groupBy("k").count().collect()
 
 
 def _dump(target: Path) -> None:
@@ -51,13 +52,11 @@ def _dump(target: Path) -> None:
 
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
+    while pid_alive(pid):
+        if time.time() > deadline:
+            return False
         time.sleep(0.5)
-    return False
+    return True
 
 
 def build(jars_dir: str | None) -> Path | None:
@@ -69,7 +68,8 @@ def build(jars_dir: str | None) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     partial.unlink(missing_ok=True)
-    out = subprocess.run([sys.executable, "-m", "cxatlas.warehouse.class_archive_build", "--dump", str(partial)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "cxatlas.warehouse.class_archive_build", "--dump", str(partial)],
+                         capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"the warm-up driver failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     pid = int(out.stdout.split()[0])
@@ -92,16 +92,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from cxatlas.core.config import load_config
 
-    cfg = load_config()
-    jars_dir = cfg.settings.spark.jars_dir
+    jars_dir = load_config().settings.spark.jars_dir
     started = time.time()
-    existed = (archive_path(jars_dir) or Path("/nonexistent")).is_file()
-    path = build(jars_dir)
+    path = archive_path(jars_dir)
     if path is None:
         print("class archive: none (no spark.jars_dir or no java)")
+        return 0
+    if path.is_file():
+        how = "present"
     else:
-        size = path.stat().st_size / 2**20
-        print(f"class archive: {path} ({size:.0f} MiB, {'present' if existed else f'built in {time.time() - started:.0f}s'})")
+        build(jars_dir)
+        how = f"built in {time.time() - started:.0f}s"
+    print(f"class archive: {path} ({path.stat().st_size / 2**20:.0f} MiB, {how})")
     return 0
 
 
