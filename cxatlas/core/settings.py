@@ -88,6 +88,7 @@ class TablesSettings:
     target_file_rows: PosInt
     vacuum_retention_hours: NonNegFloat
     conflict_retries: NonNegInt
+    changed_keys_check_min_bytes: NonNegInt
 
 
 @dataclass(frozen=True)

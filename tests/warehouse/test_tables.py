@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from cxatlas.core.schemas import TableSpec
+from tests.conftest import make_config
 
 SCORES = TableSpec(
     name="scores",
@@ -238,7 +239,7 @@ def test_a_duplicate_key_written_outside_cxatlas_is_refused_at_every_new_version
     table.upsert(spark.createDataFrame([("v1", "brazil", 0.1), ("v2", "africa", 0.2)], schema))
     clean = table.version()
     assert table.read_unique().count() == 2
-    assert any(version == clean for _, version in _UNIQUE_VERSIONS)
+    assert any(clean in versions for versions in _UNIQUE_VERSIONS.values())
     assert table.read_unique(clean).count() == 2  # the same version again: known unique
 
     spark.createDataFrame([("v1", "brazil", 0.5)], schema).write.format("delta").mode("append").save(table.path)
@@ -256,6 +257,55 @@ def test_a_duplicate_key_written_outside_cxatlas_is_refused_at_every_new_version
     assert table.version() == clean == 1
     with pytest.raises(DuplicateKeyError, match="v7"):
         table.read_unique(clean)
+
+
+def test_a_later_version_is_checked_on_the_keys_changed_since_and_still_refuses_a_duplicate(spark, tmp_path, caplog):
+    """With a change feed, a version after one found unique is checked on the keys its commits changed only (issue
+    #25: the check follows the change), against the whole table: a row appended outside cxatlas whose key an
+    UNCHANGED row already holds is refused (checking the changed rows among themselves would pass it). A feed that
+    does not cover the versions means the whole table is checked, and a duplicate is refused just the same."""
+    import dataclasses
+    import logging
+
+    from cxatlas.warehouse.tables import DuplicateKeyError
+
+    from cxatlas.warehouse.tables import TableStore
+
+    caplog.set_level(logging.DEBUG, logger="cxatlas.warehouse.tables.checks")
+    small = TableStore.from_config(spark, make_config(tmp_path / "small"))  # these tables: whole-table checks
+    store = TableStore.from_config(spark, make_config(tmp_path / "data", "tables.changed_keys_check_min_bytes=0"))
+    table = store.table(dataclasses.replace(SCORES, name="fed_scores", change_feed=True))
+    schema = "video_id string, region string, score_a float"
+    table.upsert(spark.createDataFrame([("v1", "brazil", 0.1), ("v2", "africa", 0.2)], schema))
+    assert table.read_unique().count() == 2  # the whole table (no earlier version known)
+    assert "keys changed since" not in caplog.text
+    table.upsert(spark.createDataFrame([("v2", "africa", 0.4), ("v3", "brazil", 0.3)], schema))
+    assert table.read_unique().count() == 3
+    assert f"version {table.version()} checked for duplicates among the 2 keys changed since" in caplog.text
+    caplog.clear()
+    same = small.table(dataclasses.replace(SCORES, name="small_scores", change_feed=True))
+    for rows in ([("v1", "brazil", 0.1)], [("v2", "africa", 0.2)]):
+        same.upsert(spark.createDataFrame(rows, schema))
+        assert same.read_unique().count() == len(rows) + (rows[0][0] == "v2")
+    assert "keys changed since" not in caplog.text  # below tables.changed_keys_check_min_bytes
+
+    caplog.clear()
+    spark.createDataFrame([("v1", "brazil", 0.5)], schema).write.format("delta").mode("append").save(table.path)
+    with pytest.raises(DuplicateKeyError, match=r"'fed_scores'.*video_id='v1' \(2 rows\)"):
+        table.read_unique()
+    assert "among the 1 keys changed since" in caplog.text
+
+    # A version written with the feed off: the feed cannot say what changed, so every key is checked.
+    other = store.table(dataclasses.replace(SCORES, name="gap_scores", change_feed=True))
+    other.upsert(spark.createDataFrame([("w1", "brazil", 0.1), ("w2", "africa", 0.2)], schema))
+    assert other.read_unique().count() == 2
+    spark.sql(f"ALTER TABLE delta.`{other.path}` SET TBLPROPERTIES ('delta.enableChangeDataFeed' = 'false')")
+    spark.createDataFrame([("w2", "africa", 0.5)], schema).write.format("delta").mode("append").save(other.path)
+    spark.sql(f"ALTER TABLE delta.`{other.path}` SET TBLPROPERTIES ('delta.enableChangeDataFeed' = 'true')")
+    caplog.clear()
+    with pytest.raises(DuplicateKeyError, match="w2"):
+        other.read_unique()
+    assert "unreadable; checking every key" in caplog.text
 
 
 def test_the_change_feed_gives_the_changed_keys_rows_as_time_travel_does(spark, store):

@@ -19,6 +19,7 @@ class TableStore:
     target_file_rows: int
     vacuum_retention_hours: float
     conflict_retries: int
+    changed_keys_check_min_bytes: int  # read_unique: from this table size on, check only the keys changed since
     _tables: dict = field(default_factory=dict, repr=False)
     _database_ready: bool = field(default=False, repr=False)
 
@@ -26,7 +27,7 @@ class TableStore:
     def from_config(cls, spark, cfg: Config) -> "TableStore":
         t = cfg.settings.tables
         return cls(spark, cfg.table_root, cfg.settings.catalog.database, t.target_file_rows,
-                   t.vacuum_retention_hours, t.conflict_retries)
+                   t.vacuum_retention_hours, t.conflict_retries, t.changed_keys_check_min_bytes)
 
     def table(self, spec: TableSpec) -> Table:
         if spec.name not in self._tables:
