@@ -166,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     parts = ", ".join(f"{kind} {rss / 2**30:.2f}" for kind, rss in sorted(ingest_tree.peak_parts.items()))
     print(f"  peak RSS of the process tree: plain {plain_tree.peak_rss / 2**30:.2f} GiB, "
           f"ingest {ingest_tree.peak_rss / 2**30:.2f} GiB ({parts}; budget: 4 GiB)", flush=True)
-    if not args.workdir:
+    spark.stop()
+    if not args.workdir:  # the data root's metastore server goes with its folder (else it outlives the bench)
+        from cxatlas.warehouse.metastore import stop_server
+
+        stop_server(cfg.data_root, cfg.settings.catalog, cfg.settings.spark.jars_dir)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
