@@ -4,6 +4,9 @@ from __future__ import annotations
 CHANGE_FEED = "delta.enableChangeDataFeed"
 #: Columns Delta adds to every row of the change feed.
 FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
+#: ``_change_type`` values of a row as a commit left it (an insert or an update's post-image), and as it was before.
+WRITTEN = ("insert", "update_postimage")
+REMOVED = ("delete", "update_preimage")
 #: Delta's error classes for a feed that cannot be read over a range: a version written with the feed off, a
 #: version whose log or data files were cleaned up (log retention, VACUUM), a schema change the feed cannot span.
 FEED_GAP_ERRORS = ("DELTA_MISSING_CHANGE_DATA", "DELTA_VERSION_NOT_FOUND", "DELTA_FILE_NOT_FOUND",
@@ -72,14 +75,14 @@ class ChangeFeedMixin:
         Exact when no version holds a key twice, which cxatlas's writers guarantee (MERGE on the key; blind
         appends only of keys new by construction) and its readers check (:meth:`read_unique`).
         """
-        return self._images(feed, "min", ("delete", "update_preimage"))
+        return self._images(feed, "min", REMOVED)
 
     def rows_after(self, feed):
         """The rows that the keys changed in ``feed`` have at version ``upto``: for each key, the insert or
         post-image of its last commit in the range; a key whose last change deleted it has no row. The same rows
         as a scan of version ``upto`` restricted to those keys, without the scan (same assumption as
         :meth:`rows_before`)."""
-        return self._images(feed, "max", ("insert", "update_postimage"))
+        return self._images(feed, "max", WRITTEN)
 
     def _images(self, feed, which: str, change_types: tuple[str, ...]):
         """Per key, the ``change_types`` rows of its first (``min``) or last (``max``) commit in ``feed``."""

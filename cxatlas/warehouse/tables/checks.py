@@ -92,11 +92,11 @@ class ChecksMixin:
         """
         from pyspark.sql import functions as F
 
-        from cxatlas.warehouse.tables.change_feed import is_feed_gap
+        from cxatlas.warehouse.tables.change_feed import WRITTEN, is_feed_gap
 
         key = list(self.spec.key)
         try:
-            changed = (self.changes(after, upto).filter(F.col("_change_type").isin("insert", "update_postimage"))
+            changed = (self.changes(after, upto).filter(F.col("_change_type").isin(*WRITTEN))
                        .select(*key).distinct().limit(MAX_CHANGED_KEYS + 1).collect())
         except Exception as exc:
             if is_feed_gap(exc):
