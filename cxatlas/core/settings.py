@@ -326,6 +326,7 @@ class IncrementalSettings:
 @dataclass(frozen=True)
 class ReprocessSettings:
     lease_ttl_seconds: PosFloat
+    lease_renew_share: Annotated[float, Field(ge=0, lt=1)]  # 1 would let a step start on an expiring lease
     wait_poll_seconds: PosFloat
     max_wait_seconds: Optional[NonNegFloat]
     max_videos: Optional[PosInt]

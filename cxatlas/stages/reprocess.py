@@ -132,7 +132,7 @@ def _record_manifest(store: TableStore, path: str, checksum: str, size: int, row
                                      "path string, checksum string, size long, rows_in long, run_id string, "
                                      "ingest_run_id string, processed string, error string")
     store.table(PROCESSED_MANIFESTS).insert_new(df.withColumn("processed", F.col("processed").cast("timestamp")),
-                                                evolve_schema=True)
+                                                evolve_schema=True, keys_unique=True)  # one row
 
 
 class StepFailed(Exception):
@@ -243,7 +243,7 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
             note(ing.commits)
             _record_manifest(store, path, checksum, size, ing.rows_in, report.run_id, ing.run_id)
             check(ing)  # recorded first: its rows are committed, and the next run must not fail on it again
-            lease.renew()
+            lease.renew_if_due(rs.lease_renew_share)
         report.step = "withdrawals"
         clock.enter(report.step)
         report.annotations_deleted += apply_withdrawals(store, report.commits)
@@ -257,7 +257,7 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
         report.quarantined += annotated.quarantined
         note(annotated.commits)
         check(annotated)
-        lease.renew()
+        lease.renew_if_due(rs.lease_renew_share)
         report.step = "statistics"
         clock.enter(report.step)
 

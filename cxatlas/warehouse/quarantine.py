@@ -33,4 +33,5 @@ def to_quarantine_rows(df, *, stage: str, reason_col: str, detail_col: str | Non
 def write_quarantine(store: TableStore, rejects) -> CommitResult:
     """Append rejects not already quarantined (by row hash), in one commit."""
     table = store.table(QUARANTINE).create_if_missing()
-    return table.insert_new(rejects.dropDuplicates(["row_hash"]).select(*QUARANTINE.schema.names))
+    return table.insert_new(rejects.dropDuplicates(["row_hash"]).select(*QUARANTINE.schema.names),
+                            keys_unique=True)  # deduplicated on the key just above

@@ -49,6 +49,27 @@ def test_one_holder_renewal_takeover_of_an_expired_or_dead_holder_and_release(sp
     assert [(r["holder"], r["pid"]) for r in _rows(store)] == [("run-d", d.pid)]
 
 
+def test_renewal_between_steps_commits_only_once_its_share_of_the_ttl_passed(spark, store):
+    """Issue #25: each renewal is a MERGE; one taken moments ago cannot have been lost, so it is not renewed yet."""
+    a = Lease(store, "steps", "run-a", ttl_seconds=600)
+    assert a.acquire()
+    version, expires = store.table(LEASES).version(), a.current().expires
+    assert a.renew_if_due(0.1) is False
+    assert store.table(LEASES).version() == version and a.current().expires == expires  # no commit at all
+    a.taken_at -= 61  # a tenth of the TTL (60 s) has passed since it was taken
+    assert a.renew_if_due(0.1) is True
+    assert store.table(LEASES).version() == version + 1 and a.current().expires > expires
+    assert a.renew_if_due(0.0) is True  # share 0: every step renews
+    assert store.table(LEASES).version() == version + 2
+    # A lease taken over while not renewed is still found lost at the first renewal that is due.
+    a.ttl, a.taken_at = 0.0, None
+    a.renew()
+    time.sleep(0.01)
+    assert Lease(store, "steps", "run-b", ttl_seconds=600).acquire()
+    with pytest.raises(LeaseLost, match="run-a lost the lease 'steps' to run-b"):
+        a.renew_if_due(0.1)
+
+
 def test_a_lease_of_another_name_is_independent(spark, store):
     assert Lease(store, "reprocess", "r1", 600).acquire()
     assert Lease(store, "optimize", "o1", 600).acquire()

@@ -164,6 +164,7 @@ def run_analyze(spark, cfg: Config, store: TableStore, analysis_id: str | None =
     # The commit marker: this row makes the result rows above visible. A MERGE on the id, so two runs of one id
     # cannot both commit it (the loser writes no row and its command fails).
     marker = _to_spark(spark, ANALYSES, row, analysis_id)
-    report.commits[ANALYSES.name] = analyses.create_if_missing().insert_new(marker, evolve_schema=True)
+    report.commits[ANALYSES.name] = analyses.create_if_missing().insert_new(marker, evolve_schema=True,
+                                                                           keys_unique=True)  # one row
     log.info("analysis %s finished in %.1fs", analysis_id, report.seconds)
     return report

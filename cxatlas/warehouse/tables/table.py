@@ -139,14 +139,17 @@ class Table(CommitMixin, ChecksMixin, ChangeFeedMixin, MaintenanceMixin):
         return self._commit("append", lambda tag: writer.option("userMetadata", tag).save(self.path),
                             session_tag=False)
 
-    def insert_new(self, df, *, evolve_schema: bool = False) -> CommitResult:
+    def insert_new(self, df, *, evolve_schema: bool = False, keys_unique: bool = False) -> CommitResult:
         """Insert the rows whose key the table does not hold yet (``MERGE ... WHEN NOT MATCHED INSERT``).
 
         Unlike a blind append, a MERGE reads the table: if another job commits rows in between, Delta raises a
         conflict instead of letting both commit the same keys; the retry then sees those rows and skips them.
+        ``keys_unique``: the caller built ``df`` with one row per key (one row; rows deduplicated on the key) and
+        says so, which spares the check's Spark job, as for :meth:`upsert`.
         """
         self._check_df(df, "insert")
-        self._check_unique_keys(df, "insert")
+        if not keys_unique:
+            self._check_unique_keys(df, "insert")
         self.create_if_missing()
         key = list(self.spec.key)
         fresh = df.join(self.read().select(*key), key, "left_anti")
