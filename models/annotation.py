@@ -53,7 +53,7 @@ def build_annotation_models(settings: AnnotateSettings, device: str | torch.devi
     labels, label_texts = scored_labels(c)
     text = TextContextModel(labels, label_texts=label_texts, head_checkpoint=c.head_checkpoint,
                             cosine_threshold=c.cosine_threshold, temperature=c.temperature,
-                            batch_size=c.batch_size, device=device)
+                            batch_size=c.batch_size, device=device, label_cache_dir=c.label_cache_dir)
     context = MixtureOfExpertsContext(text, mode=c.mode, visual_checkpoint=c.visual_checkpoint,
                                       gate_checkpoint=c.gate_checkpoint, device=device)
     return AnnotationModels(expression, detector, context, labels, torch.device(device))

@@ -33,6 +33,7 @@ from torch import nn
 
 from cxatlas.models.checkpoint import CheckpointError
 from cxatlas.models.device import pick_device
+from cxatlas.models.embedding_cache import cached_embeddings
 
 EMBEDDING_DIM = 384
 """Width of a MiniLM-L6 sentence embedding."""
@@ -234,13 +235,17 @@ class TextContextModel:
         Texts per forward pass.
     device
         Torch device; default ``cuda`` when available.
+    label_cache_dir
+        Folder of the label-prompt embeddings computed by earlier processes (:mod:`cxatlas.models.embedding_cache`);
+        None: computed in every process.
     """
 
     def __init__(self, labels: Sequence[str], *, label_texts: Sequence[str] | None = None,
                  head_checkpoint: str | os.PathLike[str] | None = None,
                  model_dir: str | os.PathLike[str] | None = None, prompt: str = DEFAULT_PROMPT,
                  cosine_threshold: float = DEFAULT_COSINE_THRESHOLD, temperature: float = DEFAULT_TEMPERATURE,
-                 batch_size: int = 64, device: str | torch.device | None = None) -> None:
+                 batch_size: int = 64, device: str | torch.device | None = None,
+                 label_cache_dir: str | os.PathLike[str] | None = None) -> None:
         self.labels: tuple[str, ...] = tuple(labels)
         if not self.labels:
             raise ValueError("a context model needs at least one label")
@@ -260,6 +265,7 @@ class TextContextModel:
         self.device = pick_device(device)
         self.model_dir = model_dir
         self.head_checkpoint = head_checkpoint
+        self.label_cache_dir = label_cache_dir
         self._label_embeddings: torch.Tensor | None = None
         self._head: LinearHead | None = None
         if head_checkpoint is not None:  # validate now, so a wrong file fails at construction, not mid-job
@@ -286,10 +292,13 @@ class TextContextModel:
 
     @property
     def label_embeddings(self) -> torch.Tensor:
-        """``(K, 384)`` embeddings of the prompted labels, computed once per model and cached."""
+        """``(K, 384)`` embeddings of the prompted labels, computed once per model (and, with ``label_cache_dir``,
+        once per machine) and kept."""
         if self._label_embeddings is None:
             prompts = [self.prompt.format(text) for text in self.label_texts]
-            self._label_embeddings = self._embed_tensor(prompts)
+            array = cached_embeddings(self.label_cache_dir, self.model_dir or bundled_minilm_dir(), prompts,
+                                      self.embed, batch_size=self.batch_size, device_type=self.device.type)
+            self._label_embeddings = torch.from_numpy(array).to(self.device)
         return self._label_embeddings
 
     @property

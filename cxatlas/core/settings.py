@@ -210,6 +210,7 @@ class ContextSettings:
     store_top_k: PosInt
     batch_size: PosInt
     frame_size: PosInt
+    label_cache_dir: Optional[NonEmpty]
     filter_labels: tuple[NonEmpty, ...]
     filter_taxonomies: tuple[NonEmpty, ...]
 

@@ -225,6 +225,8 @@ def _write_outputs(store: TableStore, settings: AnnotateSettings, report: Annota
               F.lit(settings.expression.model).alias("model_name"), now.alias("annotate_time"),
               F.lit(report.run_id).alias("run_id")]
     # insert_new keeps only keys the tables do not hold yet (a video scored by a concurrent run is skipped there).
+    # The rows are one per key by construction (keys_unique: no check job): one UDF row per row of ``todo``, whose
+    # video ids are unique (read_unique of uploads), with one model version (and taxonomy) per table.
     expr_rows = ok.select(
         *common, F.lit(expression_version).alias("model_version"),
         F.col("n_windows"), F.col("n_faces"),
@@ -242,6 +244,7 @@ def _write_outputs(store: TableStore, settings: AnnotateSettings, report: Annota
         stage=STAGE, reason_col="reason", detail_col="detail", source_row_col="_source_row", source_col="_from",
         run_id=report.run_id)
 
-    report.commits["video_expressions"] = expressions.insert_new(expr_rows, evolve_schema=True)
-    report.commits["video_contexts"] = contexts.insert_new(ctx_rows.select(*VIDEO_CONTEXTS.schema.names))
+    report.commits["video_expressions"] = expressions.insert_new(expr_rows, evolve_schema=True, keys_unique=True)
+    report.commits["video_contexts"] = contexts.insert_new(ctx_rows.select(*VIDEO_CONTEXTS.schema.names),
+                                                           keys_unique=True)
     report.commits["quarantine"] = write_quarantine(store, rejects)

@@ -147,6 +147,53 @@ def test_embeddings_are_normalised(text1):
     assert text1.label_embeddings is text1.label_embeddings  # cached, not recomputed
 
 
+def _cache_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.npy"))
+
+
+def test_label_embedding_cache_returns_what_the_model_computes(tmp_path, exp1, text1):
+    """The first model of a cache folder computes the prompts' embeddings and stores them; a second model (a later
+    process: nothing in memory) reads them and scores exactly as a model without the cache does."""
+    first = TextContextModel(exp1.labels, label_texts=exp1.source_names, device="cpu", batch_size=128,
+                             label_cache_dir=tmp_path)
+    computed = first.label_embeddings.numpy().copy()
+    [stored] = _cache_files(tmp_path)
+    np.testing.assert_array_equal(np.load(stored), computed)
+    np.testing.assert_allclose(computed, text1.label_embeddings.numpy(), atol=1e-6)  # text1: no cache
+
+    second = TextContextModel(exp1.labels, label_texts=exp1.source_names, device="cpu", batch_size=128,
+                              label_cache_dir=tmp_path)
+    np.testing.assert_array_equal(second.label_embeddings.numpy(), computed)
+    np.testing.assert_allclose(second.score([WEDDING, ARREST]), text1.score([WEDDING, ARREST]), atol=1e-5)
+
+
+def test_label_embedding_cache_is_read_and_keyed_on_the_prompts(tmp_path, exp1):
+    """A stored file is what a later model uses (planted unit rows come back as its label embeddings), another prompt
+    or label list is another key, and an unusable file is computed again and replaced."""
+    labels, texts = exp1.labels[:5], exp1.source_names[:5]
+    model = TextContextModel(labels, label_texts=texts, device="cpu", label_cache_dir=tmp_path)
+    computed = model.label_embeddings.numpy().copy()
+    [stored] = _cache_files(tmp_path)
+
+    planted = np.roll(computed, 1, axis=0)  # other unit rows of the right shape: only a read can return them
+    np.save(stored, planted)
+    again = TextContextModel(labels, label_texts=texts, device="cpu", label_cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.label_embeddings.numpy(), planted)
+
+    TextContextModel(labels, label_texts=texts, device="cpu", label_cache_dir=tmp_path,
+                     prompt="footage of {}").label_embeddings
+    TextContextModel(labels[:4], label_texts=texts[:4], device="cpu", label_cache_dir=tmp_path).label_embeddings
+    assert len(_cache_files(tmp_path)) == 3
+
+    stored.write_bytes(stored.read_bytes()[:100])  # a truncated write
+    repaired = TextContextModel(labels, label_texts=texts, device="cpu", label_cache_dir=tmp_path)
+    np.testing.assert_allclose(repaired.label_embeddings.numpy(), computed, atol=1e-6)
+    np.testing.assert_array_equal(np.load(stored), repaired.label_embeddings.numpy())
+    np.save(stored, computed * 2)  # not unit rows: not an embedding this model could have stored
+    doubled = TextContextModel(labels, label_texts=texts, device="cpu", label_cache_dir=tmp_path)
+    np.testing.assert_allclose(doubled.label_embeddings.numpy(), computed, atol=1e-6)
+
+
 @pytest.mark.parametrize("model_name", ["text1", "text2"])
 def test_zero_shot_scores_wedding_and_police(model_name, request):
     model: TextContextModel = request.getfixturevalue(model_name)
