@@ -274,7 +274,12 @@ def test_a_later_version_is_checked_on_the_keys_changed_since_and_still_refuses_
     table.upsert(spark.createDataFrame([("v1", "brazil", 0.1), ("v2", "africa", 0.2)], schema))
     assert table.read_unique().count() == 2  # the whole table (no earlier version known)
     assert "keys changed since" not in caplog.text
-    table.upsert(spark.createDataFrame([("v2", "africa", 0.4), ("v3", "brazil", 0.3)], schema))
+    # A MERGE by another writer (Delta's own API, not this process's Table: its commits are not known unique).
+    from delta.tables import DeltaTable
+
+    (DeltaTable.forPath(spark, table.path).alias("t")
+     .merge(spark.createDataFrame([("v2", "africa", 0.4), ("v3", "brazil", 0.3)], schema).alias("s"),
+            "t.video_id = s.video_id").whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
     assert table.read_unique().count() == 3
     assert f"version {table.version()} checked for duplicates among the 2 keys changed since" in caplog.text
     caplog.clear()
@@ -301,6 +306,48 @@ def test_a_later_version_is_checked_on_the_keys_changed_since_and_still_refuses_
     with pytest.raises(DuplicateKeyError, match="w2"):
         other.read_unique()
     assert "unreadable; checking every key" in caplog.text
+
+
+def test_a_key_preserving_commit_on_a_unique_version_needs_no_check_but_another_writers_rows_do(spark, store,
+                                                                                                 caplog):
+    """Uniqueness enforced where rows are written (issue #25): this process's MERGE on the key (or deletion) made on
+    a version it found unique, with no commit in between, is known unique without a check. An append by another
+    writer in between means our next commit is not on a version known unique, so the duplicate it brought is refused
+    by the next reader, as without this rule; an append of ours (not key-preserving) is checked too."""
+    from cxatlas.warehouse.tables import DuplicateKeyError
+
+    caplog.set_level(logging.DEBUG, logger="cxatlas.warehouse.tables.checks")
+    table = store.table(dataclasses.replace(SCORES, name="written_scores"))
+    schema = "video_id string, region string, score_a float"
+    table.upsert(spark.createDataFrame([("v1", "brazil", 0.1), ("v2", "africa", 0.2)], schema))
+    assert table.read_unique().count() == 2
+    assert f"version {table.version()} checked for duplicates among every key" in caplog.text
+    for n_rows, write in enumerate((table.upsert, lambda df: table.insert_new(df, keys_unique=True)), start=3):
+        before = table.version()
+        write(spark.createDataFrame([(f"n{before}", "brazil", 0.3)], schema))
+        assert f"version {before + 1} known unique: this process's" in caplog.text
+        caplog.clear()
+        assert table.read_unique().count() == n_rows
+        assert "checked for duplicates" not in caplog.text
+    table.delete("video_id = 'v2'")
+    assert f"version {table.version()} known unique" in caplog.text
+
+    # Another writer's duplicate, then a MERGE of ours on top of it: refused at the next read.
+    spark.createDataFrame([("v1", "brazil", 0.5)], schema).write.format("delta").mode("append").save(table.path)
+    caplog.clear()
+    table.upsert(spark.createDataFrame([("v9", "africa", 0.9)], schema))
+    assert "known unique" not in caplog.text
+    with pytest.raises(DuplicateKeyError, match=r"'written_scores'.*video_id='v1' \(2 rows\)"):
+        table.read_unique()
+    assert f"version {table.version()} checked for duplicates among every key" in caplog.text
+
+    # An append of ours is not key-preserving: checked, and its duplicate refused.
+    clean = store.table(dataclasses.replace(SCORES, name="appended_scores"))
+    clean.upsert(spark.createDataFrame([("a1", "brazil", 0.1)], schema))
+    assert clean.read_unique().count() == 1
+    clean.append(spark.createDataFrame([("a1", "brazil", 0.2)], schema))
+    with pytest.raises(DuplicateKeyError, match="a1"):
+        clean.read_unique()
 
 
 def test_the_change_feed_gives_the_changed_keys_rows_as_time_travel_does(spark, store):

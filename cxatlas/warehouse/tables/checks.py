@@ -13,7 +13,13 @@ log = logging.getLogger(__name__)
 #: and a later version needs only the keys its commits changed checked (:meth:`ChecksMixin.read_unique`).
 #: The table's id, not its path: a table deleted and created again at the same path starts again at version 0.
 _UNIQUE_VERSIONS: dict[str, set[int]] = {}
+#: Table path -> its id when this process last checked it: where a commit of ours finds the versions known unique.
+_TABLE_IDS: dict[str, str] = {}
 _UNIQUE_LOCK = threading.Lock()
+#: The commits (by :meth:`~cxatlas.warehouse.tables.commit.CommitMixin._commit`'s ``op``) that cannot make a unique
+#: table hold a key twice: MERGEs on the key of a source whose keys are unique (checked, or one per key by the
+#: caller's construction: ``keys_unique``) and deletions. Appends and replaceWhere overwrites can, and are not here.
+KEY_PRESERVING = frozenset({"insert", "upsert", "delete"})
 #: Above this many keys changed since a version known unique, the whole table is checked (one aggregation) instead
 #: of collecting the changed keys to the driver and broadcasting them.
 MAX_CHANGED_KEYS = 200_000
@@ -68,6 +74,7 @@ class ChecksMixin:
                 (detail["sizeInBytes"] or 0) >= self.store.changed_keys_check_min_bytes:
             dup = self._duplicate_changed_keys(df, earlier, version, examples)
         if dup is None:
+            log.debug("%s: version %d checked for duplicates among every key", self.spec.name, version)
             dup = self._duplicate_keys(df, examples)
         if dup:
             key = list(self.spec.key)
@@ -78,7 +85,23 @@ class ChecksMixin:
                 f"{self.spec.name}`, Delta time travel) or remove the extra rows, then rerun.")
         with _UNIQUE_LOCK:
             _UNIQUE_VERSIONS.setdefault(table_id, set()).add(version)
+            _TABLE_IDS[self.path] = table_id
         return df
+
+    def _unique_after_commit(self, op: str, version: int, read_version: int | None) -> None:
+        """Record that ``version``, committed by this process, holds no duplicate key, when it needs no check:
+        uniqueness enforced where the rows are written (issue #25). That holds when the commit is
+        :data:`KEY_PRESERVING` and was made on a version this process found unique with no commit in between
+        (``version == read_version + 1``: Delta commits a transaction at the version after the one it read unless
+        another writer committed first, and that writer's rows are then checked by the next reader as before)."""
+        if op not in KEY_PRESERVING or read_version is None or version != read_version + 1:
+            return
+        with _UNIQUE_LOCK:
+            known = _UNIQUE_VERSIONS.get(_TABLE_IDS.get(self.path, ""))
+            if known is not None and read_version in known:
+                known.add(version)
+                log.debug("%s: version %d known unique: this process's %s of version %d, itself unique",
+                          self.spec.name, version, op, read_version)
 
     def _duplicate_changed_keys(self, df, after: int, upto: int, limit: int) -> list | None:
         """Up to ``limit`` duplicate keys of ``df`` (the table at version ``upto``) given that version ``after`` held

@@ -117,6 +117,7 @@ class CommitMixin:
         inserted, updated = m.get("numTargetRowsInserted", 0), m.get("numTargetRowsUpdated", 0)
         merged = "numTargetRowsInserted" in m
         _JOURNAL.append(CommitResult(self.spec.name, int(ours[0]["version"])))
+        self._unique_after_commit(op, int(ours[0]["version"]), ours[0]["readVersion"])
         return CommitResult(
             self.spec.name, int(ours[0]["version"]),
             files_added=m.get("numTargetFilesAdded", 0) + m.get("numFiles", 0) + m.get("numAddedFiles", 0),
