@@ -18,7 +18,7 @@ from cxatlas.core.run_schemas import STAT_SUMS
 from cxatlas.core.schemas import UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS, PAPER_EXPRESSIONS, label_to_column
 from cxatlas.core.schemas import spark_schema
 from cxatlas.stages.analyze import Inputs, compute_results, compute_sums, prepare_input
-from cxatlas.stages.analyze.incremental import current_sums, selection
+from cxatlas.stages.analyze.incremental import current_sums, load_state, read_state, selection, sums_key
 from cxatlas.stages.ingest import apply_withdrawals
 from cxatlas.warehouse.tables import TableStore
 from tests.conftest import make_config
@@ -165,6 +165,49 @@ def test_no_change_means_no_pass_and_no_commit(spark, tmp_path):
     assert first[3]["mode"] == "full" and second[3]["mode"] == "current"
     assert store.table(STAT_SUMS).version() == version
     np.testing.assert_array_equal(first[0].sxc, second[0].sxc)
+
+
+def _same_state(a, b):
+    assert a.versions == b.versions and a.cuts == b.cuts
+    for got, want in ((a.moments, b.moments), (a.cca, b.cca), (a.geobins, b.geobins)):
+        for f in dataclasses.fields(want):
+            np.testing.assert_array_equal(getattr(got, f.name), getattr(want, f.name), err_msg=f.name)
+    assert [None if c is None else c.hash.tolist() for c in a.candidates] == \
+        [None if c is None else c.hash.tolist() for c in b.candidates]
+
+
+def test_the_state_this_process_saved_is_reused_only_while_stat_sums_is_unchanged(spark, tmp_path, caplog):
+    """The stored sums a process saved come back from its own copy (issue #25: no 90 MB read through Spark per
+    update) while ``stat_sums`` is at that commit's version. The copy equals what the table stores, a caller changing
+    what it got does not change the next load, and any commit to ``stat_sums`` since (here another writer deleting
+    the rows with Delta's own API) means the table is read."""
+    import logging
+
+    from delta.tables import DeltaTable
+
+    caplog.set_level(logging.DEBUG, logger="cxatlas.stages.analyze.incremental")
+    cfg = make_config(tmp_path / "data", "analyze.replicates=2", "analyze.min_occurrences=1", "analyze.partitions=1",
+                      "analyze.cca.per_region=5")
+    settings = cfg.settings.analyze
+    store = TableStore.from_config(spark, cfg)
+    for spec in (UPLOADS, VIDEO_EXPRESSIONS, VIDEO_CONTEXTS):
+        store.table(spec).create_if_missing()
+    _write(spark, store, _frames(np.random.default_rng(2), [f"s{i}" for i in range(30)]), "append")
+    sel = selection(VERSION, VERSION, TAXONOMY, EXPR, LABELS)
+    current_sums(store, Inputs.read(store), sel, settings, cfg.settings.incremental, "a")
+    key = sums_key(sel, settings)
+
+    copy = load_state(store, key, sel, settings)
+    assert "taken from this process's save" in caplog.text
+    _same_state(copy, read_state(store, key, sel, settings))  # the copy is what the table stores
+    copy.moments.sxc[:] = 0
+    copy.candidates[0] = None
+    _same_state(load_state(store, key, sel, settings), read_state(store, key, sel, settings))
+
+    DeltaTable.forPath(spark, store.table(STAT_SUMS).path).delete(f"sums_key = '{key}'")
+    caplog.clear()
+    assert load_state(store, key, sel, settings) is None  # read from the table, which no longer has them
+    assert "taken from this process's save" not in caplog.text
 
 
 def test_a_version_written_with_the_change_feed_off_means_one_full_pass_saying_why(spark, tmp_path):

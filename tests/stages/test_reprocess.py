@@ -25,7 +25,7 @@ from cxatlas.core.result_schemas import ANALYSES
 from cxatlas.core.run_schemas import PROCESSED_MANIFESTS, RUNS
 from cxatlas.core.schemas import QUARANTINE, UPLOADS, VIDEO_CONTEXTS, VIDEO_EXPRESSIONS
 from cxatlas.stages.analyze import Inputs, compute_sums, prepare_input
-from cxatlas.stages.analyze.incremental import _occupied, load_state, selection, sums_key
+from cxatlas.stages.analyze.incremental import _occupied, read_state, selection, sums_key
 from cxatlas.stages.analyze.sums import resolve_inputs, taxonomy_labels, video_filter_labels
 from cxatlas.stages.reprocess import run_reprocess
 from cxatlas.warehouse.lease import Lease
@@ -156,7 +156,7 @@ def test_scheduled_runs_withdrawal_and_model_version_change(spark, tmp_path, cor
     labels = taxonomy_labels(inputs, cv, tax)
     exclude = video_filter_labels(tax, settings, cfg3.settings.annotate.context)
     sel = selection(ev, cv, tax, columns, labels, exclude)
-    state = load_state(store, sums_key(sel, settings), sel, settings)
+    state = read_state(store, sums_key(sel, settings), sel, settings)  # as stored, not this process's copy
     m, cm, geo = state.sums(settings.cca.per_region, settings.prediction_per_region)
     mf, cmf, geof = compute_sums(prepare_input(inputs, ev, cv, tax, columns, exclude_labels=exclude,
                                                occur_threshold=settings.occur_threshold), columns, labels, settings)
