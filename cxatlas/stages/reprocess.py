@@ -160,6 +160,17 @@ def _analysed_versions(latest, current: tuple[str, str, str], complete: bool) ->
     return latest["expression_model_version"], latest["context_model_version"], latest["taxonomy"]
 
 
+def _annotated_by(store: TableStore, expression_version: str) -> bool:
+    """Whether ``video_expressions`` holds a row of ``expression_version``: without one there is nothing to analyse
+    (a new data root whose manifest folder is still empty, or whose uploads all went to quarantine)."""
+    from pyspark.sql import functions as F
+
+    from cxatlas.core.schemas import VIDEO_EXPRESSIONS
+
+    table = store.table(VIDEO_EXPRESSIONS)
+    return table.exists() and table.read().filter(F.col("model_version") == expression_version).limit(1).count() > 0
+
+
 def _unchanged_analysis(store: TableStore, latest, settings) -> tuple[str, dict[str, int]] | None:
     """(analysis id, input versions) of the ``latest`` analysis when it already is what this run would write: the
     same settings (model versions and taxonomy included) over the same Delta versions of the three input tables. A
@@ -268,6 +279,9 @@ def run_reprocess(spark, cfg: Config, store: TableStore, manifest_dir: str, max_
         if chosen is None:
             report.statistics = (f"not updated: the configured models still have {annotated.remaining} uploads "
                                  f"to annotate and no earlier analysis exists")
+        elif latest is None and not _annotated_by(store, chosen[0]):
+            # A scheduled run before the first manifest arrives did what was asked: nothing to analyse yet.
+            report.statistics = f"not updated: no upload is annotated by {chosen[0]} yet (nothing to analyse)"
         else:
             base = analysis_settings or cfg.settings.analyze
             settings = dataclasses.replace(base, expression_model_version=chosen[0], context_model_version=chosen[1],

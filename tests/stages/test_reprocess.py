@@ -172,6 +172,21 @@ def _cli(cfg, *args: str) -> list[str]:
     return [sys.executable, "-m", "cxatlas.cli", *cli_args(cfg), *[x for s in FAST for x in ("--set", s)], *args]
 
 
+def test_a_first_run_on_an_empty_manifest_folder_succeeds_with_nothing_to_analyse(spark, tmp_path):
+    """A schedule set up before the first manifest arrives: the run did what was asked (nothing), so it succeeds
+    (exit 0 for cron and Airflow) and says why no analysis was written; it used to fail in the statistics step."""
+    (tmp_path / "manifests").mkdir()
+    cfg = make_config(tmp_path / "data", *FAST)
+    store = TableStore.from_config(spark, cfg)
+    report = run_reprocess(spark, cfg, store, str(tmp_path / "manifests"))
+    assert report.status == "succeeded", report.message
+    assert report.manifests == 0 and report.annotated == 0 and report.analysis_id in (None, "")
+    assert report.statistics.startswith("not updated: no upload is annotated by ")
+    runs = store.table(RUNS).read().toPandas()
+    assert runs["status"].tolist() == ["succeeded"]
+    assert not store.table(ANALYSES).exists() or store.table(ANALYSES).read().count() == 0
+
+
 def test_overlapping_run_exits_cleanly_and_changes_nothing(spark, tmp_path, corpus):
     info, rows = corpus
     mdir = tmp_path / "manifests"
