@@ -209,6 +209,24 @@ def test_the_state_this_process_saved_is_reused_only_while_stat_sums_is_unchange
     assert load_state(store, key, sel, settings) is None  # read from the table, which no longer has them
     assert "taken from this process's save" not in caplog.text
 
+    # The table deleted and written again by another writer up to the same version number: not our commit (its tag
+    # differs), so the table is read.
+    import shutil
+
+    current_sums(store, Inputs.read(store), sel, settings, cfg.settings.incremental, "b")  # saved again
+    table = store.table(STAT_SUMS)
+    saved_version = table.version()
+    shutil.rmtree(table.path)
+    other = pd.DataFrame(dict(sums_key="another-configuration", kind="meta", key=0, payload=[b"{}"],
+                              input_versions="{}", n_videos=0, run_id="x", updated=pd.Timestamp.now(tz="UTC")))
+    for _ in range(saved_version + 1):
+        spark.createDataFrame(other, schema=spark_schema(STAT_SUMS.schema)).write.format("delta").mode(
+            "append").save(table.path)
+    assert table.version() == saved_version
+    caplog.clear()
+    assert load_state(store, key, sel, settings) is None
+    assert "taken from this process's save" not in caplog.text
+
 
 def test_a_version_written_with_the_change_feed_off_means_one_full_pass_saying_why(spark, tmp_path):
     """The stored sums cannot be brought forward over a version the change feed did not record: the update says so

@@ -153,12 +153,13 @@ def full_state(prepared, sel: Selection, settings: AnalyzeSettings, inc: Increme
 # --------------------------------------------------------------------------------------------------------------------
 # Storing the state
 # --------------------------------------------------------------------------------------------------------------------
-#: The state this process saved last, as (stat_sums path, sums key, the version of that commit, a private copy).
+#: The state this process saved last, as (stat_sums path, sums key, (version, tag) of that commit, a private copy).
 #: An analysis that follows in the same process (the next scheduled step of a long-lived driver, the reprocess loop,
 #: a bench's incremental run after the run that stored the sums) takes it from here instead of reading the payloads
 #: back through Spark (about 90 MB at 653 contexts x 50 replicates: 5-8 s at 1M videos, issue #25) when the table is
-#: still at that version, i.e. no commit since could have replaced those rows. One entry: bounded driver memory.
-_SAVED: list[tuple[str, str, int, SumsState]] = []
+#: still at that commit (its version and tag), i.e. no commit since could have replaced those rows. One entry:
+#: bounded driver memory.
+_SAVED: list[tuple[str, str, tuple[int, str | None], SumsState]] = []
 
 
 def save_state(store: TableStore, key: str, state: SumsState, run_id: str):
@@ -181,19 +182,20 @@ def save_state(store: TableStore, key: str, state: SumsState, run_id: str):
     commit = table.replace_where(df, f"sums_key = '{key}'", n_rows=len(pdf))
     _SAVED.clear()
     if commit.version is not None:
-        _SAVED.append((table.path, key, commit.version, copy.deepcopy(state)))
+        _SAVED.append((table.path, key, (commit.version, commit.tag), copy.deepcopy(state)))
     return commit
 
 
 def load_state(store: TableStore, key: str, sel: Selection, settings: AnalyzeSettings) -> SumsState | None:
-    """The stored state of ``key``: the copy this process saved when ``stat_sums`` is still at that commit's version
-    (a copy of it: updates change a state in place), else :func:`read_state`."""
+    """The stored state of ``key``: the copy this process saved when that commit is still ``stat_sums``'s latest (a
+    copy of it: updates change a state in place), else :func:`read_state`."""
     table = store.table(STAT_SUMS)
     if not table.exists():
         return None
-    for path, saved_key, version, state in _SAVED:
-        if (path, saved_key) == (table.path, key) and table.version() == version:
-            log.debug("statistics: stored sums %s taken from this process's save (stat_sums version %d)", key, version)
+    for path, saved_key, commit, state in _SAVED:
+        if (path, saved_key) == (table.path, key) and table.latest_commit() == commit:
+            log.debug("statistics: stored sums %s taken from this process's save (stat_sums version %d)", key,
+                      commit[0])
             return copy.deepcopy(state)
     return read_state(store, key, sel, settings)
 

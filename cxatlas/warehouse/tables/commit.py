@@ -39,6 +39,7 @@ class CommitResult:
     rows_inserted: int = 0
     rows_updated: int = 0
     rows_deleted: int = 0
+    tag: str | None = None  # the commit's userMetadata: tells this commit from any other at the same version number
 
     def describe(self) -> str:
         """One line for a job's summary: what this commit changed in its table."""
@@ -124,7 +125,7 @@ class CommitMixin:
             files_removed=m.get("numTargetFilesRemoved", 0) + m.get("numRemovedFiles", 0),
             rows_deleted=m.get("numTargetRowsDeleted", 0) + m.get("numDeletedRows", 0),
             rows_written=inserted + updated if merged else m.get("numOutputRows", 0),
-            rows_inserted=inserted if merged else m.get("numOutputRows", 0), rows_updated=updated)
+            rows_inserted=inserted if merged else m.get("numOutputRows", 0), rows_updated=updated, tag=tag)
 
     def _tagged_commits(self, tag: str, windows: tuple[int, ...] = (16, 256)) -> list:
         """The history rows carrying ``tag``, looked for among the latest commits only: one history read per

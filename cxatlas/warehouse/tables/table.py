@@ -119,6 +119,13 @@ class Table(CommitMixin, ChecksMixin, ChangeFeedMixin, MaintenanceMixin):
     def version(self) -> int:
         return int(self._delta().history(1).collect()[0]["version"])
 
+    def latest_commit(self) -> tuple[int, str | None]:
+        """(version, userMetadata) of the table's latest commit, in one history read: whether the latest commit is a
+        given commit of ours (:attr:`CommitResult.tag`), which a version number alone cannot tell (a table deleted
+        and written again at the same path reaches the same numbers)."""
+        row = self._delta().history(1).collect()[0]
+        return int(row["version"]), row["userMetadata"]
+
     # -- reading ---------------------------------------------------------------------------------------------------
     def read(self, version: int | None = None):
         reader = self.spark.read.format("delta")
