@@ -117,10 +117,11 @@ class CommitMixin:
         m = {k: _int(v) for k, v in (ours[0]["operationMetrics"] or {}).items()}
         inserted, updated = m.get("numTargetRowsInserted", 0), m.get("numTargetRowsUpdated", 0)
         merged = "numTargetRowsInserted" in m
-        _JOURNAL.append(CommitResult(self.spec.name, int(ours[0]["version"])))
-        self._unique_after_commit(op, int(ours[0]["version"]), ours[0]["readVersion"])
+        version = int(ours[0]["version"])
+        _JOURNAL.append(CommitResult(self.spec.name, version))
+        self._unique_after_commit(op, version, ours[0]["readVersion"])
         return CommitResult(
-            self.spec.name, int(ours[0]["version"]),
+            self.spec.name, version,
             files_added=m.get("numTargetFilesAdded", 0) + m.get("numFiles", 0) + m.get("numAddedFiles", 0),
             files_removed=m.get("numTargetFilesRemoved", 0) + m.get("numRemovedFiles", 0),
             rows_deleted=m.get("numTargetRowsDeleted", 0) + m.get("numDeletedRows", 0),

@@ -117,7 +117,7 @@ class Table(CommitMixin, ChecksMixin, ChangeFeedMixin, MaintenanceMixin):
         return DeltaTable.forPath(self.spark, self.path)
 
     def version(self) -> int:
-        return int(self._delta().history(1).collect()[0]["version"])
+        return self.latest_commit()[0]
 
     def latest_commit(self) -> tuple[int, str | None]:
         """(version, userMetadata) of the table's latest commit, in one history read: whether the latest commit is a
